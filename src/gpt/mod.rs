@@ -1,0 +1,21 @@
+//! The GPT engine: nanoGPT's model written out explicitly, llm.c style. One parameter buffer with
+//! named views ([`params`]), layers as forward/backward pairs ([`ops`]), preallocated activations
+//! ([`model`]), AdamW and the LR schedule ([`optim`]), the training loop ([`train`]), generation with
+//! a KV cache ([`sample`]), checkpoints ([`checkpoint`]) and Hugging Face import/export ([`hf`]).
+
+pub mod checkpoint;
+pub mod config;
+pub mod hf;
+pub mod matmul;
+pub mod model;
+pub mod ops;
+pub mod optim;
+pub mod params;
+pub mod rng;
+pub mod sample;
+pub mod train;
+
+pub use checkpoint::Checkpoint;
+pub use config::{Gelu, GptConfig};
+pub use model::{DropoutPlan, Gpt};
+pub use train::{TrainConfig, Trainer};

@@ -1,0 +1,133 @@
+//! AdamW as nanoGPT configures it (`configure_optimizers`), global-norm clipping and the learning-rate
+//! schedule (`get_lr`). Formulas follow torch.optim.AdamW so losses track PyTorch's closely.
+
+use super::params::ParamLayout;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// nanoGPT's `get_lr`: linear warmup, cosine decay to `min_lr`, then constant; or constant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LrSchedule {
+    pub learning_rate: f64,
+    pub decay_lr: bool,
+    pub warmup_iters: u64,
+    pub lr_decay_iters: u64,
+    pub min_lr: f64,
+}
+
+impl LrSchedule {
+    pub fn at(&self, it: u64) -> f64 {
+        if !self.decay_lr {
+            return self.learning_rate;
+        }
+        if it < self.warmup_iters {
+            return self.learning_rate * (it + 1) as f64 / (self.warmup_iters + 1) as f64;
+        }
+        if it > self.lr_decay_iters {
+            return self.min_lr;
+        }
+        let span = self.lr_decay_iters.saturating_sub(self.warmup_iters).max(1) as f64;
+        let ratio = (it - self.warmup_iters) as f64 / span;
+        let coeff = 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos());
+        self.min_lr + coeff * (self.learning_rate - self.min_lr)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+/// Optimiser state: first and second moments for every parameter, and the step count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamW {
+    pub cfg: AdamWConfig,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    pub step: u64,
+    /// Per parameter element: weight decay applies (2-D tensors only), expanded to ranges once.
+    decay_ranges: Vec<(std::ops::Range<usize>, bool)>,
+}
+
+const CHUNK: usize = 8192;
+
+impl AdamW {
+    pub fn new(cfg: AdamWConfig, layout: &ParamLayout) -> Self {
+        let decay_ranges = layout.tensors.iter().map(|t| (t.range.clone(), t.decays())).collect();
+        AdamW { cfg, m: vec![0.0; layout.total], v: vec![0.0; layout.total], step: 0, decay_ranges }
+    }
+
+    /// One update, exactly torch.optim.AdamW's (non-fused, non-amsgrad) arithmetic.
+    pub fn update(&mut self, params: &mut [f32], grads: &[f32], lr: f64) {
+        self.step += 1;
+        let (b1, b2) = (self.cfg.beta1 as f32, self.cfg.beta2 as f32);
+        let bc1 = 1.0 - self.cfg.beta1.powi(self.step as i32);
+        let bc2_sqrt = (1.0 - self.cfg.beta2.powi(self.step as i32)).sqrt() as f32;
+        let step_size = (lr / bc1) as f32;
+        let eps = self.cfg.eps as f32;
+        for (range, decays) in &self.decay_ranges {
+            let decay = if *decays { (1.0 - lr * self.cfg.weight_decay) as f32 } else { 1.0 };
+            let r = range.clone();
+            params[r.clone()]
+                .par_chunks_mut(CHUNK)
+                .zip(grads[r.clone()].par_chunks(CHUNK))
+                .zip(self.m[r.clone()].par_chunks_mut(CHUNK).zip(self.v[r].par_chunks_mut(CHUNK)))
+                .for_each(|((p, g), (m, v))| {
+                    for i in 0..p.len() {
+                        p[i] *= decay;
+                        m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+                        v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                        let denom = v[i].sqrt() / bc2_sqrt + eps;
+                        p[i] -= step_size * m[i] / denom;
+                    }
+                });
+        }
+    }
+}
+
+/// Global L2 norm of the gradients; sums fixed chunks in parallel, then adds them in order.
+pub fn grad_norm(grads: &[f32]) -> f32 {
+    let partial: Vec<f64> = grads.par_chunks(CHUNK).map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum()).collect();
+    partial.iter().sum::<f64>().sqrt() as f32
+}
+
+/// torch.nn.utils.clip_grad_norm_: scales by max_norm / (norm + 1e-6) when that is below 1.
+/// Returns the norm before clipping.
+pub fn clip_grad_norm(grads: &mut [f32], max_norm: f32) -> f32 {
+    let norm = grad_norm(grads);
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        grads.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|g| *g *= coef));
+    }
+    norm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_matches_nanogpt_get_lr() {
+        let s = LrSchedule { learning_rate: 1e-3, decay_lr: true, warmup_iters: 100, lr_decay_iters: 2000, min_lr: 1e-4 };
+        assert!((s.at(0) - 1e-3 / 101.0).abs() < 1e-12);
+        assert!((s.at(99) - 1e-3 * 100.0 / 101.0).abs() < 1e-12);
+        assert!((s.at(100) - 1e-3).abs() < 1e-12);
+        assert!((s.at(1050) - 5.5e-4).abs() < 1e-9);
+        assert!((s.at(2000) - 1e-4).abs() < 1e-12);
+        assert_eq!(s.at(5000), 1e-4);
+        assert_eq!(LrSchedule { decay_lr: false, ..s }.at(7), 1e-3);
+    }
+
+    #[test]
+    fn clipping_scales_to_max_norm() {
+        let mut g = vec![3.0, 4.0];
+        assert_eq!(clip_grad_norm(&mut g, 1.0), 5.0);
+        assert!((grad_norm(&g) - 1.0).abs() < 1e-5);
+        let mut small = vec![0.3, 0.4];
+        clip_grad_norm(&mut small, 1.0);
+        assert_eq!(small, vec![0.3, 0.4]);
+    }
+}

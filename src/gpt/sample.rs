@@ -1,0 +1,214 @@
+//! Generation (nanoGPT's `generate`) with a KV cache.
+//!
+//! [`Decoder::extend`] runs new tokens through the model against the cached keys and values of the
+//! ones before, so each new token costs one row instead of the whole context. Because GPT uses
+//! absolute position embeddings, once the sequence outgrows `block_size` the context is cropped to
+//! its last `block_size` tokens exactly as nanoGPT does and the cache is rebuilt from them in one
+//! batched pass: the output equals full recomputation at every step.
+
+use super::model::Gpt;
+use super::ops;
+use super::rng::{Rng, mix64};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SampleConfig {
+    pub max_new_tokens: usize,
+    /// 1.0 = no change; lower is more conservative. 0 means greedy (argmax).
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (`None`: all).
+    pub top_k: Option<usize>,
+    pub seed: u64,
+}
+
+/// Per-sequence state: the KV cache and work buffers for up to `block_size` rows.
+pub struct Decoder<'m> {
+    model: &'m Gpt,
+    len: usize,
+    k: Vec<f32>, // (L, block_size, C)
+    v: Vec<f32>, // (L, block_size, C)
+    x: Vec<f32>,
+    ln: Vec<f32>,
+    mean: Vec<f32>,
+    rstd: Vec<f32>,
+    qkv: Vec<f32>,
+    atty: Vec<f32>,
+    proj: Vec<f32>,
+    fc: Vec<f32>,
+    fcg: Vec<f32>,
+    logits: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+impl<'m> Decoder<'m> {
+    pub fn new(model: &'m Gpt) -> Self {
+        let cfg = &model.config;
+        let (t, c) = (cfg.block_size, cfg.n_embd);
+        let z = |n| vec![0.0f32; n];
+        Decoder {
+            model,
+            len: 0,
+            k: z(cfg.n_layer * t * c),
+            v: z(cfg.n_layer * t * c),
+            x: z(t * c),
+            ln: z(t * c),
+            mean: z(t),
+            rstd: z(t),
+            qkv: z(t * 3 * c),
+            atty: z(t * c),
+            proj: z(t * c),
+            fc: z(t * 4 * c),
+            fcg: z(t * 4 * c),
+            logits: z(cfg.vocab_size),
+            scores: z(t),
+        }
+    }
+
+    /// Tokens currently in the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn reset(&mut self) {
+        self.len = 0;
+    }
+
+    /// Appends `tokens` at positions `len..len+n` and returns the logits after the last of them.
+    pub fn extend(&mut self, tokens: &[u32]) -> &[f32] {
+        let m = self.model;
+        let cfg = &m.config;
+        let (c, nh, bs, v) = (cfg.n_embd, cfg.n_head, cfg.block_size, cfg.vocab_size);
+        let hs = c / nh;
+        let (n, p0) = (tokens.len(), self.len);
+        assert!(n > 0 && p0 + n <= bs, "decoder context exceeds block_size");
+        assert!(tokens.iter().all(|&t| (t as usize) < v), "token id out of vocabulary");
+        let p = &m.params;
+        let lay = &m.layout;
+        let opt = |r: &Option<std::ops::Range<usize>>| r.as_ref().map(|r| &p[r.clone()]);
+        let x = &mut self.x[..n * c];
+        for (i, &tok) in tokens.iter().enumerate() {
+            let te = &p[lay.wte.start + tok as usize * c..][..c];
+            let pe = &p[lay.wpe.start + (p0 + i) * c..][..c];
+            for j in 0..c {
+                x[i * c + j] = te[j] + pe[j];
+            }
+        }
+        for (l, blk) in lay.blocks.iter().enumerate() {
+            let ln = &mut self.ln[..n * c];
+            ops::layernorm_forward(ln, &mut self.mean[..n], &mut self.rstd[..n], x, &p[blk.ln_1_w.clone()], opt(&blk.ln_1_b), c);
+            let qkv = &mut self.qkv[..n * 3 * c];
+            ops::linear_forward(qkv, ln, &p[blk.c_attn_w.clone()], opt(&blk.c_attn_b), n, c, 3 * c);
+            let kc = &mut self.k[l * bs * c..(l + 1) * bs * c];
+            let vc = &mut self.v[l * bs * c..(l + 1) * bs * c];
+            for i in 0..n {
+                kc[(p0 + i) * c..][..c].copy_from_slice(&qkv[i * 3 * c + c..][..c]);
+                vc[(p0 + i) * c..][..c].copy_from_slice(&qkv[i * 3 * c + 2 * c..][..c]);
+            }
+            let scale = 1.0 / (hs as f32).sqrt();
+            for i in 0..n {
+                let pos = p0 + i;
+                for h in 0..nh {
+                    let q = &qkv[i * 3 * c + h * hs..][..hs];
+                    let scores = &mut self.scores[..=pos];
+                    for (j, s) in scores.iter_mut().enumerate() {
+                        let k = &kc[j * c + h * hs..][..hs];
+                        *s = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+                    }
+                    ops::softmax_in_place(scores);
+                    let y = &mut self.atty[i * c + h * hs..][..hs];
+                    y.fill(0.0);
+                    for (j, &a) in scores.iter().enumerate() {
+                        let vv = &vc[j * c + h * hs..][..hs];
+                        for d in 0..hs {
+                            y[d] += a * vv[d];
+                        }
+                    }
+                }
+            }
+            let proj = &mut self.proj[..n * c];
+            ops::linear_forward(proj, &self.atty[..n * c], &p[blk.attn_proj_w.clone()], opt(&blk.attn_proj_b), n, c, c);
+            ops::add_into(x, proj);
+            ops::layernorm_forward(ln, &mut self.mean[..n], &mut self.rstd[..n], x, &p[blk.ln_2_w.clone()], opt(&blk.ln_2_b), c);
+            let fc = &mut self.fc[..n * 4 * c];
+            ops::linear_forward(fc, ln, &p[blk.c_fc_w.clone()], opt(&blk.c_fc_b), n, c, 4 * c);
+            ops::gelu_forward(&mut self.fcg[..n * 4 * c], fc, cfg.gelu);
+            ops::linear_forward(proj, &self.fcg[..n * 4 * c], &p[blk.mlp_proj_w.clone()], opt(&blk.mlp_proj_b), n, 4 * c, c);
+            ops::add_into(x, proj);
+        }
+        self.len += n;
+        // Only the last position's logits are needed.
+        let last = &x[(n - 1) * c..n * c];
+        let ln = &mut self.ln[..c];
+        ops::layernorm_forward(ln, &mut self.mean[..1], &mut self.rstd[..1], last, &p[lay.ln_f_w.clone()], opt(&lay.ln_f_b), c);
+        ops::linear_forward(&mut self.logits, ln, &p[lay.wte.clone()], None, 1, c, v);
+        &self.logits
+    }
+}
+
+/// Picks the next token from logits: temperature, top-k, then a draw from the softmax.
+pub fn sample_token(logits: &[f32], cfg: &SampleConfig, rng: &mut Rng) -> u32 {
+    if cfg.temperature <= 0.0 {
+        return argmax(logits);
+    }
+    let mut probs: Vec<f32> = logits.iter().map(|l| l / cfg.temperature).collect();
+    if let Some(k) = cfg.top_k.filter(|&k| k > 0 && k < probs.len()) {
+        let mut sorted = probs.clone();
+        sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+        let kth = sorted[k - 1];
+        probs.iter_mut().filter(|p| **p < kth).for_each(|p| *p = f32::NEG_INFINITY);
+    }
+    ops::softmax_in_place(&mut probs);
+    let r = rng.uniform() as f32;
+    let mut acc = 0.0;
+    for (i, p) in probs.iter().enumerate() {
+        acc += p;
+        if r < acc {
+            return i as u32;
+        }
+    }
+    // Rounding left r above the total: take the most likely token.
+    argmax(&probs)
+}
+
+fn argmax(x: &[f32]) -> u32 {
+    x.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) }).0 as u32
+}
+
+/// Generates `max_new_tokens` after `prompt`; returns only the new tokens.
+pub fn generate(model: &Gpt, prompt: &[u32], cfg: &SampleConfig, rng: &mut Rng) -> Vec<u32> {
+    assert!(!prompt.is_empty(), "generation needs at least one prompt token");
+    let bs = model.config.block_size;
+    let mut dec = Decoder::new(model);
+    let mut seq: Vec<u32> = prompt.to_vec();
+    let start = seq.len().saturating_sub(bs);
+    let mut logits = dec.extend(&seq[start..]).to_vec();
+    for _ in 0..cfg.max_new_tokens {
+        let next = sample_token(&logits, cfg, rng);
+        seq.push(next);
+        if dec.len() < bs {
+            logits.copy_from_slice(dec.extend(&[next]));
+        } else {
+            // Crop to the last block_size tokens (positions restart at 0) and rebuild the cache.
+            dec.reset();
+            logits.copy_from_slice(dec.extend(&seq[seq.len() - bs..]));
+        }
+    }
+    seq.split_off(prompt.len())
+}
+
+/// `num_samples` independent samples, in parallel; sample `i` draws from its own stream derived from
+/// `(seed, i)`, so the output does not depend on the thread count.
+pub fn generate_many(model: &Gpt, prompt: &[u32], cfg: &SampleConfig, num_samples: usize) -> Vec<Vec<u32>> {
+    (0..num_samples)
+        .into_par_iter()
+        .map(|i| {
+            let mut rng = Rng::new(mix64(cfg.seed) ^ i as u64);
+            generate(model, prompt, cfg, &mut rng)
+        })
+        .collect()
+}

@@ -1,0 +1,3 @@
+//! `pipe`: declarative, reproducible GPT experiments. See ARCHITECTURE.md for the map.
+
+pub mod gpt;
