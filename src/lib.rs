@@ -1,3 +1,17 @@
 //! `pipe`: declarative, reproducible GPT experiments. See ARCHITECTURE.md for the map.
 
+pub mod bench;
+pub mod cli;
+pub mod device;
+pub mod exec;
 pub mod gpt;
+pub mod key;
+pub mod manifest;
+pub mod plan;
+pub mod plot;
+pub mod run;
+pub mod show;
+pub mod stages;
+pub mod store;
+pub mod tokenizer;
+pub mod ui;

@@ -1,3 +1,30 @@
+//! `pipe`'s entry point: parse arguments, run, turn errors into exit codes (2: bad input,
+//! 1: a failed run or command). Everything else lives in the library.
+
+use clap::Parser;
+
 fn main() {
-    println!("pipe");
+    let cli = pipe::cli::Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)))
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match pipe::cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // A closed pipe (e.g. `pipe show | head`) is not an error.
+            if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
+                0
+            } else {
+                eprintln!("error: {e:#}");
+                if pipe::cli::is_input_error(&e) { 2 } else { 1 }
+            }
+        }
+    };
+    std::process::exit(code);
 }

@@ -1,0 +1,236 @@
+//! The command line: parses arguments (clap), calls the runner, prints results (human tables, or one
+//! JSON document with `--json`).
+
+use crate::exec::{self, RunSummary};
+use crate::manifest::{self, Manifest};
+use crate::plan;
+use crate::run::{RunEvent, RunLog, RunRecord, utc_now};
+use crate::show;
+use crate::store::Store;
+use crate::ui::Ui;
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "pipe", version, about = "Declarative, reproducible GPT experiments (nanoGPT as YAML manifests)")]
+pub struct Cli {
+    /// The content-addressed store (default ./cache).
+    #[arg(long, global = true, env = "PIPE_CACHE", default_value = "cache")]
+    pub cache: PathBuf,
+    /// CPU threads for the engine (default: all cores). Results do not depend on it.
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// More logging (or set RUST_LOG).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a manifest, reusing every cached stage.
+    Run {
+        manifest: PathBuf,
+        /// Override a parameter: stage.key=value (or device=, seed=), like nanoGPT's --key=value.
+        #[arg(long = "set", value_name = "STAGE.KEY=VALUE")]
+        set: Vec<String>,
+        /// Print one JSON document (run id, status, per-stage results) on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Independent stages to run at once.
+        #[arg(short, long, default_value_t = 1)]
+        jobs: usize,
+    },
+    /// Continue an interrupted (or failed) run from its last cached stage and checkpoint.
+    Resume {
+        run_id: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(short, long, default_value_t = 1)]
+        jobs: usize,
+    },
+    /// What `run` would do for a manifest: cached stages, and why the others would rerun.
+    Status {
+        manifest: PathBuf,
+        #[arg(long = "set", value_name = "STAGE.KEY=VALUE")]
+        set: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Runs (no argument), one run's DAG (a run id), or an artifact's lineage (a hash or prefix).
+    Show {
+        target: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove objects no run needs (intermediate checkpoints of finished runs, leftovers).
+    Gc {
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep every checkpoint any run saved.
+        #[arg(long)]
+        keep_checkpoints: bool,
+    },
+    /// Re-hash every object in the store; corrupted ones are reported and moved aside.
+    Verify,
+    /// Write a stored artifact's bytes to stdout or a file.
+    Cat {
+        hash: String,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Measure the engine: ms/iter and tokens/s for nanoGPT's CPU and GPU configs, and sampling.
+    Bench {
+        /// Fewer iterations (a quick look).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+pub fn run(cli: Cli) -> Result<i32> {
+    if let Some(t) = cli.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().ok();
+    }
+    match cli.command {
+        Command::Run { manifest, set, json, jobs } => {
+            let overrides = set.iter().map(|s| manifest::parse_override(s)).collect::<Result<Vec<_>>>()?;
+            let m = manifest::load(&manifest, &overrides)?;
+            let plan = plan::build(m)?;
+            // Validate what can fail before anything is written (missing files, bad checkpoints).
+            let read_only = Store::at(&cli.cache);
+            for s in &plan.manifest.stages {
+                crate::stages::key_parts(&read_only, &plan.manifest, s)?;
+            }
+            let store = Store::open(&cli.cache)?;
+            let run = RunLog::create(&store, &serde_json::to_value(&plan.manifest)?)?;
+            execute_run(&store, &plan, run, "run", json, jobs)
+        }
+        Command::Resume { run_id, json, jobs } => {
+            let store = Store::open(&cli.cache)?;
+            let rec = RunRecord::load(&store, &run_id)?;
+            if rec.status == "succeeded" && !json {
+                eprintln!("run {} already succeeded; checking that its outputs are all still there", rec.id);
+            }
+            let m: Manifest = serde_json::from_value(rec.plan.clone()).context("reading the run's plan")?;
+            let plan = plan::build(m)?;
+            let run = RunLog::open(&store, &rec.id)?;
+            execute_run(&store, &plan, run, "resume", json, jobs)
+        }
+        Command::Status { manifest, set, json } => {
+            let overrides = set.iter().map(|s| manifest::parse_override(s)).collect::<Result<Vec<_>>>()?;
+            let m = manifest::load(&manifest, &overrides)?;
+            let plan = plan::build(m)?;
+            let store = Store::at(&cli.cache);
+            let stages = exec::status(&store, &plan)?;
+            let all_cached = stages.iter().all(|s| s.status == "cached");
+            let summary = RunSummary { run_id: String::new(), name: plan.manifest.name.clone(), manifest: manifest.display().to_string(), status: if all_cached { "up-to-date".into() } else { "stale".into() }, stages };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status_json(&summary))?);
+            } else {
+                println!("{} ({}): {}", summary.name, summary.manifest, summary.status);
+                for st in &summary.stages {
+                    println!("  {:<14} {:<9} {:<8} {}", st.name, st.kind, st.status, st.key.as_deref().map(|k| &k[..12]).unwrap_or("-"));
+                    for r in &st.reasons {
+                        println!("      {r}");
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Show { target, json } => {
+            let store = Store::at(&cli.cache);
+            match target {
+                None => {
+                    let v = show::runs_json(&store)?;
+                    if json { println!("{}", serde_json::to_string_pretty(&v)?) } else { show::print_runs(&v) }
+                }
+                Some(t) => {
+                    if let Ok(summary) = show::run_summary(&store, &t) {
+                        if json { println!("{}", serde_json::to_string_pretty(&summary)?) } else { show::print_summary(&summary) }
+                    } else if let Some(hash) = store.resolve_object(&t)? {
+                        let v = show::lineage(&store, &hash)?;
+                        if json { println!("{}", serde_json::to_string_pretty(&v)?) } else { show::print_lineage(&v, 0) }
+                    } else {
+                        anyhow::bail!("{t:?} is neither a run id nor an object hash in {} (list runs with `pipe show`)", store.root.display());
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Gc { dry_run, keep_checkpoints } => {
+            let store = Store::open(&cli.cache)?;
+            let r = show::gc(&store, dry_run, keep_checkpoints)?;
+            let verb = if dry_run { "would remove" } else { "removed" };
+            println!("{verb} {} objects ({:.1} MB) and {} stale action records; kept {} objects", r.removed, r.bytes as f64 / 1e6, r.actions_removed, r.kept);
+            Ok(0)
+        }
+        Command::Verify => {
+            let store = Store::at(&cli.cache);
+            if !store.root.join("objects").exists() {
+                println!("no store at {}", store.root.display());
+                return Ok(0);
+            }
+            let (n, bad) = store.verify()?;
+            if bad.is_empty() {
+                println!("verified {n} objects: all intact");
+                Ok(0)
+            } else {
+                for h in &bad {
+                    println!("CORRUPTED {h} (moved aside; the stage that made it will rerun)");
+                }
+                println!("verified {n} objects: {} corrupted", bad.len());
+                Ok(1)
+            }
+        }
+        Command::Cat { hash, output } => {
+            let store = Store::at(&cli.cache);
+            let h = store.resolve_object(&hash)?.with_context(|| format!("no object {hash:?} in {}", store.root.display()))?;
+            let bytes = store.get(&h)?;
+            match output {
+                Some(p) => std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?,
+                None => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&bytes)?;
+                }
+            }
+            Ok(0)
+        }
+        Command::Bench { quick } => {
+            crate::bench::run(quick)?;
+            Ok(0)
+        }
+    }
+}
+
+fn status_json(s: &RunSummary) -> serde_json::Value {
+    serde_json::json!({ "name": s.name, "manifest": s.manifest, "status": s.status, "stages": s.stages })
+}
+
+fn execute_run(store: &Store, plan: &plan::Plan, run: RunLog, command: &str, json: bool, jobs: usize) -> Result<i32> {
+    let _shared = store.lock_store_shared()?;
+    let ui = Ui::new(json);
+    run.append(&RunEvent::RunStarted { time: utc_now(), command: command.into(), manifest: plan.manifest.path.display().to_string(), name: plan.manifest.name.clone(), pid: std::process::id() })?;
+    ui.say(&format!("run {} ({}: {})", run.id, plan.manifest.name, plan.manifest.path.display()));
+    let stages = exec::execute(store, plan, &run, &ui, jobs)?;
+    let ok = stages.iter().all(|s| s.done());
+    let status = if ok { "succeeded" } else { "failed" };
+    run.append(&RunEvent::RunFinished { time: utc_now(), status: status.into() })?;
+    let summary = RunSummary { run_id: run.id.clone(), name: plan.manifest.name.clone(), manifest: plan.manifest.path.display().to_string(), status: status.into(), stages };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        eprintln!();
+        show::print_summary(&summary);
+        if !ok {
+            eprintln!("\nrun {} failed; fix the cause and continue with `pipe resume {}`", run.id, run.id);
+        }
+    }
+    Ok(if ok { 0 } else { 1 })
+}
+
+/// Is this error bad input (exit 2) rather than a failure while running?
+pub fn is_input_error(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<manifest::ManifestError>().is_some()
+}

@@ -1,0 +1,83 @@
+//! Stage keys: what decides whether a stage's cached outputs can be reused.
+//!
+//! A key is the blake3 hash of a canonical JSON document (object keys sorted, numbers normalised by
+//! parsing into typed parameters first, so `1e-3` and `0.001` are the same key) holding:
+//!
+//! - `format`: [`ENGINE_FORMAT`], bumped whenever the engine or a stage would produce different bytes
+//!   from the same inputs (so old cache entries stop matching instead of being wrongly reused);
+//! - `kind`: the stage kind;
+//! - `device`: cpu and cuda results differ in the last bits, so they are different outputs;
+//! - `params`: the stage's typed parameters *that change its output*. Deliberately left out:
+//!   `log_interval` (only what is printed) and the thread count (training is bit-identical across
+//!   thread counts). The stage name is left out too: renaming a stage must not recompute it;
+//! - `sources`: content hashes of files the stage reads from outside the store (the prepare stage's
+//!   text, a command's `deps`, imported GPT-2 weights), never their paths or modification times;
+//! - `inputs`: the output hashes of the stages it needs, by role (`data`, `model`) or, for
+//!   `command` stages, by stage name.
+//!
+//! Inputs are hashes of *outputs*, not keys of upstream stages: if an upstream stage reruns and
+//! produces the same bytes, everything downstream stays cached (early cutoff).
+
+use crate::store::{Hash, hash_bytes};
+use serde_json::{Value, json};
+
+/// Bump when any stage's output for the same key material would change.
+pub const ENGINE_FORMAT: u32 = 1;
+
+pub fn material(kind: &str, device: &str, params: Value, sources: Value, inputs: Value) -> Value {
+    json!({ "format": ENGINE_FORMAT, "kind": kind, "device": device, "params": params, "sources": sources, "inputs": inputs })
+}
+
+pub fn key_of(material: &Value) -> Hash {
+    // serde_json's Map is a BTreeMap (no preserve_order feature), so serialisation is canonical.
+    hash_bytes(&serde_json::to_vec(material).expect("JSON serialises"))
+}
+
+/// Human-readable differences between two key materials, for `pipe status`.
+pub fn explain(old: &Value, new: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    diff("", old, new, &mut out);
+    out
+}
+
+fn diff(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, va) in a {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match b.get(k) {
+                    Some(vb) => diff(&p, va, vb, out),
+                    None => out.push(format!("{p} removed (was {})", short(va))),
+                }
+            }
+            for (k, vb) in b {
+                if !a.contains_key(k) {
+                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    out.push(format!("{p} added ({})", short(vb)));
+                }
+            }
+        }
+        _ if old != new => out.push(format!("{path}: {} -> {}", short(old), short(new))),
+        _ => {}
+    }
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 60 { format!("{}…", &s[..s.char_indices().nth(57).map_or(s.len(), |x| x.0)]) } else { s }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_canonical_and_diffs_name_the_change() {
+        let a: Value = serde_json::from_str(r#"{"b": 1, "a": {"y": 2.0, "x": "s"}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"a": {"x": "s", "y": 2.0}, "b": 1}"#).unwrap();
+        assert_eq!(key_of(&a), key_of(&b));
+        let c: Value = serde_json::from_str(r#"{"a": {"x": "s", "y": 3.0}, "b": 1, "c": true}"#).unwrap();
+        assert_ne!(key_of(&a), key_of(&c));
+        assert_eq!(explain(&a, &c), vec!["a.y: 2.0 -> 3.0".to_string(), "c added (true)".to_string()]);
+    }
+}

@@ -1,0 +1,211 @@
+//! Runs: each `pipe run` gets an id and a folder `runs/<id>/` in the store holding
+//! `plan.json` (the resolved manifest: what `pipe resume` re-executes), `log.jsonl` (an append-only
+//! event log, each line flushed and fsynced as it happens) and `lock` (held while the process lives).
+//!
+//! A run's status is read from its log: the `run_finished` event if there is one; otherwise
+//! `running` while some process holds the lock, and `interrupted` once none does (killed or crashed),
+//! so a dead run never shows as running forever.
+
+use crate::store::{Hash, Store};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RunEvent {
+    RunStarted { time: String, command: String, manifest: String, name: String, pid: u32 },
+    StageStarted { time: String, stage: String, kind: String, key: Hash },
+    StageFinished { time: String, stage: String, kind: String, key: Hash, status: String, outputs: BTreeMap<String, Hash>, metrics: serde_json::Value, seconds: f64 },
+    StageFailed { time: String, stage: String, kind: String, key: Option<Hash>, error: String },
+    StageSkipped { time: String, stage: String, kind: String, reason: String },
+    Eval { time: String, stage: String, iter: u64, train_loss: f32, val_loss: f32 },
+    Checkpoint { time: String, stage: String, iter: u64, hash: Hash, keep: bool },
+    RunFinished { time: String, status: String },
+}
+
+/// Current UTC time as `YYYY-MM-DDTHH:MM:SSZ` (no date crate needed for one format).
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    format_utc(secs)
+}
+
+pub fn format_utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+pub fn parse_utc(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() != 20 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hh * 3600 + mm * 60 + ss) as u64)
+}
+
+/// An open run: appends events to its log. Shared between stage threads.
+pub struct RunLog {
+    pub id: String,
+    pub dir: PathBuf,
+    file: Mutex<File>,
+    _lock: File,
+}
+
+fn new_run_id() -> String {
+    let t = utc_now();
+    let compact: String = t.chars().filter(|c| c.is_ascii_digit()).collect();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let salt = crate::gpt::rng::mix64(nanos as u64 ^ ((std::process::id() as u64) << 32)) & 0xffff;
+    format!("{}-{}-{salt:04x}", &compact[..8], &compact[8..14])
+}
+
+impl RunLog {
+    /// Creates a new run with its plan snapshot.
+    pub fn create(store: &Store, plan_json: &serde_json::Value) -> Result<RunLog> {
+        let id = new_run_id();
+        let dir = store.root.join("runs").join(&id);
+        fs::create_dir_all(&dir)?;
+        crate::store::write_atomic(&store.root.join("tmp"), &dir.join("plan.json"), &serde_json::to_vec_pretty(plan_json)?)?;
+        Self::open(store, &id)
+    }
+
+    /// Opens an existing run for appending (resume). Fails if another process is running it.
+    pub fn open(store: &Store, id: &str) -> Result<RunLog> {
+        let dir = run_dir(store, id)?;
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+        if lock.try_lock().is_err() {
+            anyhow::bail!("run {id} is still running in another process; wait for it or stop it first");
+        }
+        let file = OpenOptions::new().create(true).append(true).open(dir.join("log.jsonl"))?;
+        Ok(RunLog { id: id.to_string(), dir, file: Mutex::new(file), _lock: lock })
+    }
+
+    /// Appends one event durably (write, flush, fsync).
+    pub fn append(&self, ev: &RunEvent) -> Result<()> {
+        let mut line = serde_json::to_vec(ev)?;
+        line.push(b'\n');
+        let mut f = self.file.lock().expect("log mutex");
+        f.write_all(&line)?;
+        f.sync_data()?;
+        Ok(())
+    }
+}
+
+fn run_dir(store: &Store, id: &str) -> Result<PathBuf> {
+    let dir = store.root.join("runs").join(id);
+    if !id.is_empty() && !id.contains('/') && dir.join("plan.json").exists() {
+        return Ok(dir);
+    }
+    // Accept a unique prefix.
+    let ids = list_run_ids(store)?;
+    let m: Vec<&String> = ids.iter().filter(|r| r.starts_with(id)).collect();
+    match m.len() {
+        1 => Ok(store.root.join("runs").join(m[0])),
+        0 => anyhow::bail!("no run {id:?} in {} (list runs with `pipe show`)", store.root.display()),
+        n => anyhow::bail!("{id:?} matches {n} runs; give more of the id"),
+    }
+}
+
+pub fn list_run_ids(store: &Store) -> Result<Vec<String>> {
+    let Ok(rd) = fs::read_dir(store.root.join("runs")) else { return Ok(Vec::new()) };
+    let mut ids: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("plan.json").exists())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// A run as read back from disk.
+pub struct RunRecord {
+    pub id: String,
+    pub plan: serde_json::Value,
+    pub events: Vec<RunEvent>,
+    pub status: String,
+}
+
+impl RunRecord {
+    pub fn load(store: &Store, id: &str) -> Result<RunRecord> {
+        let dir = run_dir(store, id)?;
+        let id = dir.file_name().unwrap().to_string_lossy().to_string();
+        let plan: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("plan.json"))?).with_context(|| format!("run {id}: unreadable plan.json"))?;
+        let text = fs::read_to_string(dir.join("log.jsonl")).unwrap_or_default();
+        // A torn last line (killed mid-write) is ignored: every complete line is a whole event.
+        let events: Vec<RunEvent> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let finished = events.iter().rev().find_map(|e| match e {
+            RunEvent::RunFinished { status, .. } => Some(status.clone()),
+            _ => None,
+        });
+        // The last run_started after the last run_finished means a resume is (or was) in progress.
+        let last_start = events.iter().rposition(|e| matches!(e, RunEvent::RunStarted { .. }));
+        let last_finish = events.iter().rposition(|e| matches!(e, RunEvent::RunFinished { .. }));
+        let status = match (finished, last_start > last_finish) {
+            (Some(s), false) => s,
+            _ => {
+                let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+                if lock.try_lock().is_ok() { "interrupted".to_string() } else { "running".to_string() }
+            }
+        };
+        Ok(RunRecord { id, plan, events, status })
+    }
+
+    pub fn started(&self) -> Option<&str> {
+        self.events.iter().find_map(|e| match e {
+            RunEvent::RunStarted { time, .. } => Some(time.as_str()),
+            _ => None,
+        })
+    }
+
+    pub fn last_time(&self) -> Option<&str> {
+        self.events.iter().rev().find_map(|e| match e {
+            RunEvent::RunStarted { time, .. }
+            | RunEvent::StageStarted { time, .. }
+            | RunEvent::StageFinished { time, .. }
+            | RunEvent::StageFailed { time, .. }
+            | RunEvent::StageSkipped { time, .. }
+            | RunEvent::Eval { time, .. }
+            | RunEvent::Checkpoint { time, .. }
+            | RunEvent::RunFinished { time, .. } => Some(time.as_str()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_round_trip() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(1_795_881_600), "2026-11-28T00:00:00Z");
+        for s in [0u64, 951_782_400, 1_795_881_645, 4_102_444_799] {
+            assert_eq!(parse_utc(&format_utc(s)), Some(s));
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! `evaluate`: a model's loss. By default nanoGPT's estimate_loss: the mean over `eval_iters` random
+//! batches of each split of the data. With `text:` (a string, or `FILE:path`), the mean next-token
+//! loss over that exact text instead, in consecutive windows of block_size, which is what
+//! transformers reports for `labels=input_ids` and so can be compared with it directly.
+//! Output: `metrics.json` (losses and perplexities).
+
+use super::{Ctx, Produced, load_model, read_meta, read_tokens, resolve_path, typed};
+use crate::gpt::rng::Rng;
+use crate::gpt::train::estimate_loss;
+use crate::gpt::{Gpt, Gelu};
+use crate::manifest::StageSpec;
+use crate::tokenizer::Tokenizer;
+use anyhow::{Context, Result, ensure};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    #[serde(default = "default_eval_iters")]
+    pub eval_iters: usize,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default)]
+    pub text: Option<String>,
+    pub seed: u64,
+}
+
+fn default_eval_iters() -> usize {
+    200
+}
+fn default_batch() -> usize {
+    12
+}
+
+const HELP: &str = "evaluate takes eval_iters, batch_size, seed, and optionally text (a string or FILE:path) to score exactly that text";
+
+pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Params> {
+    typed(spec, p, HELP)
+}
+
+/// Reads `FILE:path` texts (relative to the manifest), or returns the string itself.
+pub fn text_arg(ctx: &Ctx, s: &str) -> Result<String> {
+    match s.strip_prefix("FILE:") {
+        Some(path) => {
+            let full = resolve_path(&ctx.base_dir, path);
+            std::fs::read_to_string(&full).with_context(|| format!("reading {}", full.display()))
+        }
+        None => Ok(s.to_string()),
+    }
+}
+
+/// The tokenizer for a model: its data's, or GPT-2's for GPT-2-sized vocabularies.
+pub fn tokenizer_for(ctx: &Ctx, model: &Gpt) -> Result<Tokenizer> {
+    match ctx.data_input() {
+        Some(d) => Ok(read_meta(ctx.store, d)?.tokenizer),
+        None if model.config.vocab_size >= 50257 || model.config.gelu == Gelu::Tanh => Ok(Tokenizer::Gpt2),
+        None => anyhow::bail!("stage `{}` cannot tell which tokenizer the model uses: add the prepare stage to `needs`", ctx.spec.name),
+    }
+}
+
+/// Mean next-token loss over `ids` in consecutive windows of up to block_size predictions.
+pub fn text_loss(model: &mut Gpt, ids: &[u32]) -> Result<f64> {
+    ensure!(ids.len() >= 2, "the text must have at least two tokens");
+    let bs = model.config.block_size;
+    let (mut total, mut count) = (0.0f64, 0usize);
+    let mut start = 0;
+    while start + 1 < ids.len() {
+        let n = (ids.len() - 1 - start).min(bs);
+        let loss = model.forward(&ids[start..start + n], Some(&ids[start + 1..start + n + 1]), 1, n, None);
+        total += loss as f64 * n as f64;
+        count += n;
+        start += n;
+    }
+    Ok(total / count as f64)
+}
+
+pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
+    let ck = load_model(ctx)?;
+    let mut model = Gpt::from_params(ck.config.clone(), ck.params)?;
+    let metrics = match &p.text {
+        Some(t) => {
+            let text = text_arg(ctx, t)?;
+            let ids = tokenizer_for(ctx, &model)?.encode(&text)?;
+            let loss = text_loss(&mut model, &ids)?;
+            ctx.ui.say(&format!("{}: loss {loss:.6} over {} tokens (perplexity {:.3})", ctx.spec.name, ids.len(), loss.exp()));
+            json!({ "text_loss": loss, "text_perplexity": loss.exp(), "tokens": ids.len() })
+        }
+        None => {
+            let data = ctx.data_input().context("evaluate without `text` needs a data stage in `needs`")?;
+            let bs = model.config.block_size;
+            let mut rng = Rng::new(p.seed);
+            let mut out = serde_json::Map::new();
+            for split in ["train", "val"] {
+                let tokens = read_tokens(ctx.store, data.output(&format!("{split}.bin"))?)?;
+                ensure!(tokens.len() > bs + 1, "the {split} split has {} tokens, fewer than block_size + 1", tokens.len());
+                let loss = estimate_loss(&mut model, &tokens, p.batch_size, p.eval_iters, &mut rng) as f64;
+                ctx.ui.say(&format!("{}: {split} loss {loss:.4} (perplexity {:.3})", ctx.spec.name, loss.exp()));
+                out.insert(format!("{split}_loss"), json!(loss));
+                out.insert(format!("{split}_perplexity"), json!(loss.exp()));
+            }
+            Value::Object(out)
+        }
+    };
+    let hash = ctx.store.put(&serde_json::to_vec_pretty(&metrics)?)?;
+    Ok(Produced { outputs: BTreeMap::from([("metrics.json".to_string(), hash)]), metrics, resumed: false })
+}

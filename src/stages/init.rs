@@ -1,0 +1,195 @@
+//! `init`: where a model comes from, nanoGPT's three `init_from` branches side by side:
+//! - `scratch`: a new model from the manifest's model args (vocab size from the data's tokenizer);
+//! - `resume`: a checkpoint from the store (with its optimiser state and iter_num, so a following
+//!   train stage continues it), named by object hash or `RUN_ID/STAGE`;
+//! - `gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`: OpenAI's weights in Hugging Face layout, from
+//!   `hf_dir` or the Hugging Face cache; `block_size` may crop, `dropout` may override.
+
+use super::{Ctx, Produced, read_meta, resolve_path, typed};
+use crate::gpt::{Checkpoint, Gelu, Gpt, GptConfig, hf};
+use crate::manifest::{StageSpec, err};
+use crate::run::{RunEvent, RunRecord};
+use crate::store::{Hash, Store};
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    pub from: String,
+    #[serde(default)]
+    pub n_layer: Option<usize>,
+    #[serde(default)]
+    pub n_head: Option<usize>,
+    #[serde(default)]
+    pub n_embd: Option<usize>,
+    #[serde(default)]
+    pub block_size: Option<usize>,
+    #[serde(default)]
+    pub vocab_size: Option<usize>,
+    #[serde(default)]
+    pub bias: Option<bool>,
+    #[serde(default)]
+    pub dropout: Option<f32>,
+    #[serde(default)]
+    pub gelu: Option<Gelu>,
+    #[serde(default)]
+    pub hf_dir: Option<String>,
+    #[serde(default)]
+    pub checkpoint: Option<String>,
+    pub seed: u64,
+}
+
+const GPT2: [&str; 4] = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"];
+const HELP: &str = "init takes `from` (scratch, resume, gpt2, gpt2-medium, gpt2-large, gpt2-xl); scratch takes n_layer, n_head, n_embd, block_size, bias, dropout, gelu (erf|tanh), vocab_size; gpt2* take hf_dir, block_size, dropout; resume takes checkpoint";
+
+pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Params> {
+    let params: Params = typed(spec, p, HELP)?;
+    let from = params.from.as_str();
+    if from != "scratch" && from != "resume" && !GPT2.contains(&from) {
+        return Err(err(spec.origin_of("from").clone(), format!("unknown `from: {from}`"), Some("expected scratch, resume, gpt2, gpt2-medium, gpt2-large or gpt2-xl")));
+    }
+    let only_scratch = [("n_layer", params.n_layer.is_some()), ("n_head", params.n_head.is_some()), ("n_embd", params.n_embd.is_some()), ("bias", params.bias.is_some()), ("gelu", params.gelu.is_some()), ("vocab_size", params.vocab_size.is_some())];
+    if from != "scratch" {
+        if let Some((k, _)) = only_scratch.iter().find(|x| x.1) {
+            return Err(err(spec.origin_of(k).clone(), format!("`{k}` only applies to `from: scratch` (the architecture comes from the weights)"), Some("remove it")));
+        }
+    }
+    if from == "resume" && params.checkpoint.is_none() {
+        return Err(err(spec.origin.clone(), "`from: resume` needs `checkpoint`", Some("give an object hash (see `pipe show RUN_ID`) or RUN_ID/STAGE")));
+    }
+    if from == "scratch" {
+        cfg_from(&params, 1).map_err(|e| err(spec.origin.clone(), format!("stage `{}`: {e}", spec.name), Some(HELP)))?;
+    }
+    Ok(params)
+}
+
+fn cfg_from(p: &Params, vocab: usize) -> Result<GptConfig> {
+    let c = GptConfig {
+        n_layer: p.n_layer.unwrap_or(12),
+        n_head: p.n_head.unwrap_or(12),
+        n_embd: p.n_embd.unwrap_or(768),
+        block_size: p.block_size.unwrap_or(1024),
+        vocab_size: p.vocab_size.unwrap_or(vocab),
+        bias: p.bias.unwrap_or(false),
+        dropout: p.dropout.unwrap_or(0.0),
+        gelu: p.gelu.unwrap_or(Gelu::Erf),
+    };
+    c.validate()?;
+    Ok(c)
+}
+
+/// The folder holding `name`'s config.json and model.safetensors.
+fn find_hf_dir(base: &Path, p: &Params) -> Result<PathBuf> {
+    if let Some(d) = &p.hf_dir {
+        let dir = resolve_path(base, d);
+        if !dir.join("config.json").exists() {
+            bail!("hf_dir {} has no config.json: it should be a Hugging Face model folder (config.json + model.safetensors)", dir.display());
+        }
+        return Ok(dir);
+    }
+    let mut roots = Vec::new();
+    if let Ok(c) = std::env::var("HF_HUB_CACHE") {
+        roots.push(PathBuf::from(c));
+    }
+    if let Ok(h) = std::env::var("HF_HOME") {
+        roots.push(PathBuf::from(h).join("hub"));
+    }
+    if let Ok(h) = std::env::var("HOME") {
+        roots.push(PathBuf::from(h).join(".cache/huggingface/hub"));
+    }
+    for r in &roots {
+        let snaps = r.join(format!("models--{}", p.from)).join("snapshots");
+        if let Ok(rd) = std::fs::read_dir(&snaps) {
+            let mut dirs: Vec<PathBuf> = rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|d| d.join("model.safetensors").exists()).collect();
+            dirs.sort();
+            if let Some(d) = dirs.pop() {
+                return Ok(d);
+            }
+        }
+    }
+    bail!(
+        "no {} weights found: looked in the Hugging Face cache ({}), and this build does not download.\n  help: download the `{}` model folder (config.json + model.safetensors) where you have internet, e.g. `huggingface-cli download {} config.json model.safetensors --local-dir DIR`, then `--set STAGE.hf_dir=DIR`",
+        p.from,
+        roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", "),
+        p.from,
+        p.from
+    )
+}
+
+/// Resolves `checkpoint:` (object hash or prefix, or RUN_ID/STAGE) to an object hash.
+pub fn resolve_checkpoint(store: &Store, s: &str) -> Result<Hash> {
+    if let Some((run, stage)) = s.split_once('/') {
+        let rec = RunRecord::load(store, run)?;
+        let found = rec.events.iter().rev().find_map(|e| match e {
+            RunEvent::StageFinished { stage: st, outputs, .. } if st == stage => outputs.get("ckpt").cloned(),
+            RunEvent::Checkpoint { stage: st, hash, .. } if st == stage => Some(hash.clone()),
+            _ => None,
+        });
+        return found.with_context(|| format!("run {} has no checkpoint from stage `{stage}`", rec.id));
+    }
+    store.resolve_object(s)?.with_context(|| format!("no object {s:?} in the store {} (give a hash from `pipe show RUN_ID`, or RUN_ID/STAGE)", store.root.display()))
+}
+
+pub fn key_parts(store: &Store, base: &Path, spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<(Value, Value)> {
+    let params = params(spec, p)?;
+    let mut v = serde_json::to_value(&params)?;
+    let obj = v.as_object_mut().expect("object");
+    obj.remove("hf_dir"); // where the weights are is not what they are: hashed below
+    obj.remove("checkpoint");
+    if params.from != "scratch" {
+        obj.remove("seed");
+    }
+    let sources = match params.from.as_str() {
+        "scratch" => Value::Null,
+        "resume" => json!({ "checkpoint": resolve_checkpoint(store, params.checkpoint.as_deref().expect("checked")).map_err(|e| err(spec.origin_of("checkpoint").clone(), e.to_string(), None))? }),
+        _ => {
+            let dir = find_hf_dir(base, &params).map_err(|e| err(spec.origin_of("from").clone(), e.to_string(), None))?;
+            let h = |f: &str| -> Result<String> { Ok(blake3::hash(&std::fs::read(dir.join(f)).with_context(|| format!("reading {}", dir.join(f).display()))?).to_hex().to_string()) };
+            json!({ "config.json": h("config.json")?, "model.safetensors": h("model.safetensors")? })
+        }
+    };
+    Ok((v, sources))
+}
+
+pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
+    let ckpt = match p.from.as_str() {
+        "scratch" => {
+            let vocab = match (p.vocab_size, ctx.data_input()) {
+                (Some(v), _) => v,
+                (None, Some(d)) => read_meta(ctx.store, d)?.vocab_size,
+                (None, None) => 50304, // nanoGPT's default: GPT-2's 50257 padded up
+            };
+            let model = Gpt::new_random(cfg_from(p, vocab)?, p.seed)?;
+            ctx.ui.say(&format!("{}: new model, {:.2}M parameters", ctx.spec.name, model.layout.num_params_non_embedding() as f64 / 1e6));
+            Checkpoint { config: model.config.clone(), params: model.params, optimizer: None, progress: None }
+        }
+        "resume" => {
+            let hash = resolve_checkpoint(ctx.store, p.checkpoint.as_deref().expect("checked"))?;
+            let mut c = Checkpoint::from_bytes(&ctx.store.get(&hash)?)?;
+            if let Some(d) = p.dropout {
+                c.config.dropout = d;
+            }
+            c
+        }
+        _ => {
+            let dir = find_hf_dir(&ctx.base_dir, p)?;
+            ctx.ui.say(&format!("{}: loading {} weights from {}", ctx.spec.name, p.from, dir.display()));
+            let mut model = hf::load_hf_dir(&dir)?;
+            if let Some(bs) = p.block_size {
+                model = hf::crop_block_size(model, bs)?;
+            }
+            let mut config = model.config.clone();
+            if let Some(d) = p.dropout {
+                config.dropout = d;
+            }
+            Checkpoint { config, params: model.params, optimizer: None, progress: None }
+        }
+    };
+    let n = crate::gpt::params::ParamLayout::new(&ckpt.config).total;
+    let hash = ctx.store.put(&ckpt.to_bytes()?)?;
+    Ok(Produced { outputs: BTreeMap::from([("ckpt".to_string(), hash)]), metrics: json!({ "parameters": n, "from": p.from, "model_args": ckpt.config }), resumed: false })
+}

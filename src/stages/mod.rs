@@ -1,0 +1,212 @@
+//! The built-in stage kinds. Each kind has typed parameters (validated before anything runs, with
+//! errors pointing into the manifest), a function giving the parts of its key, and `execute`.
+
+pub mod command;
+pub mod evaluate;
+pub mod export;
+pub mod init;
+pub mod prepare;
+pub mod sample;
+pub mod train;
+
+use crate::manifest::{Defaults, Manifest, StageKind, StageSpec, err};
+use crate::run::{RunEvent, RunLog, utc_now};
+use crate::store::{Hash, Store};
+use crate::ui::Ui;
+use anyhow::{Context, Result, bail};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A finished upstream stage, as seen by the stages that need it.
+#[derive(Clone, Debug)]
+pub struct Input {
+    pub stage: String,
+    pub kind: StageKind,
+    pub outputs: BTreeMap<String, Hash>,
+}
+
+impl Input {
+    pub fn output(&self, name: &str) -> Result<&Hash> {
+        self.outputs.get(name).with_context(|| format!("stage `{}` has no output `{name}`", self.stage))
+    }
+}
+
+/// What a stage produced.
+#[derive(Clone, Debug, Default)]
+pub struct Produced {
+    pub outputs: BTreeMap<String, Hash>,
+    pub metrics: Value,
+    /// Continued from a checkpoint of an earlier, interrupted attempt.
+    pub resumed: bool,
+}
+
+/// Everything a stage's `execute` gets.
+pub struct Ctx<'a> {
+    pub store: &'a Store,
+    pub run: &'a RunLog,
+    pub spec: &'a StageSpec,
+    pub defaults: &'a Defaults,
+    pub base_dir: PathBuf,
+    pub key: Hash,
+    pub inputs: Vec<Input>,
+    pub ui: &'a Ui,
+}
+
+impl Ctx<'_> {
+    pub fn log(&self, ev: RunEvent) -> Result<()> {
+        self.run.append(&ev)
+    }
+
+    /// The upstream stage providing data (a `prepare` stage).
+    pub fn data_input(&self) -> Option<&Input> {
+        self.inputs.iter().find(|i| i.kind == StageKind::Prepare)
+    }
+
+    /// The upstream stage providing a model checkpoint (`init` or `train`).
+    pub fn model_input(&self) -> Option<&Input> {
+        self.inputs.iter().find(|i| matches!(i.kind, StageKind::Init | StageKind::Train))
+    }
+
+    pub fn event_time(&self) -> String {
+        utc_now()
+    }
+}
+
+/// Parses a stage's parameters into `T`, pointing errors at the offending manifest line.
+pub fn typed<T: DeserializeOwned>(spec: &StageSpec, params: &serde_json::Map<String, Value>, help: &str) -> Result<T> {
+    let v = Value::Object(params.clone());
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let first = path.split(['.', '[']).next().unwrap_or("").to_string();
+        let inner = e.into_inner().to_string();
+        let origin = spec.origin_of(&first).clone();
+        let what = if first.is_empty() || first == "?" { format!("stage `{}`: {inner}", spec.name) } else { format!("stage `{}`, field `{path}`: {inner}", spec.name) };
+        err(origin, what, Some(help))
+    })
+}
+
+/// Role of each `needs` entry, checked against what the kind requires.
+pub fn check_needs(m: &Manifest, spec: &StageSpec) -> Result<()> {
+    let kinds: Vec<StageKind> = spec.needs.iter().filter_map(|n| m.stage(n)).map(|s| s.kind).collect();
+    let data = kinds.iter().filter(|k| **k == StageKind::Prepare).count();
+    let model = kinds.iter().filter(|k| matches!(k, StageKind::Init | StageKind::Train)).count();
+    let o = spec.origin_of("needs").clone();
+    let need = |what: &str, n: usize, min: usize, max: usize| -> Result<()> {
+        if n < min {
+            return Err(err(o.clone(), format!("stage `{}` ({}) needs a {what} stage", spec.name, spec.kind.name()), Some(&format!("add one to `needs` ({})", if what == "data" { "a prepare stage" } else { "an init or train stage" }))));
+        }
+        if n > max {
+            return Err(err(o.clone(), format!("stage `{}` ({}) needs at most {max} {what} stage(s), found {n}", spec.name, spec.kind.name()), Some("keep one in `needs`")));
+        }
+        Ok(())
+    };
+    match spec.kind {
+        StageKind::Prepare => {
+            need("data", data, 0, 0)?;
+            need("model", model, 0, 0)
+        }
+        StageKind::Init => {
+            need("data", data, 0, 1)?;
+            need("model", model, 0, 1)
+        }
+        StageKind::Train | StageKind::Evaluate => {
+            need("model", model, 1, 1)?;
+            need("data", data, if spec.kind == StageKind::Train { 1 } else { 0 }, 1)
+        }
+        StageKind::Sample | StageKind::Export => {
+            need("model", model, 1, 1)?;
+            need("data", data, 0, 1)
+        }
+        StageKind::Command => Ok(()),
+    }
+}
+
+/// Validates parameters (no I/O).
+pub fn validate(m: &Manifest, spec: &StageSpec) -> Result<()> {
+    check_needs(m, spec)?;
+    let p = with_defaults(spec, &m.defaults);
+    match spec.kind {
+        StageKind::Prepare => prepare::params(spec, &p).map(drop),
+        StageKind::Init => init::params(spec, &p).map(drop),
+        StageKind::Train => train::params(spec, &p).map(drop),
+        StageKind::Evaluate => evaluate::params(spec, &p).map(drop),
+        StageKind::Sample => sample::params(spec, &p).map(drop),
+        StageKind::Export => export::params(spec, &p).map(drop),
+        StageKind::Command => command::params(spec, &p).map(drop),
+    }
+}
+
+/// Parameters with the manifest's `seed` default filled in for the kinds that take one.
+pub fn with_defaults(spec: &StageSpec, d: &Defaults) -> serde_json::Map<String, Value> {
+    let mut p = spec.params.clone();
+    if matches!(spec.kind, StageKind::Init | StageKind::Train | StageKind::Evaluate | StageKind::Sample) && !p.contains_key("seed") {
+        p.insert("seed".into(), Value::from(d.seed));
+    }
+    p
+}
+
+/// The (params, sources) parts of the key: typed parameters as canonical JSON and content hashes of
+/// what the stage reads from outside the store.
+pub fn key_parts(store: &Store, m: &Manifest, spec: &StageSpec) -> Result<(Value, Value)> {
+    let p = with_defaults(spec, &m.defaults);
+    Ok(match spec.kind {
+        StageKind::Prepare => prepare::key_parts(&m.base_dir, spec, &p)?,
+        StageKind::Init => init::key_parts(store, &m.base_dir, spec, &p)?,
+        StageKind::Train => {
+            let mut v = serde_json::to_value(train::params(spec, &p)?)?;
+            // Only what is printed: never part of the key.
+            v.as_object_mut().expect("object").remove("log_interval");
+            (v, Value::Null)
+        }
+        StageKind::Evaluate => (serde_json::to_value(evaluate::params(spec, &p)?)?, Value::Null),
+        StageKind::Sample => sample::key_parts(&m.base_dir, spec, &p)?,
+        StageKind::Export => (serde_json::to_value(export::params(spec, &p)?.key_view())?, Value::Null),
+        StageKind::Command => command::key_parts(&m.base_dir, spec, &p)?,
+    })
+}
+
+pub fn execute(ctx: &Ctx, m: &Manifest) -> Result<Produced> {
+    if m.defaults.device == "cuda" && ctx.spec.kind != StageKind::Command && ctx.spec.kind != StageKind::Prepare {
+        crate::device::require_cuda()?;
+    }
+    let p = with_defaults(ctx.spec, &m.defaults);
+    match ctx.spec.kind {
+        StageKind::Prepare => prepare::execute(ctx, &prepare::params(ctx.spec, &p)?),
+        StageKind::Init => init::execute(ctx, &init::params(ctx.spec, &p)?),
+        StageKind::Train => train::execute(ctx, &train::params(ctx.spec, &p)?),
+        StageKind::Evaluate => evaluate::execute(ctx, &evaluate::params(ctx.spec, &p)?),
+        StageKind::Sample => sample::execute(ctx, &sample::params(ctx.spec, &p)?),
+        StageKind::Export => export::execute(ctx, &export::params(ctx.spec, &p)?),
+        StageKind::Command => command::execute(ctx, &command::params(ctx.spec, &p)?),
+    }
+}
+
+/// Reads a token stream written by `prepare` (uint16 little-endian, like nanoGPT's .bin).
+pub fn read_tokens(store: &Store, hash: &str) -> Result<Vec<u16>> {
+    let b = store.get(hash)?;
+    if b.len() % 2 != 0 {
+        bail!("token object {hash} has an odd number of bytes: not a uint16 stream");
+    }
+    Ok(b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
+}
+
+/// The tokenizer of a prepared data set.
+pub fn read_meta(store: &Store, data: &Input) -> Result<prepare::Meta> {
+    let bytes = store.get(data.output("meta.json")?)?;
+    serde_json::from_slice(&bytes).context("reading the data's meta.json")
+}
+
+/// Loads the model checkpoint of an upstream init/train stage.
+pub fn load_model(ctx: &Ctx) -> Result<crate::gpt::Checkpoint> {
+    let input = ctx.model_input().context("no model input")?;
+    let bytes = ctx.store.get(input.output("ckpt")?)?;
+    crate::gpt::Checkpoint::from_bytes(&bytes).with_context(|| format!("reading the checkpoint from stage `{}`", input.stage))
+}
+
+/// Resolves a path from the manifest: relative paths are relative to the manifest's folder.
+pub fn resolve_path(base: &std::path::Path, p: &str) -> PathBuf {
+    let path = PathBuf::from(p);
+    if path.is_absolute() { path } else { base.join(path) }
+}

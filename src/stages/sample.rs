@@ -1,0 +1,96 @@
+//! `sample`: nanoGPT's sample.py. `start` is the prompt (or `FILE:prompt.txt`); writes
+//! `samples.txt` (samples separated by nanoGPT's dashed line) and prints them.
+
+use super::evaluate::{text_arg, tokenizer_for};
+use super::{Ctx, Produced, load_model, resolve_path, typed};
+use crate::gpt::Gpt;
+use crate::gpt::sample::{SampleConfig, generate_many};
+use crate::manifest::StageSpec;
+use anyhow::{Result, ensure};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    #[serde(default = "default_start")]
+    pub start: String,
+    #[serde(default = "default_num_samples")]
+    pub num_samples: usize,
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+    #[serde(default = "default_top_k")]
+    pub top_k: Option<usize>,
+    pub seed: u64,
+}
+
+fn default_start() -> String {
+    "\n".into()
+}
+fn default_num_samples() -> usize {
+    10
+}
+fn default_max_new_tokens() -> usize {
+    500
+}
+fn default_temperature() -> f32 {
+    0.8
+}
+fn default_top_k() -> Option<usize> {
+    Some(200)
+}
+
+const HELP: &str = "sample takes start (text or FILE:path), num_samples, max_new_tokens, temperature, top_k, seed";
+
+pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Params> {
+    typed(spec, p, HELP)
+}
+
+/// A prompt file is part of the key by content.
+pub fn key_parts(base: &Path, spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<(Value, Value)> {
+    let params = params(spec, p)?;
+    let sources = match params.start.strip_prefix("FILE:") {
+        Some(path) => {
+            let full = resolve_path(base, path);
+            let bytes = std::fs::read(&full).map_err(|e| crate::manifest::err(spec.origin_of("start").clone(), format!("cannot read {}: {e}", full.display()), None))?;
+            json!({ "start_file": blake3::hash(&bytes).to_hex().to_string() })
+        }
+        None => Value::Null,
+    };
+    Ok((serde_json::to_value(&params)?, sources))
+}
+
+pub const SEPARATOR: &str = "\n---------------\n";
+
+pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
+    let ck = load_model(ctx)?;
+    let model = Gpt::from_params(ck.config.clone(), ck.params)?;
+    let tok = tokenizer_for(ctx, &model)?;
+    let start = text_arg(ctx, &p.start)?;
+    let prompt = tok.encode(&start)?;
+    ensure!(!prompt.is_empty(), "the start text encodes to no tokens: give a non-empty `start`");
+    let cfg = SampleConfig { max_new_tokens: p.max_new_tokens, temperature: p.temperature, top_k: p.top_k, seed: p.seed };
+    let t0 = Instant::now();
+    let samples = generate_many(&model, &prompt, &cfg, p.num_samples);
+    let secs = t0.elapsed().as_secs_f64();
+    let mut text = String::new();
+    for s in &samples {
+        let mut ids = prompt.clone();
+        ids.extend(s);
+        text.push_str(&tok.decode(&ids)?);
+        text.push_str(SEPARATOR);
+    }
+    if ctx.ui.json { eprint!("{text}") } else { print!("{text}") }
+    let tokens = samples.iter().map(Vec::len).sum::<usize>();
+    let hash = ctx.store.put(text.as_bytes())?;
+    Ok(Produced {
+        outputs: BTreeMap::from([("samples.txt".to_string(), hash)]),
+        metrics: json!({ "samples": samples.len(), "new_tokens": tokens, "tokens_per_second": tokens as f64 / secs.max(1e-9) }),
+        resumed: false,
+    })
+}
