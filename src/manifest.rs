@@ -346,6 +346,7 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
                     kind = Some((s.to_string(), o));
                 }
                 "needs" => {
+                    param_origins.insert("needs".to_string(), o.clone());
                     needs = match fv {
                         serde_yaml::Value::String(s) => vec![s.clone()],
                         serde_yaml::Value::Sequence(seq) => seq

@@ -1,0 +1,125 @@
+//! Helpers for end-to-end tests through the `pipe` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Sandbox {
+    pub dir: PathBuf,
+}
+
+impl Sandbox {
+    pub fn new(name: &str) -> Sandbox {
+        let dir = std::env::temp_dir().join(format!("pipe-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Sandbox { dir }
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.dir.join("cache")
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pipe"));
+        c.arg("--cache").arg(self.cache()).args(args).current_dir(&self.dir).env_remove("PIPE_CACHE").env_remove("RUST_LOG");
+        c
+    }
+
+    pub fn pipe(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs and parses `--json` output, asserting success.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.pipe(args);
+        assert!(out.status.success(), "pipe {args:?} failed: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("pipe {args:?}: stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A small text with learnable structure (a few sentences in random order).
+pub fn corpus(chars: usize) -> String {
+    let words = ["the king is dead. ", "long live the queen! ", "to be, or not to be: ", "what light through yonder window breaks? ", "now is the winter of our discontent; "];
+    let mut s = String::new();
+    let mut x: u64 = 7;
+    while s.len() < chars {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s.push_str(words[(x >> 33) as usize % words.len()]);
+        if (x >> 20) % 4 == 0 {
+            s.push('\n');
+        }
+    }
+    s
+}
+
+/// A tiny char-level pipeline over `text.txt`: prepare, init, train, sample.
+pub fn tiny_manifest(max_iters: u32, eval_interval: u32) -> String {
+    format!(
+        r#"name: tiny
+defaults:
+  seed: 7
+stages:
+  data:
+    kind: prepare
+    path: text.txt
+    tokenizer: char
+  model:
+    kind: init
+    needs: [data]
+    from: scratch
+    n_layer: 2
+    n_head: 2
+    n_embd: 32
+    block_size: 32
+    dropout: 0.1
+  train:
+    kind: train
+    needs: [model, data]
+    max_iters: {max_iters}
+    eval_interval: {eval_interval}
+    eval_iters: 2
+    batch_size: 4
+    gradient_accumulation_steps: 1
+    learning_rate: 1.0e-3
+    warmup_iters: 5
+    lr_decay_iters: {max_iters}
+    min_lr: 1.0e-4
+    log_interval: 10
+  sample:
+    kind: sample
+    needs: [train, data]
+    num_samples: 2
+    max_new_tokens: 40
+    start: "the "
+"#
+    )
+}
+
+pub fn stage<'a>(doc: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    doc["stages"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("no stage {name} in {doc}"))
+}
+
+pub fn statuses(doc: &serde_json::Value) -> Vec<(String, String)> {
+    doc["stages"].as_array().unwrap().iter().map(|s| (s["name"].as_str().unwrap().to_string(), s["status"].as_str().unwrap().to_string())).collect()
+}
+
+pub fn shared(rel: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared").join(rel);
+    p.exists().then_some(p)
+}
