@@ -1,11 +1,11 @@
 //! `pipe bench`: the engine's speed on nanoGPT's configurations, with synthetic data (speed does not
 //! depend on the text). Reports the median ms/iter after warm-up and tokens/s.
 
+use crate::gpt::optim::{AdamW, clip_grad_norm};
 use crate::gpt::rng::Rng;
 use crate::gpt::sample::{SampleConfig, generate};
 use crate::gpt::train::get_batch;
 use crate::gpt::{DropoutPlan, Gelu, Gpt, GptConfig, TrainConfig};
-use crate::gpt::optim::{AdamW, clip_grad_norm};
 use anyhow::Result;
 use std::time::Instant;
 
@@ -17,30 +17,74 @@ pub struct BenchConfig {
 
 pub fn config_s() -> BenchConfig {
     // nanoGPT README's CPU recipe (shakespeare_char, vocab 65).
-    BenchConfig { name: "S (4L 4H 128d, T=64, B=12)", model: GptConfig { n_layer: 4, n_head: 4, n_embd: 128, block_size: 64, vocab_size: 65, bias: false, dropout: 0.0, gelu: Gelu::Erf }, batch_size: 12 }
+    BenchConfig {
+        name: "S (4L 4H 128d, T=64, B=12)",
+        model: GptConfig {
+            n_layer: 4,
+            n_head: 4,
+            n_embd: 128,
+            block_size: 64,
+            vocab_size: 65,
+            bias: false,
+            dropout: 0.0,
+            gelu: Gelu::Erf,
+        },
+        batch_size: 12,
+    }
 }
 
 pub fn config_m() -> BenchConfig {
     // nanoGPT's config/train_shakespeare_char.py (its GPU config).
-    BenchConfig { name: "M (6L 6H 384d, T=256, B=64)", model: GptConfig { n_layer: 6, n_head: 6, n_embd: 384, block_size: 256, vocab_size: 65, bias: false, dropout: 0.2, gelu: Gelu::Erf }, batch_size: 64 }
+    BenchConfig {
+        name: "M (6L 6H 384d, T=256, B=64)",
+        model: GptConfig {
+            n_layer: 6,
+            n_head: 6,
+            n_embd: 384,
+            block_size: 256,
+            vocab_size: 65,
+            bias: false,
+            dropout: 0.2,
+            gelu: Gelu::Erf,
+        },
+        batch_size: 64,
+    }
 }
 
 /// Median milliseconds per training iteration (forward, backward, clip, AdamW).
-pub fn time_training(cfg: &BenchConfig, threads: usize, warmup: usize, iters: usize) -> Result<f64> {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+pub fn time_training(
+    cfg: &BenchConfig,
+    threads: usize,
+    warmup: usize,
+    iters: usize,
+) -> Result<f64> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
     pool.install(|| {
         let mut model = Gpt::new_random(cfg.model.clone(), 1)?;
         let tc = TrainConfig::default();
         let mut opt = AdamW::new(tc.adamw(), &model.layout);
         let mut rng = Rng::new(0);
-        let data: Vec<u16> = (0..100_000).map(|i| ((i * 7919 + i / 13) % cfg.model.vocab_size) as u16).collect();
+        let data: Vec<u16> = (0..100_000)
+            .map(|i| ((i * 7919 + i / 13) % cfg.model.vocab_size) as u16)
+            .collect();
         let (b, t) = (cfg.batch_size, cfg.model.block_size);
         let (mut x, mut y) = (Vec::new(), Vec::new());
         let mut times = Vec::new();
         for it in 0..warmup + iters {
             let t0 = Instant::now();
             get_batch(&data, b, t, &mut rng, &mut x, &mut y);
-            model.forward(&x, Some(&y), b, t, Some(DropoutPlan { p: cfg.model.dropout, seed: it as u64 }));
+            model.forward(
+                &x,
+                Some(&y),
+                b,
+                t,
+                Some(DropoutPlan {
+                    p: cfg.model.dropout,
+                    seed: it as u64,
+                }),
+            );
             model.backward(1.0);
             clip_grad_norm(&mut model.grads, 1.0);
             opt.update(&mut model.params, &model.grads, 1e-3);
@@ -57,10 +101,17 @@ pub fn time_training(cfg: &BenchConfig, threads: usize, warmup: usize, iters: us
 /// Tokens per second generating `new_tokens` after a one-token prompt (KV cache, cropping past
 /// block_size like nanoGPT), one sample.
 pub fn time_sampling(cfg: &GptConfig, new_tokens: usize, threads: usize) -> Result<f64> {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
     pool.install(|| {
         let model = Gpt::new_random(cfg.clone(), 1)?;
-        let sc = SampleConfig { max_new_tokens: new_tokens, temperature: 0.8, top_k: Some(200), seed: 1 };
+        let sc = SampleConfig {
+            max_new_tokens: new_tokens,
+            temperature: 0.8,
+            top_k: Some(200),
+            seed: 1,
+        };
         let t0 = Instant::now();
         let out = generate(&model, &[0], &sc, &mut Rng::new(1));
         Ok(out.len() as f64 / t0.elapsed().as_secs_f64())
@@ -69,20 +120,41 @@ pub fn time_sampling(cfg: &GptConfig, new_tokens: usize, threads: usize) -> Resu
 
 pub fn run(quick: bool) -> Result<()> {
     let (w, n) = if quick { (2, 5) } else { (5, 30) };
-    println!("{:<32} {:>8} {:>12} {:>14}", "training", "threads", "ms/iter", "tokens/s");
+    println!(
+        "{:<32} {:>8} {:>12} {:>14}",
+        "training", "threads", "ms/iter", "tokens/s"
+    );
     for threads in [1, 2] {
         let c = config_s();
         let ms = time_training(&c, threads, w, n)?;
-        println!("{:<32} {:>8} {:>12.1} {:>14.0}", c.name, threads, ms, (c.batch_size * c.model.block_size) as f64 / ms * 1e3);
+        println!(
+            "{:<32} {:>8} {:>12.1} {:>14.0}",
+            c.name,
+            threads,
+            ms,
+            (c.batch_size * c.model.block_size) as f64 / ms * 1e3
+        );
     }
     let c = config_m();
     let threads = rayon::current_num_threads();
     let ms = time_training(&c, threads, 1, if quick { 2 } else { 5 })?;
-    println!("{:<32} {:>8} {:>12.1} {:>14.0}", c.name, threads, ms, (c.batch_size * c.model.block_size) as f64 / ms * 1e3);
+    println!(
+        "{:<32} {:>8} {:>12.1} {:>14.0}",
+        c.name,
+        threads,
+        ms,
+        (c.batch_size * c.model.block_size) as f64 / ms * 1e3
+    );
     println!();
-    println!("{:<32} {:>8} {:>12} {:>14}", "sampling (1 sample)", "threads", "new tokens", "tokens/s");
+    println!(
+        "{:<32} {:>8} {:>12} {:>14}",
+        "sampling (1 sample)", "threads", "new tokens", "tokens/s"
+    );
     let s = config_s().model;
-    for (label, tokens) in [("S, within block_size", s.block_size - 1), ("S, 500 tokens (crops context)", 500)] {
+    for (label, tokens) in [
+        ("S, within block_size", s.block_size - 1),
+        ("S, 500 tokens (crops context)", 500),
+    ] {
         let tps = time_sampling(&s, tokens, 1)?;
         println!("{label:<32} {:>8} {tokens:>12} {tps:>14.0}", 1);
     }

@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "pipe", version, about = "Declarative, reproducible GPT experiments (nanoGPT as YAML manifests)")]
+#[command(
+    name = "pipe",
+    version,
+    about = "Declarative, reproducible GPT experiments (nanoGPT as YAML manifests)"
+)]
 pub struct Cli {
     /// The content-addressed store (default ./cache).
     #[arg(long, global = true, env = "PIPE_CACHE", default_value = "cache")]
@@ -91,11 +95,22 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> Result<i32> {
     if let Some(t) = cli.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().ok();
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .ok();
     }
     match cli.command {
-        Command::Run { manifest, set, json, jobs } => {
-            let overrides = set.iter().map(|s| manifest::parse_override(s)).collect::<Result<Vec<_>>>()?;
+        Command::Run {
+            manifest,
+            set,
+            json,
+            jobs,
+        } => {
+            let overrides = set
+                .iter()
+                .map(|s| manifest::parse_override(s))
+                .collect::<Result<Vec<_>>>()?;
             let m = manifest::load(&manifest, &overrides)?;
             let plan = plan::build(m)?;
             // Validate what can fail before anything is written (missing files, bad checkpoints).
@@ -111,27 +126,57 @@ pub fn run(cli: Cli) -> Result<i32> {
             let store = Store::open(&cli.cache)?;
             let rec = RunRecord::load(&store, &run_id)?;
             if rec.status == "succeeded" && !json {
-                eprintln!("run {} already succeeded; checking that its outputs are all still there", rec.id);
+                eprintln!(
+                    "run {} already succeeded; checking that its outputs are all still there",
+                    rec.id
+                );
             }
-            let m: Manifest = serde_json::from_value(rec.plan.clone()).context("reading the run's plan")?;
+            let m: Manifest =
+                serde_json::from_value(rec.plan.clone()).context("reading the run's plan")?;
             let plan = plan::build(m)?;
             let run = RunLog::open(&store, &rec.id)?;
             execute_run(&store, &plan, run, "resume", json, jobs)
         }
-        Command::Status { manifest, set, json } => {
-            let overrides = set.iter().map(|s| manifest::parse_override(s)).collect::<Result<Vec<_>>>()?;
+        Command::Status {
+            manifest,
+            set,
+            json,
+        } => {
+            let overrides = set
+                .iter()
+                .map(|s| manifest::parse_override(s))
+                .collect::<Result<Vec<_>>>()?;
             let m = manifest::load(&manifest, &overrides)?;
             let plan = plan::build(m)?;
             let store = Store::at(&cli.cache);
             let stages = exec::status(&store, &plan)?;
             let all_cached = stages.iter().all(|s| s.status == "cached");
-            let summary = RunSummary { run_id: String::new(), name: plan.manifest.name.clone(), manifest: manifest.display().to_string(), status: if all_cached { "up-to-date".into() } else { "stale".into() }, stages };
+            let summary = RunSummary {
+                run_id: String::new(),
+                name: plan.manifest.name.clone(),
+                manifest: manifest.display().to_string(),
+                status: if all_cached {
+                    "up-to-date".into()
+                } else {
+                    "stale".into()
+                },
+                stages,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&status_json(&summary))?);
             } else {
-                println!("{} ({}): {}", summary.name, summary.manifest, summary.status);
+                println!(
+                    "{} ({}): {}",
+                    summary.name, summary.manifest, summary.status
+                );
                 for st in &summary.stages {
-                    println!("  {:<14} {:<9} {:<8} {}", st.name, st.kind, st.status, st.key.as_deref().map(|k| &k[..12]).unwrap_or("-"));
+                    println!(
+                        "  {:<14} {:<9} {:<8} {}",
+                        st.name,
+                        st.kind,
+                        st.status,
+                        st.key.as_deref().map(|k| &k[..12]).unwrap_or("-")
+                    );
                     for r in &st.reasons {
                         println!("      {r}");
                     }
@@ -144,26 +189,50 @@ pub fn run(cli: Cli) -> Result<i32> {
             match target {
                 None => {
                     let v = show::runs_json(&store)?;
-                    if json { println!("{}", serde_json::to_string_pretty(&v)?) } else { show::print_runs(&v) }
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&v)?)
+                    } else {
+                        show::print_runs(&v)
+                    }
                 }
                 Some(t) => {
                     if let Ok(summary) = show::run_summary(&store, &t) {
-                        if json { println!("{}", serde_json::to_string_pretty(&summary)?) } else { show::print_summary(&summary) }
+                        if json {
+                            println!("{}", serde_json::to_string_pretty(&summary)?)
+                        } else {
+                            show::print_summary(&summary)
+                        }
                     } else if let Some(hash) = store.resolve_object(&t)? {
                         let v = show::lineage(&store, &hash)?;
-                        if json { println!("{}", serde_json::to_string_pretty(&v)?) } else { show::print_lineage(&v, 0) }
+                        if json {
+                            println!("{}", serde_json::to_string_pretty(&v)?)
+                        } else {
+                            show::print_lineage(&v, 0)
+                        }
                     } else {
-                        anyhow::bail!("{t:?} is neither a run id nor an object hash in {} (list runs with `pipe show`)", store.root.display());
+                        anyhow::bail!(
+                            "{t:?} is neither a run id nor an object hash in {} (list runs with `pipe show`)",
+                            store.root.display()
+                        );
                     }
                 }
             }
             Ok(0)
         }
-        Command::Gc { dry_run, keep_checkpoints } => {
+        Command::Gc {
+            dry_run,
+            keep_checkpoints,
+        } => {
             let store = Store::open(&cli.cache)?;
             let r = show::gc(&store, dry_run, keep_checkpoints)?;
             let verb = if dry_run { "would remove" } else { "removed" };
-            println!("{verb} {} objects ({:.1} MB) and {} stale action records; kept {} objects", r.removed, r.bytes as f64 / 1e6, r.actions_removed, r.kept);
+            println!(
+                "{verb} {} objects ({:.1} MB) and {} stale action records; kept {} objects",
+                r.removed,
+                r.bytes as f64 / 1e6,
+                r.actions_removed,
+                r.kept
+            );
             Ok(0)
         }
         Command::Verify => {
@@ -186,10 +255,14 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Cat { hash, output } => {
             let store = Store::at(&cli.cache);
-            let h = store.resolve_object(&hash)?.with_context(|| format!("no object {hash:?} in {}", store.root.display()))?;
+            let h = store
+                .resolve_object(&hash)?
+                .with_context(|| format!("no object {hash:?} in {}", store.root.display()))?;
             let bytes = store.get(&h)?;
             match output {
-                Some(p) => std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?,
+                Some(p) => {
+                    std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?
+                }
                 None => {
                     use std::io::Write;
                     std::io::stdout().write_all(&bytes)?;
@@ -208,23 +281,53 @@ fn status_json(s: &RunSummary) -> serde_json::Value {
     serde_json::json!({ "name": s.name, "manifest": s.manifest, "status": s.status, "stages": s.stages })
 }
 
-fn execute_run(store: &Store, plan: &plan::Plan, run: RunLog, command: &str, json: bool, jobs: usize) -> Result<i32> {
+fn execute_run(
+    store: &Store,
+    plan: &plan::Plan,
+    run: RunLog,
+    command: &str,
+    json: bool,
+    jobs: usize,
+) -> Result<i32> {
     let _shared = store.lock_store_shared()?;
     let ui = Ui::new(json);
-    run.append(&RunEvent::RunStarted { time: utc_now(), command: command.into(), manifest: plan.manifest.path.display().to_string(), name: plan.manifest.name.clone(), pid: std::process::id() })?;
-    ui.say(&format!("run {} ({}: {})", run.id, plan.manifest.name, plan.manifest.path.display()));
+    run.append(&RunEvent::RunStarted {
+        time: utc_now(),
+        command: command.into(),
+        manifest: plan.manifest.path.display().to_string(),
+        name: plan.manifest.name.clone(),
+        pid: std::process::id(),
+    })?;
+    ui.say(&format!(
+        "run {} ({}: {})",
+        run.id,
+        plan.manifest.name,
+        plan.manifest.path.display()
+    ));
     let stages = exec::execute(store, plan, &run, &ui, jobs)?;
     let ok = stages.iter().all(|s| s.done());
     let status = if ok { "succeeded" } else { "failed" };
-    run.append(&RunEvent::RunFinished { time: utc_now(), status: status.into() })?;
-    let summary = RunSummary { run_id: run.id.clone(), name: plan.manifest.name.clone(), manifest: plan.manifest.path.display().to_string(), status: status.into(), stages };
+    run.append(&RunEvent::RunFinished {
+        time: utc_now(),
+        status: status.into(),
+    })?;
+    let summary = RunSummary {
+        run_id: run.id.clone(),
+        name: plan.manifest.name.clone(),
+        manifest: plan.manifest.path.display().to_string(),
+        status: status.into(),
+        stages,
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         eprintln!();
         show::print_summary(&summary);
         if !ok {
-            eprintln!("\nrun {} failed; fix the cause and continue with `pipe resume {}`", run.id, run.id);
+            eprintln!(
+                "\nrun {} failed; fix the cause and continue with `pipe resume {}`",
+                run.id, run.id
+            );
         }
     }
     Ok(if ok { 0 } else { 1 })

@@ -34,7 +34,16 @@ pub struct StageResult {
 
 impl StageResult {
     fn new(spec: &StageSpec, status: &str) -> Self {
-        StageResult { name: spec.name.clone(), kind: spec.kind.name().into(), status: status.into(), key: None, outputs: BTreeMap::new(), metrics: Value::Null, error: None, reasons: Vec::new() }
+        StageResult {
+            name: spec.name.clone(),
+            kind: spec.kind.name().into(),
+            status: status.into(),
+            key: None,
+            outputs: BTreeMap::new(),
+            metrics: Value::Null,
+            error: None,
+            reasons: Vec::new(),
+        }
     }
     pub fn done(&self) -> bool {
         matches!(self.status.as_str(), "executed" | "cached" | "resumed")
@@ -66,9 +75,22 @@ pub fn material(store: &Store, plan: &Plan, i: usize, inputs: &[Input]) -> Resul
     let m = &plan.manifest;
     let spec = &m.stages[i];
     let (params, sources) = stages::key_parts(store, m, spec)?;
-    let ins: serde_json::Map<String, Value> = inputs.iter().map(|inp| (role(spec.kind, inp), json!(inp.outputs))).collect();
-    let device = if spec.kind == StageKind::Command { "any" } else { m.defaults.device.as_str() };
-    Ok(key::material(spec.kind.name(), device, params, sources, Value::Object(ins)))
+    let ins: serde_json::Map<String, Value> = inputs
+        .iter()
+        .map(|inp| (role(spec.kind, inp), json!(inp.outputs)))
+        .collect();
+    let device = if spec.kind == StageKind::Command {
+        "any"
+    } else {
+        m.defaults.device.as_str()
+    };
+    Ok(key::material(
+        spec.kind.name(),
+        device,
+        params,
+        sources,
+        Value::Object(ins),
+    ))
 }
 
 fn inputs_of(plan: &Plan, i: usize, results: &[Option<StageResult>]) -> Option<Vec<Input>> {
@@ -76,19 +98,34 @@ fn inputs_of(plan: &Plan, i: usize, results: &[Option<StageResult>]) -> Option<V
         .iter()
         .map(|&j| {
             let r = results[j].as_ref()?;
-            r.done().then(|| Input { stage: r.name.clone(), kind: plan.manifest.stages[j].kind, outputs: r.outputs.clone() })
+            r.done().then(|| Input {
+                stage: r.name.clone(),
+                kind: plan.manifest.stages[j].kind,
+                outputs: r.outputs.clone(),
+            })
         })
         .collect()
 }
 
 /// Runs the plan; returns each stage's result in manifest order.
-pub fn execute(store: &Store, plan: &Plan, run: &RunLog, ui: &Ui, jobs: usize) -> Result<Vec<StageResult>> {
+pub fn execute(
+    store: &Store,
+    plan: &Plan,
+    run: &RunLog,
+    ui: &Ui,
+    jobs: usize,
+) -> Result<Vec<StageResult>> {
     let m = &plan.manifest;
     let n = m.stages.len();
     let mut results: Vec<Option<StageResult>> = vec![None; n];
     while results.iter().any(Option::is_none) {
         // Stages whose needs have all finished (one way or another).
-        let ready: Vec<usize> = plan.order.iter().copied().filter(|&i| results[i].is_none() && plan.deps[i].iter().all(|&j| results[j].is_some())).collect();
+        let ready: Vec<usize> = plan
+            .order
+            .iter()
+            .copied()
+            .filter(|&i| results[i].is_none() && plan.deps[i].iter().all(|&j| results[j].is_some()))
+            .collect();
         let mut wave = Vec::new();
         for i in ready {
             let spec = &m.stages[i];
@@ -97,24 +134,54 @@ pub fn execute(store: &Store, plan: &Plan, run: &RunLog, ui: &Ui, jobs: usize) -
                 None => {
                     let mut r = StageResult::new(spec, "skipped");
                     r.error = Some("a stage it needs did not finish".into());
-                    run.append(&RunEvent::StageSkipped { time: utc_now(), stage: spec.name.clone(), kind: spec.kind.name().into(), reason: "a stage it needs did not finish".into() })?;
+                    run.append(&RunEvent::StageSkipped {
+                        time: utc_now(),
+                        stage: spec.name.clone(),
+                        kind: spec.kind.name().into(),
+                        reason: "a stage it needs did not finish".into(),
+                    })?;
                     results[i] = Some(r);
                 }
             }
         }
         // At most one stage on a GPU at a time; CPU stages up to `jobs`.
-        let width = if m.defaults.device == "cuda" { 1 } else { jobs.max(1) };
+        let width = if m.defaults.device == "cuda" {
+            1
+        } else {
+            jobs.max(1)
+        };
         for chunk in wave.chunks(width) {
             let done: Vec<(usize, StageResult)> = std::thread::scope(|s| {
-                let handles: Vec<_> = chunk.iter().map(|(i, inputs)| (*i, s.spawn(move || run_stage(store, plan, *i, inputs.clone(), run, ui)))).collect();
-                handles.into_iter().map(|(i, h)| (i, h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("stage thread panicked"))))).map(|(i, r)| (i, r.unwrap_or_else(|e| failed(&m.stages[i], None, &e)))).collect()
+                let handles: Vec<_> = chunk
+                    .iter()
+                    .map(|(i, inputs)| {
+                        (
+                            *i,
+                            s.spawn(move || run_stage(store, plan, *i, inputs.clone(), run, ui)),
+                        )
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|(i, h)| {
+                        (
+                            i,
+                            h.join()
+                                .unwrap_or_else(|_| Err(anyhow::anyhow!("stage thread panicked"))),
+                        )
+                    })
+                    .map(|(i, r)| (i, r.unwrap_or_else(|e| failed(&m.stages[i], None, &e))))
+                    .collect()
             });
             for (i, r) in done {
                 results[i] = Some(r);
             }
         }
     }
-    Ok(results.into_iter().map(|r| r.expect("all stages visited")).collect())
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("all stages visited"))
+        .collect())
 }
 
 fn failed(spec: &StageSpec, key: Option<Hash>, e: &anyhow::Error) -> StageResult {
@@ -124,21 +191,43 @@ fn failed(spec: &StageSpec, key: Option<Hash>, e: &anyhow::Error) -> StageResult
     r
 }
 
-fn run_stage(store: &Store, plan: &Plan, i: usize, inputs: Vec<Input>, run: &RunLog, ui: &Ui) -> Result<StageResult> {
+fn run_stage(
+    store: &Store,
+    plan: &Plan,
+    i: usize,
+    inputs: Vec<Input>,
+    run: &RunLog,
+    ui: &Ui,
+) -> Result<StageResult> {
     let m = &plan.manifest;
     let spec = &m.stages[i];
     let kind = spec.kind.name().to_string();
     let mat = match material(store, plan, i, &inputs) {
         Ok(x) => x,
         Err(e) => {
-            run.append(&RunEvent::StageFailed { time: utc_now(), stage: spec.name.clone(), kind, key: None, error: format!("{e:#}") })?;
+            run.append(&RunEvent::StageFailed {
+                time: utc_now(),
+                stage: spec.name.clone(),
+                kind,
+                key: None,
+                error: format!("{e:#}"),
+            })?;
             return Ok(failed(spec, None, &e));
         }
     };
     let key = key::key_of(&mat);
     store.put_last_material(&m.name, &spec.name, &mat)?;
     let cached = |rec: ActionRecord| -> Result<StageResult> {
-        run.append(&RunEvent::StageFinished { time: utc_now(), stage: spec.name.clone(), kind: kind.clone(), key: key.clone(), status: "cached".into(), outputs: rec.outputs.clone(), metrics: rec.metrics.clone(), seconds: 0.0 })?;
+        run.append(&RunEvent::StageFinished {
+            time: utc_now(),
+            stage: spec.name.clone(),
+            kind: kind.clone(),
+            key: key.clone(),
+            status: "cached".into(),
+            outputs: rec.outputs.clone(),
+            metrics: rec.metrics.clone(),
+            seconds: 0.0,
+        })?;
         ui.say(&format!("{}: cached ({})", spec.name, &key[..12]));
         let mut r = StageResult::new(spec, "cached");
         r.key = Some(key.clone());
@@ -153,24 +242,62 @@ fn run_stage(store: &Store, plan: &Plan, i: usize, inputs: Vec<Input>, run: &Run
     let _lock = match store.try_lock_key(&key)? {
         Some(l) => l,
         None => {
-            ui.say(&format!("{}: another pipe process is computing this stage; waiting for it", spec.name));
+            ui.say(&format!(
+                "{}: another pipe process is computing this stage; waiting for it",
+                spec.name
+            ));
             store.lock_key(&key)?
         }
     };
     if let Some(rec) = store.action(&key)? {
         return cached(rec);
     }
-    run.append(&RunEvent::StageStarted { time: utc_now(), stage: spec.name.clone(), kind: kind.clone(), key: key.clone() })?;
+    run.append(&RunEvent::StageStarted {
+        time: utc_now(),
+        stage: spec.name.clone(),
+        kind: kind.clone(),
+        key: key.clone(),
+    })?;
     ui.say(&format!("{}: running ({} {})", spec.name, kind, &key[..12]));
-    let ctx = Ctx { store, run, spec, defaults: &m.defaults, base_dir: m.base_dir.clone(), key: key.clone(), inputs, ui };
+    let ctx = Ctx {
+        store,
+        run,
+        spec,
+        defaults: &m.defaults,
+        base_dir: m.base_dir.clone(),
+        key: key.clone(),
+        inputs,
+        ui,
+    };
     let t0 = Instant::now();
     match stages::execute(&ctx, m) {
-        Ok(Produced { outputs, metrics, resumed }) => {
+        Ok(Produced {
+            outputs,
+            metrics,
+            resumed,
+        }) => {
             let status = if resumed { "resumed" } else { "executed" };
-            store.put_action(&ActionRecord { key: key.clone(), stage: spec.name.clone(), kind: kind.clone(), key_material: mat, outputs: outputs.clone(), metrics: metrics.clone(), created: utc_now() })?;
+            store.put_action(&ActionRecord {
+                key: key.clone(),
+                stage: spec.name.clone(),
+                kind: kind.clone(),
+                key_material: mat,
+                outputs: outputs.clone(),
+                metrics: metrics.clone(),
+                created: utc_now(),
+            })?;
             store.clear_progress(&key)?;
             let seconds = t0.elapsed().as_secs_f64();
-            run.append(&RunEvent::StageFinished { time: utc_now(), stage: spec.name.clone(), kind, key: key.clone(), status: status.into(), outputs: outputs.clone(), metrics: metrics.clone(), seconds })?;
+            run.append(&RunEvent::StageFinished {
+                time: utc_now(),
+                stage: spec.name.clone(),
+                kind,
+                key: key.clone(),
+                status: status.into(),
+                outputs: outputs.clone(),
+                metrics: metrics.clone(),
+                seconds,
+            })?;
             ui.say(&format!("{}: {status} in {seconds:.1}s", spec.name));
             let mut r = StageResult::new(spec, status);
             r.key = Some(key);
@@ -179,7 +306,13 @@ fn run_stage(store: &Store, plan: &Plan, i: usize, inputs: Vec<Input>, run: &Run
             Ok(r)
         }
         Err(e) => {
-            run.append(&RunEvent::StageFailed { time: utc_now(), stage: spec.name.clone(), kind, key: Some(key.clone()), error: format!("{e:#}") })?;
+            run.append(&RunEvent::StageFailed {
+                time: utc_now(),
+                stage: spec.name.clone(),
+                kind,
+                key: Some(key.clone()),
+                error: format!("{e:#}"),
+            })?;
             ui.say(&format!("{}: failed: {e:#}", spec.name));
             Ok(failed(spec, Some(key), &e))
         }
@@ -196,7 +329,8 @@ pub fn status(store: &Store, plan: &Plan) -> Result<Vec<StageResult>> {
         match inputs_of(plan, i, &results) {
             None => {
                 r.status = "blocked".into();
-                r.reasons.push("runs after a stage it needs (its inputs are not known yet)".into());
+                r.reasons
+                    .push("runs after a stage it needs (its inputs are not known yet)".into());
             }
             Some(inputs) => {
                 let mat = material(store, plan, i, &inputs)?;
@@ -210,18 +344,28 @@ pub fn status(store: &Store, plan: &Plan) -> Result<Vec<StageResult>> {
                     match store.last_material(&m.name, &spec.name)? {
                         Some(old) => {
                             let diff = key::explain(&old, &mat);
-                            r.reasons = if diff.is_empty() { vec!["same key as last time, but its outputs are not in the store (removed by gc, or the stage never finished)".into()] } else { diff };
+                            r.reasons = if diff.is_empty() {
+                                vec!["same key as last time, but its outputs are not in the store (removed by gc, or the stage never finished)".into()]
+                            } else {
+                                diff
+                            };
                         }
                         None => r.reasons.push("never run".into()),
                     }
                     let progress = store.progress(&key)?;
                     if let Some(c) = progress.checkpoints.last() {
-                        r.reasons.push(format!("will resume from its checkpoint at iter {}", c.iter));
+                        r.reasons.push(format!(
+                            "will resume from its checkpoint at iter {}",
+                            c.iter
+                        ));
                     }
                 }
             }
         }
         results[i] = Some(r);
     }
-    Ok(results.into_iter().map(|r| r.expect("all visited")).collect())
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("all visited"))
+        .collect())
 }

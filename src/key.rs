@@ -44,7 +44,11 @@ fn diff(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
     match (old, new) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, va) in a {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match b.get(k) {
                     Some(vb) => diff(&p, va, vb, out),
                     None => out.push(format!("{p} removed (was {})", short(va))),
@@ -52,7 +56,11 @@ fn diff(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
             }
             for (k, vb) in b {
                 if !a.contains_key(k) {
-                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
                     out.push(format!("{p} added ({})", short(vb)));
                 }
             }
@@ -64,7 +72,14 @@ fn diff(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
 
 fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 60 { format!("{}…", &s[..s.char_indices().nth(57).map_or(s.len(), |x| x.0)]) } else { s }
+    if s.len() > 60 {
+        format!(
+            "{}…",
+            &s[..s.char_indices().nth(57).map_or(s.len(), |x| x.0)]
+        )
+    } else {
+        s
+    }
 }
 
 #[cfg(test)]
@@ -76,8 +91,12 @@ mod tests {
         let a: Value = serde_json::from_str(r#"{"b": 1, "a": {"y": 2.0, "x": "s"}}"#).unwrap();
         let b: Value = serde_json::from_str(r#"{"a": {"x": "s", "y": 2.0}, "b": 1}"#).unwrap();
         assert_eq!(key_of(&a), key_of(&b));
-        let c: Value = serde_json::from_str(r#"{"a": {"x": "s", "y": 3.0}, "b": 1, "c": true}"#).unwrap();
+        let c: Value =
+            serde_json::from_str(r#"{"a": {"x": "s", "y": 3.0}, "b": 1, "c": true}"#).unwrap();
         assert_ne!(key_of(&a), key_of(&c));
-        assert_eq!(explain(&a, &c), vec!["a.y: 2.0 -> 3.0".to_string(), "c added (true)".to_string()]);
+        assert_eq!(
+            explain(&a, &c),
+            vec!["a.y: 2.0 -> 3.0".to_string(), "c added (true)".to_string()]
+        );
     }
 }

@@ -61,7 +61,11 @@ pub struct Defaults {
 
 impl Default for Defaults {
     fn default() -> Self {
-        Defaults { device: "cpu".into(), seed: 1337, dtype: "float32".into() }
+        Defaults {
+            device: "cpu".into(),
+            seed: 1337,
+            dtype: "float32".into(),
+        }
     }
 }
 
@@ -75,7 +79,11 @@ pub struct Origin {
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        if self.line == 0 { write!(f, "{}", self.file) } else { write!(f, "{}:{}:{}", self.file, self.line, self.col) }
+        if self.line == 0 {
+            write!(f, "{}", self.file)
+        } else {
+            write!(f, "{}:{}:{}", self.file, self.line, self.col)
+        }
     }
 }
 
@@ -134,7 +142,12 @@ impl fmt::Display for ManifestError {
 impl std::error::Error for ManifestError {}
 
 pub fn err(origin: Origin, message: impl Into<String>, help: Option<&str>) -> anyhow::Error {
-    ManifestError { origin, message: message.into(), help: help.map(str::to_string) }.into()
+    ManifestError {
+        origin,
+        message: message.into(),
+        help: help.map(str::to_string),
+    }
+    .into()
 }
 
 #[derive(Deserialize)]
@@ -158,9 +171,13 @@ struct RawDefaults {
 }
 
 /// Line numbers of the stages and their keys in a block-style YAML manifest.
+/// (line, column) of a key.
+type Pos = (usize, usize);
+
 #[derive(Default)]
 struct Lines {
-    stages: BTreeMap<String, (usize, usize, BTreeMap<String, (usize, usize)>)>,
+    /// Stage name -> its position and the positions of its keys.
+    stages: BTreeMap<String, (usize, usize, BTreeMap<String, Pos>)>,
     top: BTreeMap<String, (usize, usize)>,
 }
 
@@ -171,7 +188,8 @@ fn indent(l: &str) -> usize {
 fn key_of(l: &str) -> Option<String> {
     let t = l.trim_start().trim_start_matches("- ");
     let k = t.split(':').next()?;
-    (t.contains(':') && !k.is_empty() && !k.contains(' ')).then(|| k.trim_matches(|c| c == '"' || c == '\'').to_string())
+    (t.contains(':') && !k.is_empty() && !k.contains(' '))
+        .then(|| k.trim_matches(|c| c == '"' || c == '\'').to_string())
 }
 
 fn scan_lines(text: &str) -> Lines {
@@ -199,16 +217,19 @@ fn scan_lines(text: &str) -> Lines {
         let si = *stage_indent.get_or_insert(ind);
         if ind == si {
             if let Some(k) = key_of(line) {
-                out.stages.insert(k.clone(), (i + 1, ind + 1, BTreeMap::new()));
+                out.stages
+                    .insert(k.clone(), (i + 1, ind + 1, BTreeMap::new()));
                 current = Some(k);
                 key_indent = None;
             }
         } else if let Some(s) = &current {
             let ki = *key_indent.get_or_insert(ind);
-            if ind == ki {
-                if let Some(k) = key_of(line) {
-                    out.stages.get_mut(s).unwrap().2.insert(k, (i + 1, ind + 1));
-                }
+            if let Some(k) = key_of(line).filter(|_| ind == ki) {
+                out.stages
+                    .get_mut(s)
+                    .expect("current stage recorded")
+                    .2
+                    .insert(k, (i + 1, ind + 1));
             }
         }
     }
@@ -217,8 +238,16 @@ fn scan_lines(text: &str) -> Lines {
 
 fn yaml_err(file: &str, e: &serde_yaml::Error, help: Option<&str>) -> anyhow::Error {
     let origin = match e.location() {
-        Some(l) => Origin { file: file.to_string(), line: l.line(), col: l.column() },
-        None => Origin { file: file.to_string(), line: 0, col: 0 },
+        Some(l) => Origin {
+            file: file.to_string(),
+            line: l.line(),
+            col: l.column(),
+        },
+        None => Origin {
+            file: file.to_string(),
+            line: 0,
+            col: 0,
+        },
     };
     let msg = e.to_string();
     // serde_yaml appends " at line X column Y"; the origin already says it.
@@ -233,11 +262,16 @@ fn yaml_to_json(v: &serde_yaml::Value) -> serde_json::Value {
 /// Finds `stages/<name>.yaml` for `use: name`: next to the manifest, or one folder up (so
 /// `pipelines/x.yaml` finds the repository's `stages/`).
 fn find_stage_def(base_dir: &Path, name: &str) -> Option<PathBuf> {
-    [base_dir.join("stages"), base_dir.join("..").join("stages")].into_iter().map(|d| d.join(format!("{name}.yaml"))).find(|p| p.exists())
+    [base_dir.join("stages"), base_dir.join("..").join("stages")]
+        .into_iter()
+        .map(|d| d.join(format!("{name}.yaml")))
+        .find(|p| p.exists())
 }
 
 pub fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// One `--set target.key=value` override.
@@ -250,26 +284,62 @@ pub struct Override {
 
 pub fn parse_override(s: &str) -> Result<Override> {
     let Some((lhs, rhs)) = s.split_once('=') else {
-        return Err(err(Origin { file: "--set".into(), ..Default::default() }, format!("`{s}` is not of the form stage.key=value"), Some("for example --set train.max_iters=500 or --set device=cpu")));
+        return Err(err(
+            Origin {
+                file: "--set".into(),
+                ..Default::default()
+            },
+            format!("`{s}` is not of the form stage.key=value"),
+            Some("for example --set train.max_iters=500 or --set device=cpu"),
+        ));
     };
     // The value is parsed as YAML so numbers and booleans get their types ("500" -> 500).
-    let value = serde_yaml::from_str::<serde_yaml::Value>(rhs).map(|v| yaml_to_json(&v)).unwrap_or(serde_json::Value::String(rhs.to_string()));
-    let value = if value.is_null() && !rhs.trim().is_empty() && rhs.trim() != "null" && rhs.trim() != "~" { serde_json::Value::String(rhs.to_string()) } else { value };
+    let value = serde_yaml::from_str::<serde_yaml::Value>(rhs)
+        .map(|v| yaml_to_json(&v))
+        .unwrap_or(serde_json::Value::String(rhs.to_string()));
+    let value =
+        if value.is_null() && !rhs.trim().is_empty() && rhs.trim() != "null" && rhs.trim() != "~" {
+            serde_json::Value::String(rhs.to_string())
+        } else {
+            value
+        };
     let (target, key) = match lhs.split_once('.') {
         Some((t, k)) => (Some(t.to_string()), k.to_string()),
         None => (None, lhs.to_string()),
     };
-    Ok(Override { target, key, value, raw: s.to_string() })
+    Ok(Override {
+        target,
+        key,
+        value,
+        raw: s.to_string(),
+    })
 }
 
 pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| err(Origin { file: file.clone(), ..Default::default() }, format!("cannot read the manifest: {e}"), Some("check the path; shipped manifests are in pipelines/")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        err(
+            Origin {
+                file: file.clone(),
+                ..Default::default()
+            },
+            format!("cannot read the manifest: {e}"),
+            Some("check the path; shipped manifests are in pipelines/"),
+        )
+    })?;
     let raw: RawManifest = serde_yaml::from_str(&text).map_err(|e| yaml_err(&file, &e, Some("a manifest has `name`, optional `defaults` (device, seed, dtype) and `stages` (a map of stage name to stage)")))?;
     let lines = scan_lines(&text);
-    let at = |line: usize, col: usize| Origin { file: file.clone(), line, col };
+    let at = |line: usize, col: usize| Origin {
+        file: file.clone(),
+        line,
+        col,
+    };
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
+    let base_dir = if base_dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base_dir
+    };
 
     let d = raw.defaults.unwrap_or_default();
     let mut defaults = Defaults::default();
@@ -284,49 +354,107 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
     }
     if raw.stages.is_empty() {
         let (l, c) = lines.top.get("stages").copied().unwrap_or((0, 0));
-        return Err(err(at(l, c), "`stages` is empty", Some("declare at least one stage, e.g. `data: {kind: prepare, ...}`")));
+        return Err(err(
+            at(l, c),
+            "`stages` is empty",
+            Some("declare at least one stage, e.g. `data: {kind: prepare, ...}`"),
+        ));
     }
 
     let mut stages = Vec::new();
     for (k, v) in &raw.stages {
         let Some(name) = k.as_str() else {
-            return Err(err(at(lines.top.get("stages").map_or(0, |x| x.0), 1), format!("stage names must be strings, found {k:?}"), None));
+            return Err(err(
+                at(lines.top.get("stages").map_or(0, |x| x.0), 1),
+                format!("stage names must be strings, found {k:?}"),
+                None,
+            ));
         };
-        let (sl, sc, key_lines) = lines.stages.get(name).cloned().unwrap_or((0, 0, BTreeMap::new()));
+        let (sl, sc, key_lines) =
+            lines
+                .stages
+                .get(name)
+                .cloned()
+                .unwrap_or((0, 0, BTreeMap::new()));
         let origin = at(sl, sc);
         if !valid_name(name) {
-            return Err(err(origin, format!("invalid stage name {name:?}"), Some("use letters, digits, `_` and `-` only")));
+            return Err(err(
+                origin,
+                format!("invalid stage name {name:?}"),
+                Some("use letters, digits, `_` and `-` only"),
+            ));
         }
         let Some(body) = v.as_mapping() else {
-            return Err(err(origin, format!("stage `{name}` must be a mapping of fields, found {}", describe(v)), Some("e.g. `train: {kind: train, needs: [model, data]}`")));
+            return Err(err(
+                origin,
+                format!(
+                    "stage `{name}` must be a mapping of fields, found {}",
+                    describe(v)
+                ),
+                Some("e.g. `train: {kind: train, needs: [model, data]}`"),
+            ));
         };
         let mut params = serde_json::Map::new();
         let mut param_origins = BTreeMap::new();
         let mut kind: Option<(String, Origin)> = None;
         let mut needs: Vec<String> = Vec::new();
-        let key_origin = |key: &str| key_lines.get(key).map(|&(l, c)| at(l, c)).unwrap_or_else(|| origin.clone());
+        let key_origin = |key: &str| {
+            key_lines
+                .get(key)
+                .map(|&(l, c)| at(l, c))
+                .unwrap_or_else(|| origin.clone())
+        };
 
         // `use:` first, so the stage's own fields override the definition's.
         if let Some(u) = body.get("use") {
             let o = key_origin("use");
             let Some(uname) = u.as_str() else {
-                return Err(err(o, format!("`use` must be the name of a stage definition, found {}", describe(u)), Some("e.g. `use: train_char` for stages/train_char.yaml")));
+                return Err(err(
+                    o,
+                    format!(
+                        "`use` must be the name of a stage definition, found {}",
+                        describe(u)
+                    ),
+                    Some("e.g. `use: train_char` for stages/train_char.yaml"),
+                ));
             };
             let Some(def_path) = find_stage_def(&base_dir, uname) else {
-                return Err(err(o, format!("no stage definition `{uname}`: looked for stages/{uname}.yaml next to the manifest and one folder up"), Some("check the name against the files in stages/")));
+                return Err(err(
+                    o,
+                    format!(
+                        "no stage definition `{uname}`: looked for stages/{uname}.yaml next to the manifest and one folder up"
+                    ),
+                    Some("check the name against the files in stages/"),
+                ));
             };
             let def_file = def_path.display().to_string();
             let def_text = std::fs::read_to_string(&def_path)?;
-            let def: serde_yaml::Mapping = serde_yaml::from_str(&def_text).map_err(|e| yaml_err(&def_file, &e, Some("a stage definition is a mapping with `kind` and parameters")))?;
+            let def: serde_yaml::Mapping = serde_yaml::from_str(&def_text).map_err(|e| {
+                yaml_err(
+                    &def_file,
+                    &e,
+                    Some("a stage definition is a mapping with `kind` and parameters"),
+                )
+            })?;
             let def_lines = scan_lines(&def_text);
             for (dk, dv) in &def {
                 let dk = dk.as_str().unwrap_or_default().to_string();
                 let (l, c) = def_lines.top.get(&dk).copied().unwrap_or((0, 0));
-                let o = Origin { file: def_file.clone(), line: l, col: c };
+                let o = Origin {
+                    file: def_file.clone(),
+                    line: l,
+                    col: c,
+                };
                 match dk.as_str() {
                     "kind" => kind = Some((dv.as_str().unwrap_or_default().to_string(), o)),
                     "description" => {}
-                    "needs" | "use" => return Err(err(o, format!("`{dk}` is not allowed in a stage definition"), Some("declare dependencies in the manifest that uses it"))),
+                    "needs" | "use" => {
+                        return Err(err(
+                            o,
+                            format!("`{dk}` is not allowed in a stage definition"),
+                            Some("declare dependencies in the manifest that uses it"),
+                        ));
+                    }
                     _ => {
                         params.insert(dk.clone(), yaml_to_json(dv));
                         param_origins.insert(dk, o);
@@ -341,7 +469,11 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
                 "use" | "description" => {}
                 "kind" => {
                     let Some(s) = fv.as_str() else {
-                        return Err(err(o, format!("`kind` must be a string, found {}", describe(fv)), Some(&format!("one of: {KINDS}"))));
+                        return Err(err(
+                            o,
+                            format!("`kind` must be a string, found {}", describe(fv)),
+                            Some(&format!("one of: {KINDS}")),
+                        ));
                     };
                     kind = Some((s.to_string(), o));
                 }
@@ -351,9 +483,29 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
                         serde_yaml::Value::String(s) => vec![s.clone()],
                         serde_yaml::Value::Sequence(seq) => seq
                             .iter()
-                            .map(|x| x.as_str().map(str::to_string).ok_or_else(|| err(o.clone(), format!("`needs` entries must be stage names, found {}", describe(x)), None)))
+                            .map(|x| {
+                                x.as_str().map(str::to_string).ok_or_else(|| {
+                                    err(
+                                        o.clone(),
+                                        format!(
+                                            "`needs` entries must be stage names, found {}",
+                                            describe(x)
+                                        ),
+                                        None,
+                                    )
+                                })
+                            })
                             .collect::<Result<_>>()?,
-                        other => return Err(err(o, format!("`needs` must be a list of stage names, found {}", describe(other)), Some("e.g. `needs: [model, data]`"))),
+                        other => {
+                            return Err(err(
+                                o,
+                                format!(
+                                    "`needs` must be a list of stage names, found {}",
+                                    describe(other)
+                                ),
+                                Some("e.g. `needs: [model, data]`"),
+                            ));
+                        }
                     }
                 }
                 _ => {
@@ -363,52 +515,129 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
             }
         }
         let Some((kind_name, kind_origin)) = kind else {
-            return Err(err(origin, format!("stage `{name}` has no `kind`"), Some(&format!("add `kind:` (one of: {KINDS}) or `use:` a definition from stages/"))));
+            return Err(err(
+                origin,
+                format!("stage `{name}` has no `kind`"),
+                Some(&format!(
+                    "add `kind:` (one of: {KINDS}) or `use:` a definition from stages/"
+                )),
+            ));
         };
         let Some(kind) = StageKind::parse(&kind_name) else {
-            return Err(err(kind_origin, format!("unknown stage kind `{kind_name}`"), Some(&format!("expected one of: {KINDS}"))));
+            return Err(err(
+                kind_origin,
+                format!("unknown stage kind `{kind_name}`"),
+                Some(&format!("expected one of: {KINDS}")),
+            ));
         };
-        stages.push(StageSpec { name: name.to_string(), kind, needs, params, origin, param_origins });
+        stages.push(StageSpec {
+            name: name.to_string(),
+            kind,
+            needs,
+            params,
+            origin,
+            param_origins,
+        });
     }
 
     let names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
     for o in overrides {
-        let set = Origin { file: format!("--set {}", o.raw), line: 0, col: 0 };
+        let set = Origin {
+            file: format!("--set {}", o.raw),
+            line: 0,
+            col: 0,
+        };
         match &o.target {
             Some(t) if t == "defaults" => set_default(&mut defaults, &o.key, &o.value, &set)?,
             Some(t) => {
                 let Some(s) = stages.iter_mut().find(|s| &s.name == t) else {
-                    return Err(err(set, format!("there is no stage named `{t}`"), Some(&format!("stages in this manifest: {}", names.join(", ")))));
+                    return Err(err(
+                        set,
+                        format!("there is no stage named `{t}`"),
+                        Some(&format!("stages in this manifest: {}", names.join(", "))),
+                    ));
                 };
                 if matches!(o.key.as_str(), "kind" | "needs" | "use") {
-                    return Err(err(set, format!("`{}` cannot be overridden from the command line", o.key), Some("edit the manifest instead")));
+                    return Err(err(
+                        set,
+                        format!("`{}` cannot be overridden from the command line", o.key),
+                        Some("edit the manifest instead"),
+                    ));
                 }
-                s.params.insert(o.key.clone(), absolute_if_path(&o.key, o.value.clone()));
+                s.params
+                    .insert(o.key.clone(), absolute_if_path(&o.key, o.value.clone()));
                 s.param_origins.insert(o.key.clone(), set);
             }
             None if is_default_key(&o.key) => set_default(&mut defaults, &o.key, &o.value, &set)?,
-            None => return Err(err(set, format!("`{}` names neither a default (device, seed, dtype) nor a stage parameter", o.key), Some("use stage.key=value, e.g. --set train.max_iters=500"))),
+            None => {
+                return Err(err(
+                    set,
+                    format!(
+                        "`{}` names neither a default (device, seed, dtype) nor a stage parameter",
+                        o.key
+                    ),
+                    Some("use stage.key=value, e.g. --set train.max_iters=500"),
+                ));
+            }
         }
     }
-    let top = |k: &str| lines.top.get(k).map(|&(l, c)| at(l, c)).unwrap_or_else(|| at(0, 0));
+    let top = |k: &str| {
+        lines
+            .top
+            .get(k)
+            .map(|&(l, c)| at(l, c))
+            .unwrap_or_else(|| at(0, 0))
+    };
     if !["cpu", "cuda"].contains(&defaults.device.as_str()) {
-        return Err(err(top("defaults"), format!("unknown device `{}`", defaults.device), Some("expected cpu or cuda")));
+        return Err(err(
+            top("defaults"),
+            format!("unknown device `{}`", defaults.device),
+            Some("expected cpu or cuda"),
+        ));
     }
     if defaults.dtype != "float32" {
-        return Err(err(top("defaults"), format!("dtype `{}` is not supported", defaults.dtype), Some("float32 is the only dtype of the CPU engine")));
+        return Err(err(
+            top("defaults"),
+            format!("dtype `{}` is not supported", defaults.dtype),
+            Some("float32 is the only dtype of the CPU engine"),
+        ));
     }
     for s in &stages {
-        let o = s.param_origins.get("needs").cloned().unwrap_or_else(|| lines.stages.get(&s.name).and_then(|x| x.2.get("needs")).map(|&(l, c)| at(l, c)).unwrap_or_else(|| s.origin.clone()));
+        let o = s.param_origins.get("needs").cloned().unwrap_or_else(|| {
+            lines
+                .stages
+                .get(&s.name)
+                .and_then(|x| x.2.get("needs"))
+                .map(|&(l, c)| at(l, c))
+                .unwrap_or_else(|| s.origin.clone())
+        });
         for n in &s.needs {
             if n == &s.name {
-                return Err(err(o, format!("stage `{}` needs itself", s.name), Some("remove it from `needs`")));
+                return Err(err(
+                    o,
+                    format!("stage `{}` needs itself", s.name),
+                    Some("remove it from `needs`"),
+                ));
             }
             if !names.contains(n) {
-                return Err(err(o, format!("stage `{}` needs `{n}`, which is not a stage in this manifest", s.name), Some(&format!("stages: {}", names.join(", ")))));
+                return Err(err(
+                    o,
+                    format!(
+                        "stage `{}` needs `{n}`, which is not a stage in this manifest",
+                        s.name
+                    ),
+                    Some(&format!("stages: {}", names.join(", "))),
+                ));
             }
         }
     }
-    Ok(Manifest { name: raw.name, path: path.to_path_buf(), base_dir, defaults, stages })
+    Ok(Manifest {
+        name: raw.name,
+        path: path.to_path_buf(),
+        base_dir,
+        defaults,
+        stages,
+    })
 }
 
 /// Parameters holding file paths. Relative paths in a manifest are relative to the manifest's
@@ -418,10 +647,12 @@ pub const PATH_KEYS: [&str; 3] = ["path", "hf_dir", "to"];
 
 fn absolute_if_path(key: &str, v: serde_json::Value) -> serde_json::Value {
     match (&v, PATH_KEYS.contains(&key)) {
-        (serde_json::Value::String(s), true) if Path::new(s).is_relative() => match std::env::current_dir() {
-            Ok(cwd) => serde_json::Value::String(cwd.join(s).display().to_string()),
-            Err(_) => v,
-        },
+        (serde_json::Value::String(s), true) if Path::new(s).is_relative() => {
+            match std::env::current_dir() {
+                Ok(cwd) => serde_json::Value::String(cwd.join(s).display().to_string()),
+                Err(_) => v,
+            }
+        }
         _ => v,
     }
 }
@@ -433,11 +664,32 @@ fn is_default_key(k: &str) -> bool {
 fn set_default(d: &mut Defaults, key: &str, v: &serde_json::Value, origin: &Origin) -> Result<()> {
     match key {
         "device" | "dtype" => {
-            let s = v.as_str().ok_or_else(|| err(origin.clone(), format!("`{key}` must be a string"), None))?.to_string();
-            if key == "device" { d.device = s } else { d.dtype = s }
+            let s = v
+                .as_str()
+                .ok_or_else(|| err(origin.clone(), format!("`{key}` must be a string"), None))?
+                .to_string();
+            if key == "device" {
+                d.device = s
+            } else {
+                d.dtype = s
+            }
         }
-        "seed" => d.seed = v.as_u64().ok_or_else(|| err(origin.clone(), "`seed` must be a non-negative integer", None))?,
-        _ => return Err(err(origin.clone(), format!("unknown default `{key}`"), Some("defaults are device, seed and dtype"))),
+        "seed" => {
+            d.seed = v.as_u64().ok_or_else(|| {
+                err(
+                    origin.clone(),
+                    "`seed` must be a non-negative integer",
+                    None,
+                )
+            })?
+        }
+        _ => {
+            return Err(err(
+                origin.clone(),
+                format!("unknown default `{key}`"),
+                Some("defaults are device, seed and dtype"),
+            ));
+        }
     }
     Ok(())
 }

@@ -19,7 +19,13 @@ pub fn build(manifest: Manifest) -> Result<Plan> {
     let n = manifest.stages.len();
     let mut g: DiGraph<usize, ()> = DiGraph::new();
     let nodes: Vec<NodeIndex> = (0..n).map(|i| g.add_node(i)).collect();
-    let index = |name: &str| manifest.stages.iter().position(|s| s.name == name).expect("needs checked by the manifest loader");
+    let index = |name: &str| {
+        manifest
+            .stages
+            .iter()
+            .position(|s| s.name == name)
+            .expect("needs checked by the manifest loader")
+    };
     let mut deps = vec![Vec::new(); n];
     for (i, s) in manifest.stages.iter().enumerate() {
         for d in &s.needs {
@@ -35,20 +41,37 @@ pub fn build(manifest: Manifest) -> Result<Plan> {
         Err(_) => {
             let cycle = find_cycle(&g, &manifest);
             let first = &manifest.stages[cycle[0]];
-            let names: Vec<&str> = cycle.iter().chain(std::iter::once(&cycle[0])).map(|&i| manifest.stages[i].name.as_str()).collect();
-            return Err(err(first.origin_of("needs").clone(), format!("the stages form a cycle: {}", names.join(" -> ")), Some("a stage cannot (indirectly) need itself: remove one of these `needs` entries")));
+            let names: Vec<&str> = cycle
+                .iter()
+                .chain(std::iter::once(&cycle[0]))
+                .map(|&i| manifest.stages[i].name.as_str())
+                .collect();
+            return Err(err(
+                first.origin_of("needs").clone(),
+                format!("the stages form a cycle: {}", names.join(" -> ")),
+                Some(
+                    "a stage cannot (indirectly) need itself: remove one of these `needs` entries",
+                ),
+            ));
         }
     };
     for s in &manifest.stages {
         stages::validate(&manifest, s)?;
     }
-    Ok(Plan { manifest, order, deps })
+    Ok(Plan {
+        manifest,
+        order,
+        deps,
+    })
 }
 
 /// One cycle, as stage indices in dependency order (a needs b needs ... needs a, reversed to read
 /// as a data flow).
 fn find_cycle(g: &DiGraph<usize, ()>, m: &Manifest) -> Vec<usize> {
-    let scc = kosaraju_scc(g).into_iter().find(|c| c.len() > 1).unwrap_or_default();
+    let scc = kosaraju_scc(g)
+        .into_iter()
+        .find(|c| c.len() > 1)
+        .unwrap_or_default();
     if scc.is_empty() {
         return vec![0];
     }
@@ -58,7 +81,14 @@ fn find_cycle(g: &DiGraph<usize, ()>, m: &Manifest) -> Vec<usize> {
     let start = members[0];
     let mut path = vec![start];
     let mut seen = std::collections::HashSet::from([start]);
-    fn dfs(g: &DiGraph<usize, ()>, cur: NodeIndex, start: NodeIndex, members: &[NodeIndex], path: &mut Vec<NodeIndex>, seen: &mut std::collections::HashSet<NodeIndex>) -> bool {
+    fn dfs(
+        g: &DiGraph<usize, ()>,
+        cur: NodeIndex,
+        start: NodeIndex,
+        members: &[NodeIndex],
+        path: &mut Vec<NodeIndex>,
+        seen: &mut std::collections::HashSet<NodeIndex>,
+    ) -> bool {
         let mut next: Vec<NodeIndex> = g.neighbors(cur).filter(|n| members.contains(n)).collect();
         next.sort_by_key(|ix| g[*ix]);
         for n in next {

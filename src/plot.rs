@@ -585,5 +585,4 @@ mod tests {
         assert_eq!(nice_step(4.0), 5.0);
         assert_eq!(nice_step(800.0), 1000.0);
     }
-
 }

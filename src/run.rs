@@ -18,19 +18,68 @@ use std::sync::Mutex;
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum RunEvent {
-    RunStarted { time: String, command: String, manifest: String, name: String, pid: u32 },
-    StageStarted { time: String, stage: String, kind: String, key: Hash },
-    StageFinished { time: String, stage: String, kind: String, key: Hash, status: String, outputs: BTreeMap<String, Hash>, metrics: serde_json::Value, seconds: f64 },
-    StageFailed { time: String, stage: String, kind: String, key: Option<Hash>, error: String },
-    StageSkipped { time: String, stage: String, kind: String, reason: String },
-    Eval { time: String, stage: String, iter: u64, train_loss: f32, val_loss: f32 },
-    Checkpoint { time: String, stage: String, iter: u64, hash: Hash, keep: bool },
-    RunFinished { time: String, status: String },
+    RunStarted {
+        time: String,
+        command: String,
+        manifest: String,
+        name: String,
+        pid: u32,
+    },
+    StageStarted {
+        time: String,
+        stage: String,
+        kind: String,
+        key: Hash,
+    },
+    StageFinished {
+        time: String,
+        stage: String,
+        kind: String,
+        key: Hash,
+        status: String,
+        outputs: BTreeMap<String, Hash>,
+        metrics: serde_json::Value,
+        seconds: f64,
+    },
+    StageFailed {
+        time: String,
+        stage: String,
+        kind: String,
+        key: Option<Hash>,
+        error: String,
+    },
+    StageSkipped {
+        time: String,
+        stage: String,
+        kind: String,
+        reason: String,
+    },
+    Eval {
+        time: String,
+        stage: String,
+        iter: u64,
+        train_loss: f32,
+        val_loss: f32,
+    },
+    Checkpoint {
+        time: String,
+        stage: String,
+        iter: u64,
+        hash: Hash,
+        keep: bool,
+    },
+    RunFinished {
+        time: String,
+        status: String,
+    },
 }
 
 /// Current UTC time as `YYYY-MM-DDTHH:MM:SSZ` (no date crate needed for one format).
 pub fn utc_now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     format_utc(secs)
 }
 
@@ -47,7 +96,12 @@ pub fn format_utc(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 pub fn parse_utc(s: &str) -> Option<u64> {
@@ -79,7 +133,10 @@ pub struct RunLog {
 fn new_run_id() -> String {
     let t = utc_now();
     let compact: String = t.chars().filter(|c| c.is_ascii_digit()).collect();
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let salt = crate::gpt::rng::mix64(nanos as u64 ^ ((std::process::id() as u64) << 32)) & 0xffff;
     format!("{}-{}-{salt:04x}", &compact[..8], &compact[8..14])
 }
@@ -90,19 +147,37 @@ impl RunLog {
         let id = new_run_id();
         let dir = store.root.join("runs").join(&id);
         fs::create_dir_all(&dir)?;
-        crate::store::write_atomic(&store.root.join("tmp"), &dir.join("plan.json"), &serde_json::to_vec_pretty(plan_json)?)?;
+        crate::store::write_atomic(
+            &store.root.join("tmp"),
+            &dir.join("plan.json"),
+            &serde_json::to_vec_pretty(plan_json)?,
+        )?;
         Self::open(store, &id)
     }
 
     /// Opens an existing run for appending (resume). Fails if another process is running it.
     pub fn open(store: &Store, id: &str) -> Result<RunLog> {
         let dir = run_dir(store, id)?;
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))?;
         if lock.try_lock().is_err() {
-            anyhow::bail!("run {id} is still running in another process; wait for it or stop it first");
+            anyhow::bail!(
+                "run {id} is still running in another process; wait for it or stop it first"
+            );
         }
-        let file = OpenOptions::new().create(true).append(true).open(dir.join("log.jsonl"))?;
-        Ok(RunLog { id: id.to_string(), dir, file: Mutex::new(file), _lock: lock })
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("log.jsonl"))?;
+        Ok(RunLog {
+            id: id.to_string(),
+            dir,
+            file: Mutex::new(file),
+            _lock: lock,
+        })
     }
 
     /// Appends one event durably (write, flush, fsync).
@@ -126,13 +201,18 @@ fn run_dir(store: &Store, id: &str) -> Result<PathBuf> {
     let m: Vec<&String> = ids.iter().filter(|r| r.starts_with(id)).collect();
     match m.len() {
         1 => Ok(store.root.join("runs").join(m[0])),
-        0 => anyhow::bail!("no run {id:?} in {} (list runs with `pipe show`)", store.root.display()),
+        0 => anyhow::bail!(
+            "no run {id:?} in {} (list runs with `pipe show`)",
+            store.root.display()
+        ),
         n => anyhow::bail!("{id:?} matches {n} runs; give more of the id"),
     }
 }
 
 pub fn list_run_ids(store: &Store) -> Result<Vec<String>> {
-    let Ok(rd) = fs::read_dir(store.root.join("runs")) else { return Ok(Vec::new()) };
+    let Ok(rd) = fs::read_dir(store.root.join("runs")) else {
+        return Ok(Vec::new());
+    };
     let mut ids: Vec<String> = rd
         .filter_map(|e| e.ok())
         .filter(|e| e.path().join("plan.json").exists())
@@ -154,25 +234,46 @@ impl RunRecord {
     pub fn load(store: &Store, id: &str) -> Result<RunRecord> {
         let dir = run_dir(store, id)?;
         let id = dir.file_name().unwrap().to_string_lossy().to_string();
-        let plan: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("plan.json"))?).with_context(|| format!("run {id}: unreadable plan.json"))?;
+        let plan: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("plan.json"))?)
+            .with_context(|| format!("run {id}: unreadable plan.json"))?;
         let text = fs::read_to_string(dir.join("log.jsonl")).unwrap_or_default();
         // A torn last line (killed mid-write) is ignored: every complete line is a whole event.
-        let events: Vec<RunEvent> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let events: Vec<RunEvent> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
         let finished = events.iter().rev().find_map(|e| match e {
             RunEvent::RunFinished { status, .. } => Some(status.clone()),
             _ => None,
         });
         // The last run_started after the last run_finished means a resume is (or was) in progress.
-        let last_start = events.iter().rposition(|e| matches!(e, RunEvent::RunStarted { .. }));
-        let last_finish = events.iter().rposition(|e| matches!(e, RunEvent::RunFinished { .. }));
+        let last_start = events
+            .iter()
+            .rposition(|e| matches!(e, RunEvent::RunStarted { .. }));
+        let last_finish = events
+            .iter()
+            .rposition(|e| matches!(e, RunEvent::RunFinished { .. }));
         let status = match (finished, last_start > last_finish) {
             (Some(s), false) => s,
             _ => {
-                let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
-                if lock.try_lock().is_ok() { "interrupted".to_string() } else { "running".to_string() }
+                let lock = OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(dir.join("lock"))?;
+                if lock.try_lock().is_ok() {
+                    "interrupted".to_string()
+                } else {
+                    "running".to_string()
+                }
             }
         };
-        Ok(RunRecord { id, plan, events, status })
+        Ok(RunRecord {
+            id,
+            plan,
+            events,
+            status,
+        })
     }
 
     pub fn started(&self) -> Option<&str> {
@@ -183,7 +284,7 @@ impl RunRecord {
     }
 
     pub fn last_time(&self) -> Option<&str> {
-        self.events.iter().rev().find_map(|e| match e {
+        self.events.iter().next_back().map(|e| match e {
             RunEvent::RunStarted { time, .. }
             | RunEvent::StageStarted { time, .. }
             | RunEvent::StageFinished { time, .. }
@@ -191,7 +292,7 @@ impl RunRecord {
             | RunEvent::StageSkipped { time, .. }
             | RunEvent::Eval { time, .. }
             | RunEvent::Checkpoint { time, .. }
-            | RunEvent::RunFinished { time, .. } => Some(time.as_str()),
+            | RunEvent::RunFinished { time, .. } => time.as_str(),
         })
     }
 }
@@ -203,7 +304,7 @@ mod tests {
     #[test]
     fn utc_round_trip() {
         assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_utc(1_795_881_600), "2026-11-28T00:00:00Z");
+        assert_eq!(format_utc(1_795_824_000), "2026-11-28T00:00:00Z");
         for s in [0u64, 951_782_400, 1_795_881_645, 4_102_444_799] {
             assert_eq!(parse_utc(&format_utc(s)), Some(s));
         }

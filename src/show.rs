@@ -14,7 +14,19 @@ pub fn run_summary(store: &Store, id: &str) -> Result<RunSummary> {
     let manifest: Manifest = serde_json::from_value(rec.plan.clone())?;
     let mut by_stage: BTreeMap<String, StageResult> = BTreeMap::new();
     for s in &manifest.stages {
-        by_stage.insert(s.name.clone(), StageResult { name: s.name.clone(), kind: s.kind.name().into(), status: "pending".into(), key: None, outputs: BTreeMap::new(), metrics: Value::Null, error: None, reasons: vec![] });
+        by_stage.insert(
+            s.name.clone(),
+            StageResult {
+                name: s.name.clone(),
+                kind: s.kind.name().into(),
+                status: "pending".into(),
+                key: None,
+                outputs: BTreeMap::new(),
+                metrics: Value::Null,
+                error: None,
+                reasons: vec![],
+            },
+        );
     }
     for e in &rec.events {
         match e {
@@ -28,7 +40,14 @@ pub fn run_summary(store: &Store, id: &str) -> Result<RunSummary> {
                     r.error = None;
                 }
             }
-            RunEvent::StageFinished { stage, key, status, outputs, metrics, .. } => {
+            RunEvent::StageFinished {
+                stage,
+                key,
+                status,
+                outputs,
+                metrics,
+                ..
+            } => {
                 if let Some(r) = by_stage.get_mut(stage) {
                     r.status = status.clone();
                     r.key = Some(key.clone());
@@ -37,7 +56,9 @@ pub fn run_summary(store: &Store, id: &str) -> Result<RunSummary> {
                     r.error = None;
                 }
             }
-            RunEvent::StageFailed { stage, key, error, .. } => {
+            RunEvent::StageFailed {
+                stage, key, error, ..
+            } => {
                 if let Some(r) = by_stage.get_mut(stage) {
                     r.status = "failed".into();
                     r.key = key.clone();
@@ -50,7 +71,9 @@ pub fn run_summary(store: &Store, id: &str) -> Result<RunSummary> {
                     r.error = Some(reason.clone());
                 }
             }
-            RunEvent::Checkpoint { stage, iter, hash, .. } => {
+            RunEvent::Checkpoint {
+                stage, iter, hash, ..
+            } => {
                 if let Some(r) = by_stage.get_mut(stage) {
                     r.metrics = json!({ "last_checkpoint_iter": iter, "last_checkpoint": hash });
                 }
@@ -66,8 +89,18 @@ pub fn run_summary(store: &Store, id: &str) -> Result<RunSummary> {
             }
         }
     }
-    let stages = manifest.stages.iter().map(|s| by_stage.remove(&s.name).expect("present")).collect();
-    Ok(RunSummary { run_id: rec.id, name: manifest.name, manifest: manifest.path.display().to_string(), status: rec.status, stages })
+    let stages = manifest
+        .stages
+        .iter()
+        .map(|s| by_stage.remove(&s.name).expect("present"))
+        .collect();
+    Ok(RunSummary {
+        run_id: rec.id,
+        name: manifest.name,
+        manifest: manifest.path.display().to_string(),
+        status: rec.status,
+        stages,
+    })
 }
 
 pub fn runs_json(store: &Store) -> Result<Value> {
@@ -75,7 +108,10 @@ pub fn runs_json(store: &Store) -> Result<Value> {
     for id in list_run_ids(store)? {
         let rec = RunRecord::load(store, &id)?;
         let started = rec.started().map(str::to_string);
-        let duration = match (started.as_deref().and_then(parse_utc), rec.last_time().and_then(parse_utc)) {
+        let duration = match (
+            started.as_deref().and_then(parse_utc),
+            rec.last_time().and_then(parse_utc),
+        ) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
             _ => None,
         };
@@ -97,27 +133,59 @@ pub fn print_runs(v: &Value) {
         println!("no runs yet (start one with `pipe run pipelines/<manifest>.yaml`)");
         return;
     }
-    println!("{:<22} {:<28} {:<12} {:<21} {:>9}", "RUN", "NAME", "STATUS", "STARTED", "DURATION");
+    println!(
+        "{:<22} {:<28} {:<12} {:<21} {:>9}",
+        "RUN", "NAME", "STATUS", "STARTED", "DURATION"
+    );
     for r in runs {
-        let dur = r["duration_seconds"].as_u64().map(fmt_duration).unwrap_or_default();
-        println!("{:<22} {:<28} {:<12} {:<21} {:>9}", r["run_id"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or(""), r["status"].as_str().unwrap_or(""), r["started"].as_str().unwrap_or(""), dur);
+        let dur = r["duration_seconds"]
+            .as_u64()
+            .map(fmt_duration)
+            .unwrap_or_default();
+        println!(
+            "{:<22} {:<28} {:<12} {:<21} {:>9}",
+            r["run_id"].as_str().unwrap_or(""),
+            r["name"].as_str().unwrap_or(""),
+            r["status"].as_str().unwrap_or(""),
+            r["started"].as_str().unwrap_or(""),
+            dur
+        );
     }
 }
 
 pub fn fmt_duration(s: u64) -> String {
-    if s >= 3600 { format!("{}h{:02}m", s / 3600, s % 3600 / 60) } else if s >= 60 { format!("{}m{:02}s", s / 60, s % 60) } else { format!("{s}s") }
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
 }
 
 pub fn print_summary(s: &RunSummary) {
-    println!("run {}  {}  ({})  {}", s.run_id, s.name, s.manifest, s.status.to_uppercase());
+    println!(
+        "run {}  {}  ({})  {}",
+        s.run_id,
+        s.name,
+        s.manifest,
+        s.status.to_uppercase()
+    );
     for st in &s.stages {
         let key = st.key.as_deref().map(|k| &k[..12]).unwrap_or("-");
-        println!("  {:<14} {:<9} {:<12} key {}", st.name, st.kind, st.status, key);
+        println!(
+            "  {:<14} {:<9} {:<12} key {}",
+            st.name, st.kind, st.status, key
+        );
         for (name, h) in &st.outputs {
             println!("      {name:<18} {}", &h[..16]);
         }
         if let Some(m) = st.metrics.as_object() {
-            let shown: Vec<String> = m.iter().filter(|(_, v)| v.is_number()).map(|(k, v)| format!("{k}={}", fmt_num(v))).collect();
+            let shown: Vec<String> = m
+                .iter()
+                .filter(|(_, v)| v.is_number())
+                .map(|(k, v)| format!("{k}={}", fmt_num(v)))
+                .collect();
             if !shown.is_empty() {
                 println!("      metrics: {}", shown.join(", "));
             }
@@ -142,19 +210,31 @@ fn fmt_num(v: &Value) -> String {
 pub fn lineage(store: &Store, hash: &str) -> Result<Value> {
     let actions = store.actions()?;
     fn producer(actions: &[crate::store::ActionRecord], hash: &str, depth: usize) -> Value {
-        let Some(rec) = actions.iter().find(|a| a.outputs.values().any(|h| h == hash) && !a.key.starts_with("download-")) else {
+        let Some(rec) = actions
+            .iter()
+            .find(|a| a.outputs.values().any(|h| h == hash) && !a.key.starts_with("download-"))
+        else {
             return json!({ "artifact": hash, "produced_by": null });
         };
-        let output = rec.outputs.iter().find(|(_, h)| *h == hash).map(|(n, _)| n.clone());
+        let output = rec
+            .outputs
+            .iter()
+            .find(|(_, h)| *h == hash)
+            .map(|(n, _)| n.clone());
         let mut inputs = Vec::new();
-        if depth < 32 {
-            if let Some(ins) = rec.key_material.get("inputs").and_then(Value::as_object) {
-                for (role, outs) in ins {
-                    let outs = outs.as_object().cloned().unwrap_or_default();
-                    let first = outs.values().next().and_then(Value::as_str).unwrap_or("");
-                    let up = producer(actions, first, depth + 1);
-                    inputs.push(json!({ "role": role, "outputs": outs, "produced_by": up["produced_by"] }));
-                }
+        if let Some(ins) = rec
+            .key_material
+            .get("inputs")
+            .and_then(Value::as_object)
+            .filter(|_| depth < 32)
+        {
+            for (role, outs) in ins {
+                let outs = outs.as_object().cloned().unwrap_or_default();
+                let first = outs.values().next().and_then(Value::as_str).unwrap_or("");
+                let up = producer(actions, first, depth + 1);
+                inputs.push(
+                    json!({ "role": role, "outputs": outs, "produced_by": up["produced_by"] }),
+                );
             }
         }
         json!({
@@ -179,10 +259,19 @@ pub fn print_lineage(v: &Value, indent: usize) {
         println!("{}", v["artifact"].as_str().unwrap_or(""));
     }
     if p.is_null() {
-        println!("{pad}  (not produced by a recorded stage: a source, checkpoint or removed record)");
+        println!(
+            "{pad}  (not produced by a recorded stage: a source, checkpoint or removed record)"
+        );
         return;
     }
-    println!("{pad}  <- {} `{}` (output {}), key {}, {}", p["kind"].as_str().unwrap_or(""), p["stage"].as_str().unwrap_or(""), p["output"].as_str().unwrap_or("?"), &p["key"].as_str().unwrap_or("")[..12.min(p["key"].as_str().unwrap_or("").len())], p["created"].as_str().unwrap_or(""));
+    println!(
+        "{pad}  <- {} `{}` (output {}), key {}, {}",
+        p["kind"].as_str().unwrap_or(""),
+        p["stage"].as_str().unwrap_or(""),
+        p["output"].as_str().unwrap_or("?"),
+        &p["key"].as_str().unwrap_or("")[..12.min(p["key"].as_str().unwrap_or("").len())],
+        p["created"].as_str().unwrap_or("")
+    );
     if let Some(params) = p["params"].as_object() {
         let s: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!("{pad}     params: {}", s.join(" "));
@@ -233,16 +322,26 @@ pub struct GcReport {
 
 pub fn gc(store: &Store, dry_run: bool, keep_checkpoints: bool) -> Result<GcReport> {
     let Some(_lock) = store.try_lock_store_exclusive()? else {
-        bail!("a pipe run is using the store {}; run gc when it has finished", store.root.display());
+        bail!(
+            "a pipe run is using the store {}; run gc when it has finished",
+            store.root.display()
+        );
     };
     let keep = reachable(store, keep_checkpoints)?;
-    let mut report = GcReport { removed: 0, bytes: 0, kept: 0, actions_removed: 0 };
+    let mut report = GcReport {
+        removed: 0,
+        bytes: 0,
+        kept: 0,
+        actions_removed: 0,
+    };
     for h in store.all_objects()? {
         if keep.contains(&h) {
             report.kept += 1;
         } else {
             report.removed += 1;
-            report.bytes += std::fs::metadata(store.object_path(&h)).map(|m| m.len()).unwrap_or(0);
+            report.bytes += std::fs::metadata(store.object_path(&h))
+                .map(|m| m.len())
+                .unwrap_or(0);
             if !dry_run {
                 store.remove_object(&h)?;
             }

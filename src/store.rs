@@ -83,7 +83,10 @@ fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!("{t:x}{n:x}")
 }
 
@@ -96,25 +99,42 @@ pub struct Lock {
 impl Store {
     /// Opens (creating if needed) a store at `root`.
     pub fn open(root: &Path) -> Result<Store> {
-        for d in ["objects", "actions", "progress", "runs", "locks", "tmp", "index"] {
+        for d in [
+            "objects", "actions", "progress", "runs", "locks", "tmp", "index",
+        ] {
             fs::create_dir_all(root.join(d)).with_context(|| format!("cannot create the store at {} (use --cache DIR or PIPE_CACHE to put it elsewhere)", root.display()))?;
         }
-        Ok(Store { root: root.to_path_buf() })
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
     }
 
     /// A store handle that creates nothing (for validation and read-only commands).
     pub fn at(root: &Path) -> Store {
-        Store { root: root.to_path_buf() }
+        Store {
+            root: root.to_path_buf(),
+        }
     }
 
     fn material_path(&self, manifest: &str, stage: &str) -> PathBuf {
-        self.root.join("index").join(format!("{manifest}--{stage}.json"))
+        self.root
+            .join("index")
+            .join(format!("{manifest}--{stage}.json"))
     }
 
     /// Remembers the key material a manifest's stage had last time, so `pipe status` can say what
     /// changed.
-    pub fn put_last_material(&self, manifest: &str, stage: &str, m: &serde_json::Value) -> Result<()> {
-        write_atomic(&self.tmp(), &self.material_path(manifest, stage), &serde_json::to_vec(m)?)
+    pub fn put_last_material(
+        &self,
+        manifest: &str,
+        stage: &str,
+        m: &serde_json::Value,
+    ) -> Result<()> {
+        write_atomic(
+            &self.tmp(),
+            &self.material_path(manifest, stage),
+            &serde_json::to_vec(m)?,
+        )
     }
 
     pub fn last_material(&self, manifest: &str, stage: &str) -> Result<Option<serde_json::Value>> {
@@ -154,7 +174,10 @@ impl Store {
         let bytes = fs::read(&path).with_context(|| format!("object {hash} is missing from the store {} (was it removed by hand? rerun the stage that made it)", self.root.display()))?;
         let actual = hash_bytes(&bytes);
         if actual != hash {
-            bail!("object {hash} in {} is corrupted (its content hashes to {actual}); run `pipe verify`, which removes it, then rerun", self.root.display());
+            bail!(
+                "object {hash} in {} is corrupted (its content hashes to {actual}); run `pipe verify`, which removes it, then rerun",
+                self.root.display()
+            );
         }
         Ok(bytes)
     }
@@ -170,24 +193,38 @@ impl Store {
     /// The action record for `key`, if the stage finished before and all its outputs are present.
     pub fn action(&self, key: &str) -> Result<Option<ActionRecord>> {
         let path = self.action_path(key);
-        let Ok(text) = fs::read_to_string(&path) else { return Ok(None) };
-        let rec: ActionRecord = serde_json::from_str(&text).with_context(|| format!("{} is not a valid action record", path.display()))?;
-        if rec.outputs.values().all(|h| self.has(h)) { Ok(Some(rec)) } else { Ok(None) }
+        let Ok(text) = fs::read_to_string(&path) else {
+            return Ok(None);
+        };
+        let rec: ActionRecord = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid action record", path.display()))?;
+        if rec.outputs.values().all(|h| self.has(h)) {
+            Ok(Some(rec))
+        } else {
+            Ok(None)
+        }
     }
 
     pub fn put_action(&self, rec: &ActionRecord) -> Result<()> {
-        write_atomic(&self.tmp(), &self.action_path(&rec.key), &serde_json::to_vec_pretty(rec)?)
+        write_atomic(
+            &self.tmp(),
+            &self.action_path(&rec.key),
+            &serde_json::to_vec_pretty(rec)?,
+        )
     }
 
     pub fn actions(&self) -> Result<Vec<ActionRecord>> {
         let mut out = Vec::new();
-        let Ok(rd) = fs::read_dir(self.root.join("actions")) else { return Ok(out) };
+        let Ok(rd) = fs::read_dir(self.root.join("actions")) else {
+            return Ok(out);
+        };
         for e in rd {
             let p = e?.path();
-            if p.extension().is_some_and(|x| x == "json") {
-                if let Ok(r) = serde_json::from_str(&fs::read_to_string(&p)?) {
-                    out.push(r);
-                }
+            if p.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            if let Ok(r) = serde_json::from_str(&fs::read_to_string(&p)?) {
+                out.push(r);
             }
         }
         Ok(out)
@@ -205,7 +242,11 @@ impl Store {
     }
 
     pub fn put_progress(&self, key: &str, p: &Progress) -> Result<()> {
-        write_atomic(&self.tmp(), &self.progress_path(key), &serde_json::to_vec(p)?)
+        write_atomic(
+            &self.tmp(),
+            &self.progress_path(key),
+            &serde_json::to_vec(p)?,
+        )
     }
 
     pub fn clear_progress(&self, key: &str) -> Result<()> {
@@ -228,7 +269,12 @@ impl Store {
 
     fn lock_file(&self, name: &str) -> Result<File> {
         let path = self.root.join("locks").join(name);
-        OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening lock {}", path.display()))
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening lock {}", path.display()))
     }
 
     /// Blocks until this process holds the lock for computing `key`.
@@ -268,7 +314,9 @@ impl Store {
     /// Every object hash in the store.
     pub fn all_objects(&self) -> Result<Vec<Hash>> {
         let mut out = Vec::new();
-        let Ok(rd) = fs::read_dir(self.root.join("objects")) else { return Ok(out) };
+        let Ok(rd) = fs::read_dir(self.root.join("objects")) else {
+            return Ok(out);
+        };
         for d in rd {
             let d = d?;
             if !d.file_type()?.is_dir() {
@@ -295,7 +343,10 @@ impl Store {
             }
         }
         for h in &bad {
-            let _ = fs::rename(self.object_path(h), self.tmp().join(format!("corrupted-{h}")));
+            let _ = fs::rename(
+                self.object_path(h),
+                self.tmp().join(format!("corrupted-{h}")),
+            );
         }
         Ok((all.len(), bad))
     }
@@ -305,7 +356,11 @@ impl Store {
         if prefix.len() < 6 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
             return Ok(None);
         }
-        let matches: Vec<Hash> = self.all_objects()?.into_iter().filter(|h| h.starts_with(prefix)).collect();
+        let matches: Vec<Hash> = self
+            .all_objects()?
+            .into_iter()
+            .filter(|h| h.starts_with(prefix))
+            .collect();
         match matches.len() {
             0 => Ok(None),
             1 => Ok(Some(matches[0].clone())),

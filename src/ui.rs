@@ -11,7 +11,10 @@ pub struct Ui {
 
 impl Ui {
     pub fn new(json: bool) -> Ui {
-        Ui { json, tty: std::io::stderr().is_terminal() }
+        Ui {
+            json,
+            tty: std::io::stderr().is_terminal(),
+        }
     }
 
     /// A line for the user, on stderr.
@@ -21,14 +24,28 @@ impl Ui {
 
     /// A progress bar over `len` steps (hidden when stderr is not a terminal).
     pub fn bar(&self, len: u64, prefix: &str) -> ProgressBar {
-        let pb = if self.tty { ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr()) } else { ProgressBar::hidden() };
-        pb.set_style(ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})").expect("valid template").progress_chars("=> "));
+        let pb = if self.tty {
+            ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr())
+        } else {
+            ProgressBar::hidden()
+        };
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
         pb.set_prefix(prefix.to_string());
         pb
     }
 
     /// Prints a line above an active progress bar (or plainly when there is none).
     pub fn above(&self, pb: &ProgressBar, msg: &str) {
-        if pb.is_hidden() { eprintln!("{msg}") } else { pb.println(msg) }
+        if pb.is_hidden() {
+            eprintln!("{msg}")
+        } else {
+            pb.println(msg)
+        }
     }
 }

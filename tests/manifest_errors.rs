@@ -4,7 +4,8 @@
 mod common;
 use common::*;
 
-const GOOD_HEAD: &str = "name: bad\nstages:\n  data:\n    kind: prepare\n    path: text.txt\n    tokenizer: char\n";
+const GOOD_HEAD: &str =
+    "name: bad\nstages:\n  data:\n    kind: prepare\n    path: text.txt\n    tokenizer: char\n";
 
 struct Case {
     name: &'static str,
@@ -15,43 +16,179 @@ struct Case {
 }
 
 fn case(name: &'static str, manifest: &str, expect: &'static [&'static str]) -> Case {
-    Case { name, manifest: manifest.to_string(), args: &[], expect }
+    Case {
+        name,
+        manifest: manifest.to_string(),
+        args: &[],
+        expect,
+    }
 }
 
 fn with_model(extra: &str) -> String {
-    format!("{GOOD_HEAD}  model:\n    kind: init\n    needs: [data]\n    from: scratch\n    n_layer: 1\n    n_head: 1\n    n_embd: 8\n    block_size: 8\n{extra}")
+    format!(
+        "{GOOD_HEAD}  model:\n    kind: init\n    needs: [data]\n    from: scratch\n    n_layer: 1\n    n_head: 1\n    n_embd: 8\n    block_size: 8\n{extra}"
+    )
 }
 
 fn cases() -> Vec<Case> {
-    let train = |body: &str| with_model(&format!("  train:\n    kind: train\n    needs: [model, data]\n{body}"));
+    let train = |body: &str| {
+        with_model(&format!(
+            "  train:\n    kind: train\n    needs: [model, data]\n{body}"
+        ))
+    };
     vec![
-        case("yaml syntax", "name: bad\nstages:\n  data:\n    kind: prepare\n   path: [unclosed\n", &["bad.yaml:5:", "did not find expected"]),
-        case("missing name", "stages:\n  data:\n    kind: prepare\n", &["missing field `name`"]),
-        case("unknown top-level key", "name: bad\nstagez:\n  a: {kind: prepare}\nstages:\n  data: {kind: prepare}\n", &["bad.yaml:2:", "unknown field `stagez`"]),
-        case("empty stages", "name: bad\nstages: {}\n", &["bad.yaml:2:", "`stages` is empty"]),
-        case("stage without kind", "name: bad\nstages:\n  data:\n    path: text.txt\n", &["bad.yaml:3:", "has no `kind`"]),
-        case("unknown kind", "name: bad\nstages:\n  data:\n    kind: prepair\n", &["bad.yaml:4:", "unknown stage kind `prepair`", "prepare, init"]),
-        case("unknown needs", &with_model("  train:\n    kind: train\n    needs: [modle, data]\n"), &["bad.yaml:17:", "needs `modle`, which is not a stage"]),
-        case("cycle", "name: bad\nstages:\n  a:\n    kind: command\n    cmd: 'true'\n    needs: [b]\n  b:\n    kind: command\n    cmd: 'true'\n    needs: [a]\n", &["bad.yaml:6:", "cycle: a -> b -> a"]),
-        case("needs itself", "name: bad\nstages:\n  a:\n    kind: command\n    cmd: 'true'\n    needs: [a]\n", &["bad.yaml:6:", "needs itself"]),
-        case("unknown train param", &train("    max_iter: 10\n"), &["bad.yaml:18:", "unknown field `max_iter`", "max_iters"]),
-        case("wrong type", &train("    max_iters: lots\n"), &["bad.yaml:18:", "field `max_iters`", "invalid type"]),
-        case("missing data file", "name: bad\nstages:\n  data:\n    kind: prepare\n    path: nowhere.txt\n    tokenizer: char\n", &["bad.yaml:5:", "cannot read", "nowhere.txt"]),
-        case("unknown use", "name: bad\nstages:\n  data:\n    use: no_such_definition\n", &["bad.yaml:4:", "no stage definition `no_such_definition`"]),
-        case("train without data", &with_model("  train:\n    kind: train\n    needs: [model]\n"), &["bad.yaml:17:", "needs a data stage"]),
-        case("bad device", &format!("{GOOD_HEAD}defaults:\n  device: tpu\n"), &["bad.yaml:7:", "unknown device `tpu`"]),
-        case("val_fraction out of range", &format!("{GOOD_HEAD}    val_fraction: 1.5\n"), &["bad.yaml:7:", "val_fraction"]),
-        case("unknown init source", &format!("{GOOD_HEAD}  model:\n    kind: init\n    from: gpt5\n"), &["bad.yaml:9:", "unknown `from: gpt5`"]),
-        case("dropout out of range", &train("    dropout: 2\n"), &["bad.yaml:18:", "dropout"]),
-        case("command output path", "name: bad\nstages:\n  c:\n    kind: command\n    cmd: 'true'\n    outs: [../escape.txt]\n", &["bad.yaml:6:", "plain file name"]),
-        case("stage is a scalar", "name: bad\nstages:\n  data: 42\n", &["bad.yaml:3:", "must be a mapping", "the number 42"]),
-        case("needs not a list", &format!("{GOOD_HEAD}  model:\n    kind: init\n    from: scratch\n    needs: 3\n"), &["bad.yaml:10:", "`needs` must be a list"]),
-        case("bad sha256", "name: bad\nstages:\n  data:\n    kind: prepare\n    url: http://example.invalid/x.txt\n    sha256: abc\n    tokenizer: char\n", &["bad.yaml:6:", "64 hex digits"]),
-        case("scratch arg on gpt2", &format!("{GOOD_HEAD}  model:\n    kind: init\n    from: gpt2\n    n_layer: 3\n"), &["bad.yaml:10:", "only applies to `from: scratch`"]),
-        case("heads do not divide", &format!("{GOOD_HEAD}  model:\n    kind: init\n    from: scratch\n    n_embd: 10\n    n_head: 3\n"), &["bad.yaml:7:", "divisible"]),
-        Case { name: "set unknown stage", manifest: GOOD_HEAD.to_string(), args: &["--set", "trian.max_iters=5"], expect: &["--set trian.max_iters=5", "no stage named `trian`", "stages in this manifest: data"] },
-        Case { name: "set malformed", manifest: GOOD_HEAD.to_string(), args: &["--set", "max_iters"], expect: &["not of the form stage.key=value"] },
-        Case { name: "set wrong type", manifest: train(""), args: &["--set", "train.batch_size=big"], expect: &["--set train.batch_size=big", "field `batch_size`", "invalid type"] },
+        case(
+            "yaml syntax",
+            "name: bad\nstages:\n  data:\n    kind: prepare\n   path: [unclosed\n",
+            &["bad.yaml:5:", "did not find expected"],
+        ),
+        case(
+            "missing name",
+            "stages:\n  data:\n    kind: prepare\n",
+            &["missing field `name`"],
+        ),
+        case(
+            "unknown top-level key",
+            "name: bad\nstagez:\n  a: {kind: prepare}\nstages:\n  data: {kind: prepare}\n",
+            &["bad.yaml:2:", "unknown field `stagez`"],
+        ),
+        case(
+            "empty stages",
+            "name: bad\nstages: {}\n",
+            &["bad.yaml:2:", "`stages` is empty"],
+        ),
+        case(
+            "stage without kind",
+            "name: bad\nstages:\n  data:\n    path: text.txt\n",
+            &["bad.yaml:3:", "has no `kind`"],
+        ),
+        case(
+            "unknown kind",
+            "name: bad\nstages:\n  data:\n    kind: prepair\n",
+            &[
+                "bad.yaml:4:",
+                "unknown stage kind `prepair`",
+                "prepare, init",
+            ],
+        ),
+        case(
+            "unknown needs",
+            &with_model("  train:\n    kind: train\n    needs: [modle, data]\n"),
+            &["bad.yaml:17:", "needs `modle`, which is not a stage"],
+        ),
+        case(
+            "cycle",
+            "name: bad\nstages:\n  a:\n    kind: command\n    cmd: 'true'\n    needs: [b]\n  b:\n    kind: command\n    cmd: 'true'\n    needs: [a]\n",
+            &["bad.yaml:6:", "cycle: a -> b -> a"],
+        ),
+        case(
+            "needs itself",
+            "name: bad\nstages:\n  a:\n    kind: command\n    cmd: 'true'\n    needs: [a]\n",
+            &["bad.yaml:6:", "needs itself"],
+        ),
+        case(
+            "unknown train param",
+            &train("    max_iter: 10\n"),
+            &["bad.yaml:18:", "unknown field `max_iter`", "max_iters"],
+        ),
+        case(
+            "wrong type",
+            &train("    max_iters: lots\n"),
+            &["bad.yaml:18:", "field `max_iters`", "invalid type"],
+        ),
+        case(
+            "missing data file",
+            "name: bad\nstages:\n  data:\n    kind: prepare\n    path: nowhere.txt\n    tokenizer: char\n",
+            &["bad.yaml:5:", "cannot read", "nowhere.txt"],
+        ),
+        case(
+            "unknown use",
+            "name: bad\nstages:\n  data:\n    use: no_such_definition\n",
+            &["bad.yaml:4:", "no stage definition `no_such_definition`"],
+        ),
+        case(
+            "train without data",
+            &with_model("  train:\n    kind: train\n    needs: [model]\n"),
+            &["bad.yaml:17:", "needs a data stage"],
+        ),
+        case(
+            "bad device",
+            &format!("{GOOD_HEAD}defaults:\n  device: tpu\n"),
+            &["bad.yaml:7:", "unknown device `tpu`"],
+        ),
+        case(
+            "val_fraction out of range",
+            &format!("{GOOD_HEAD}    val_fraction: 1.5\n"),
+            &["bad.yaml:7:", "val_fraction"],
+        ),
+        case(
+            "unknown init source",
+            &format!("{GOOD_HEAD}  model:\n    kind: init\n    from: gpt5\n"),
+            &["bad.yaml:9:", "unknown `from: gpt5`"],
+        ),
+        case(
+            "dropout out of range",
+            &train("    dropout: 2\n"),
+            &["bad.yaml:18:", "dropout"],
+        ),
+        case(
+            "command output path",
+            "name: bad\nstages:\n  c:\n    kind: command\n    cmd: 'true'\n    outs: [../escape.txt]\n",
+            &["bad.yaml:6:", "plain file name"],
+        ),
+        case(
+            "stage is a scalar",
+            "name: bad\nstages:\n  data: 42\n",
+            &["bad.yaml:3:", "must be a mapping", "the number 42"],
+        ),
+        case(
+            "needs not a list",
+            &format!("{GOOD_HEAD}  model:\n    kind: init\n    from: scratch\n    needs: 3\n"),
+            &["bad.yaml:10:", "`needs` must be a list"],
+        ),
+        case(
+            "bad sha256",
+            "name: bad\nstages:\n  data:\n    kind: prepare\n    url: http://example.invalid/x.txt\n    sha256: abc\n    tokenizer: char\n",
+            &["bad.yaml:6:", "64 hex digits"],
+        ),
+        case(
+            "scratch arg on gpt2",
+            &format!("{GOOD_HEAD}  model:\n    kind: init\n    from: gpt2\n    n_layer: 3\n"),
+            &["bad.yaml:10:", "only applies to `from: scratch`"],
+        ),
+        case(
+            "heads do not divide",
+            &format!(
+                "{GOOD_HEAD}  model:\n    kind: init\n    from: scratch\n    n_embd: 10\n    n_head: 3\n"
+            ),
+            &["bad.yaml:7:", "divisible"],
+        ),
+        Case {
+            name: "set unknown stage",
+            manifest: GOOD_HEAD.to_string(),
+            args: &["--set", "trian.max_iters=5"],
+            expect: &[
+                "--set trian.max_iters=5",
+                "no stage named `trian`",
+                "stages in this manifest: data",
+            ],
+        },
+        Case {
+            name: "set malformed",
+            manifest: GOOD_HEAD.to_string(),
+            args: &["--set", "max_iters"],
+            expect: &["not of the form stage.key=value"],
+        },
+        Case {
+            name: "set wrong type",
+            manifest: train(""),
+            args: &["--set", "train.batch_size=big"],
+            expect: &[
+                "--set train.batch_size=big",
+                "field `batch_size`",
+                "invalid type",
+            ],
+        },
     ]
 }
 
@@ -67,16 +204,35 @@ fn malformed_manifests_give_located_errors_and_write_nothing() {
         args.extend_from_slice(c.args);
         let out = sb.pipe(&args);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "case `{}`: exit {:?}, stderr:\n{err}", c.name, out.status.code());
-        assert!(!err.contains("panicked"), "case `{}` panicked:\n{err}", c.name);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "case `{}`: exit {:?}, stderr:\n{err}",
+            c.name,
+            out.status.code()
+        );
+        assert!(
+            !err.contains("panicked"),
+            "case `{}` panicked:\n{err}",
+            c.name
+        );
         for e in c.expect {
-            assert!(err.contains(e), "case `{}`: expected {e:?} in:\n{err}", c.name);
+            assert!(
+                err.contains(e),
+                "case `{}`: expected {e:?} in:\n{err}",
+                c.name
+            );
         }
         assert!(!sb.cache().exists(), "case `{}` wrote to the store", c.name);
         // `status` reports the same problem.
         let mut sargs = vec!["status", "bad.yaml"];
         sargs.extend_from_slice(c.args);
-        assert_eq!(sb.pipe(&sargs).status.code(), Some(2), "case `{}`: status", c.name);
+        assert_eq!(
+            sb.pipe(&sargs).status.code(),
+            Some(2),
+            "case `{}`: status",
+            c.name
+        );
     }
 }
 

@@ -54,9 +54,18 @@ pub fn f32_bytes(x: &[f32]) -> Vec<u8> {
 pub fn tensor_f32(view: &TensorView) -> Result<Vec<f32>> {
     let d = view.data();
     Ok(match view.dtype() {
-        Dtype::F32 => d.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        Dtype::BF16 => d.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect(),
-        Dtype::F16 => d.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
+        Dtype::F32 => d
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::BF16 => d
+            .chunks_exact(2)
+            .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+            .collect(),
+        Dtype::F16 => d
+            .chunks_exact(2)
+            .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+            .collect(),
         other => bail!("unsupported tensor dtype {other:?} (expected F32, F16 or BF16)"),
     })
 }
@@ -80,10 +89,18 @@ fn f16_to_f32(h: u16) -> f32 {
 /// Serialises named f32 tensors plus string metadata to safetensors bytes. Keep `meta` to a single
 /// key: safetensors writes a HashMap in its (random) iteration order, and stored bytes must be
 /// deterministic.
-pub fn write_safetensors(tensors: &[(String, Vec<usize>, Vec<u8>)], meta: HashMap<String, String>) -> Result<Vec<u8>> {
+pub fn write_safetensors(
+    tensors: &[(String, Vec<usize>, Vec<u8>)],
+    meta: HashMap<String, String>,
+) -> Result<Vec<u8>> {
     let views: Vec<(String, TensorView)> = tensors
         .iter()
-        .map(|(n, shape, bytes)| Ok((n.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes)?)))
+        .map(|(n, shape, bytes)| {
+            Ok((
+                n.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), bytes)?,
+            ))
+        })
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
     Ok(safetensors::serialize(views, Some(meta))?)
 }
@@ -91,14 +108,30 @@ pub fn write_safetensors(tensors: &[(String, Vec<usize>, Vec<u8>)], meta: HashMa
 impl Checkpoint {
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let layout = ParamLayout::new(&self.config);
-        ensure!(self.params.len() == layout.total, "checkpoint params do not match the config");
-        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> =
-            layout.tensors.iter().map(|t| (t.name.clone(), t.shape.clone(), f32_bytes(&self.params[t.range.clone()]))).collect();
+        ensure!(
+            self.params.len() == layout.total,
+            "checkpoint params do not match the config"
+        );
+        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = layout
+            .tensors
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.shape.clone(),
+                    f32_bytes(&self.params[t.range.clone()]),
+                )
+            })
+            .collect();
         if let Some((m, v)) = &self.optimizer {
             tensors.push((M_NAME.into(), vec![m.len()], f32_bytes(m)));
             tensors.push((V_NAME.into(), vec![v.len()], f32_bytes(v)));
         }
-        let meta = Meta { format: FORMAT.into(), model_args: self.config.clone(), progress: self.progress.clone() };
+        let meta = Meta {
+            format: FORMAT.into(),
+            model_args: self.config.clone(),
+            progress: self.progress.clone(),
+        };
         let mut info = HashMap::new();
         info.insert("pipe".to_string(), serde_json::to_string(&meta)?);
         write_safetensors(&tensors, info)
@@ -107,21 +140,42 @@ impl Checkpoint {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let st = SafeTensors::deserialize(bytes).context("not a safetensors file")?;
         let (_, header) = SafeTensors::read_metadata(bytes)?;
-        let meta_json = header.metadata().as_ref().and_then(|m| m.get("pipe")).context("safetensors file has no `pipe` metadata: not a pipe checkpoint")?;
+        let meta_json = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("pipe"))
+            .context("safetensors file has no `pipe` metadata: not a pipe checkpoint")?;
         let meta: Meta = serde_json::from_str(meta_json).context("reading checkpoint metadata")?;
-        ensure!(meta.format == FORMAT, "checkpoint format {:?} is not supported (expected {FORMAT})", meta.format);
+        ensure!(
+            meta.format == FORMAT,
+            "checkpoint format {:?} is not supported (expected {FORMAT})",
+            meta.format
+        );
         let layout = ParamLayout::new(&meta.model_args);
         let mut params = vec![0.0f32; layout.total];
         for t in &layout.tensors {
-            let view = st.tensor(&t.name).with_context(|| format!("checkpoint lacks tensor {}", t.name))?;
-            ensure!(view.shape() == t.shape.as_slice(), "tensor {} has shape {:?}, expected {:?}", t.name, view.shape(), t.shape);
+            let view = st
+                .tensor(&t.name)
+                .with_context(|| format!("checkpoint lacks tensor {}", t.name))?;
+            ensure!(
+                view.shape() == t.shape.as_slice(),
+                "tensor {} has shape {:?}, expected {:?}",
+                t.name,
+                view.shape(),
+                t.shape
+            );
             params[t.range.clone()].copy_from_slice(&tensor_f32(&view)?);
         }
         let optimizer = match (st.tensor(M_NAME), st.tensor(V_NAME)) {
             (Ok(m), Ok(v)) => Some((tensor_f32(&m)?, tensor_f32(&v)?)),
             _ => None,
         };
-        Ok(Checkpoint { config: meta.model_args, params, optimizer, progress: meta.progress })
+        Ok(Checkpoint {
+            config: meta.model_args,
+            params,
+            optimizer,
+            progress: meta.progress,
+        })
     }
 
     /// Rebuilds the optimiser saved in this checkpoint (fresh moments if there are none).

@@ -30,11 +30,22 @@ pub struct GptConfig {
 
 impl GptConfig {
     pub fn validate(&self) -> Result<()> {
-        if self.n_layer == 0 || self.n_head == 0 || self.n_embd == 0 || self.block_size == 0 || self.vocab_size == 0 {
-            bail!("model sizes must be positive (n_layer, n_head, n_embd, block_size, vocab_size): {self:?}");
+        if self.n_layer == 0
+            || self.n_head == 0
+            || self.n_embd == 0
+            || self.block_size == 0
+            || self.vocab_size == 0
+        {
+            bail!(
+                "model sizes must be positive (n_layer, n_head, n_embd, block_size, vocab_size): {self:?}"
+            );
         }
-        if self.n_embd % self.n_head != 0 {
-            bail!("n_embd ({}) must be divisible by n_head ({})", self.n_embd, self.n_head);
+        if !self.n_embd.is_multiple_of(self.n_head) {
+            bail!(
+                "n_embd ({}) must be divisible by n_head ({})",
+                self.n_embd,
+                self.n_head
+            );
         }
         if !(0.0..1.0).contains(&self.dropout) {
             bail!("dropout must be in [0, 1), got {}", self.dropout);

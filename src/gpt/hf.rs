@@ -16,52 +16,114 @@ use std::path::Path;
 
 /// Tensors stored transposed by HF's Conv1D.
 fn is_conv1d(name: &str) -> bool {
-    ["attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"].iter().any(|s| name.ends_with(s))
+    [
+        "attn.c_attn.weight",
+        "attn.c_proj.weight",
+        "mlp.c_fc.weight",
+        "mlp.c_proj.weight",
+    ]
+    .iter()
+    .any(|s| name.ends_with(s))
 }
 
 /// Reads our config from a GPT-2 config.json.
 pub fn config_from_hf(v: &Value, path: &Path) -> Result<GptConfig> {
-    let get = |k: &str| v.get(k).and_then(Value::as_u64).map(|x| x as usize).with_context(|| format!("{}: missing integer field `{k}`", path.display()));
-    let gelu = match v.get("activation_function").and_then(Value::as_str).unwrap_or("gelu_new") {
+    let get = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_u64)
+            .map(|x| x as usize)
+            .with_context(|| format!("{}: missing integer field `{k}`", path.display()))
+    };
+    let gelu = match v
+        .get("activation_function")
+        .and_then(Value::as_str)
+        .unwrap_or("gelu_new")
+    {
         "gelu_new" | "gelu_pytorch_tanh" => Gelu::Tanh,
         "gelu" => Gelu::Erf,
-        other => bail!("{}: activation_function {other:?} is not supported (expected gelu_new or gelu)", path.display()),
+        other => bail!(
+            "{}: activation_function {other:?} is not supported (expected gelu_new or gelu)",
+            path.display()
+        ),
     };
     let n_embd = get("n_embd")?;
     if let Some(inner) = v.get("n_inner").and_then(Value::as_u64) {
-        ensure!(inner as usize == 4 * n_embd, "{}: n_inner {inner} is not 4 * n_embd, which this engine requires", path.display());
+        ensure!(
+            inner as usize == 4 * n_embd,
+            "{}: n_inner {inner} is not 4 * n_embd, which this engine requires",
+            path.display()
+        );
     }
-    let eps = v.get("layer_norm_epsilon").and_then(Value::as_f64).unwrap_or(1e-5);
-    ensure!((eps - 1e-5).abs() < 1e-12, "{}: layer_norm_epsilon {eps} is not 1e-5, which this engine requires", path.display());
-    Ok(GptConfig { n_layer: get("n_layer")?, n_head: get("n_head")?, n_embd, block_size: get("n_positions")?, vocab_size: get("vocab_size")?, bias: true, dropout: 0.0, gelu })
+    let eps = v
+        .get("layer_norm_epsilon")
+        .and_then(Value::as_f64)
+        .unwrap_or(1e-5);
+    ensure!(
+        (eps - 1e-5).abs() < 1e-12,
+        "{}: layer_norm_epsilon {eps} is not 1e-5, which this engine requires",
+        path.display()
+    );
+    Ok(GptConfig {
+        n_layer: get("n_layer")?,
+        n_head: get("n_head")?,
+        n_embd,
+        block_size: get("n_positions")?,
+        vocab_size: get("vocab_size")?,
+        bias: true,
+        dropout: 0.0,
+        gelu,
+    })
 }
 
 /// Loads a Hugging Face GPT-2 folder as a model.
 pub fn load_hf_dir(dir: &Path) -> Result<Gpt> {
     let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
-    let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", cfg_path.display()))?;
+    let text = std::fs::read_to_string(&cfg_path)
+        .with_context(|| format!("reading {}", cfg_path.display()))?;
+    let v: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", cfg_path.display()))?;
     let config = config_from_hf(&v, &cfg_path)?;
     let st_path = dir.join("model.safetensors");
-    let bytes = std::fs::read(&st_path).with_context(|| format!("reading {} (only safetensors weights are supported, not pytorch_model.bin)", st_path.display()))?;
-    let st = SafeTensors::deserialize(&bytes).with_context(|| format!("{} is not a valid safetensors file", st_path.display()))?;
+    let bytes = std::fs::read(&st_path).with_context(|| {
+        format!(
+            "reading {} (only safetensors weights are supported, not pytorch_model.bin)",
+            st_path.display()
+        )
+    })?;
+    let st = SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{} is not a valid safetensors file", st_path.display()))?;
     let layout = ParamLayout::new(&config);
     let mut params = vec![0.0f32; layout.total];
     for t in &layout.tensors {
         let short = t.name.trim_start_matches("transformer.");
-        let view = st.tensor(short).or_else(|_| st.tensor(&t.name)).with_context(|| format!("{}: missing tensor {short}", st_path.display()))?;
+        let view = st
+            .tensor(short)
+            .or_else(|_| st.tensor(&t.name))
+            .with_context(|| format!("{}: missing tensor {short}", st_path.display()))?;
         let data = tensor_f32(&view)?;
         let dst = &mut params[t.range.clone()];
         if is_conv1d(short) {
             let (out, inp) = (t.shape[0], t.shape[1]);
-            ensure!(view.shape() == [inp, out], "{}: {short} has shape {:?}, expected {:?}", st_path.display(), view.shape(), [inp, out]);
+            ensure!(
+                view.shape() == [inp, out],
+                "{}: {short} has shape {:?}, expected {:?}",
+                st_path.display(),
+                view.shape(),
+                [inp, out]
+            );
             for i in 0..inp {
                 for o in 0..out {
                     dst[o * inp + i] = data[i * out + o];
                 }
             }
         } else {
-            ensure!(view.shape() == t.shape.as_slice(), "{}: {short} has shape {:?}, expected {:?}", st_path.display(), view.shape(), t.shape);
+            ensure!(
+                view.shape() == t.shape.as_slice(),
+                "{}: {short} has shape {:?}, expected {:?}",
+                st_path.display(),
+                view.shape(),
+                t.shape
+            );
             dst.copy_from_slice(&data);
         }
     }
@@ -71,7 +133,11 @@ pub fn load_hf_dir(dir: &Path) -> Result<Gpt> {
 /// nanoGPT's `crop_block_size`: keep the first `block_size` position embeddings.
 pub fn crop_block_size(model: Gpt, block_size: usize) -> Result<Gpt> {
     let cfg = &model.config;
-    ensure!(block_size <= cfg.block_size, "block_size {block_size} is larger than the model's {}: it can only be cropped", cfg.block_size);
+    ensure!(
+        block_size <= cfg.block_size,
+        "block_size {block_size} is larger than the model's {}: it can only be cropped",
+        cfg.block_size
+    );
     if block_size == cfg.block_size {
         return Ok(model);
     }
@@ -81,7 +147,8 @@ pub fn crop_block_size(model: Gpt, block_size: usize) -> Result<Gpt> {
     let mut params = vec![0.0f32; new_layout.total];
     for t in &new_layout.tensors {
         let old = model.layout.get(&t.name).expect("same tensor names");
-        params[t.range.clone()].copy_from_slice(&model.params[old.range.start..old.range.start + t.range.len()]);
+        params[t.range.clone()]
+            .copy_from_slice(&model.params[old.range.start..old.range.start + t.range.len()]);
     }
     Gpt::from_params(new_cfg, params)
 }
@@ -100,7 +167,10 @@ pub fn export_hf_dir(model: &Gpt, dir: &Path) -> Result<()> {
 pub fn export_hf_bytes(model: &Gpt) -> Result<(Vec<u8>, Vec<u8>)> {
     let cfg = &model.config;
     let c = cfg.n_embd;
-    let with_bias = GptConfig { bias: true, ..cfg.clone() };
+    let with_bias = GptConfig {
+        bias: true,
+        ..cfg.clone()
+    };
     let full = ParamLayout::new(&with_bias);
     let mut tensors = Vec::new();
     for t in &full.tensors {

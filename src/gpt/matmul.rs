@@ -28,17 +28,33 @@ impl<'a> MatRef<'a> {
     /// A row-major `rows x cols` matrix stored contiguously.
     pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
         assert!(data.len() >= rows * cols, "matrix view out of bounds");
-        MatRef { data, rows, cols, rs: cols, cs: 1 }
+        MatRef {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
     }
 
     /// The transpose, as a view (no copy).
     pub fn t(self) -> Self {
-        MatRef { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
     }
 
     fn rows_from(self, start: usize, count: usize) -> Self {
         let offset = start * self.rs;
-        MatRef { data: &self.data[offset..], rows: count, ..self }
+        MatRef {
+            data: &self.data[offset..],
+            rows: count,
+            ..self
+        }
     }
 
     fn check(&self) {
@@ -57,14 +73,27 @@ pub fn matmul(c: &mut [f32], a: MatRef, b: MatRef, accumulate: bool) {
     assert!(c.len() >= m * n, "matmul output too small");
     a.check();
     b.check();
-    c[..m * n].par_chunks_mut(ROW_BLOCK * n).enumerate().for_each(|(block, c_rows)| {
-        let rows = c_rows.len() / n;
-        let a_rows = a.rows_from(block * ROW_BLOCK, rows);
-        // SAFETY: views were bounds-checked above; c_rows is exactly rows x n.
-        unsafe {
-            gemm_raw(rows, n, a.cols, c_rows.as_mut_ptr(), n, 1, accumulate, a_rows, b);
-        }
-    });
+    c[..m * n]
+        .par_chunks_mut(ROW_BLOCK * n)
+        .enumerate()
+        .for_each(|(block, c_rows)| {
+            let rows = c_rows.len() / n;
+            let a_rows = a.rows_from(block * ROW_BLOCK, rows);
+            // SAFETY: views were bounds-checked above; c_rows is exactly rows x n.
+            unsafe {
+                gemm_raw(
+                    rows,
+                    n,
+                    a.cols,
+                    c_rows.as_mut_ptr(),
+                    n,
+                    1,
+                    accumulate,
+                    a_rows,
+                    b,
+                );
+            }
+        });
 }
 
 /// Single-threaded multiply into a strided destination (used inside per-head attention tasks).
@@ -72,7 +101,14 @@ pub fn matmul(c: &mut [f32], a: MatRef, b: MatRef, accumulate: bool) {
 /// # Safety
 /// `c` must be valid for writes at `i * rsc + j * csc` for all `i < a.rows, j < b.cols`, and no other
 /// thread may touch those elements during the call.
-pub unsafe fn matmul_strided(c: *mut f32, rsc: usize, csc: usize, a: MatRef, b: MatRef, accumulate: bool) {
+pub unsafe fn matmul_strided(
+    c: *mut f32,
+    rsc: usize,
+    csc: usize,
+    a: MatRef,
+    b: MatRef,
+    accumulate: bool,
+) {
     assert_eq!(a.cols, b.rows, "matmul inner dimensions differ");
     a.check();
     b.check();
@@ -80,7 +116,17 @@ pub unsafe fn matmul_strided(c: *mut f32, rsc: usize, csc: usize, a: MatRef, b: 
 }
 
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_raw(m: usize, n: usize, k: usize, c: *mut f32, rsc: usize, csc: usize, accumulate: bool, a: MatRef, b: MatRef) {
+unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    rsc: usize,
+    csc: usize,
+    accumulate: bool,
+    a: MatRef,
+    b: MatRef,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -140,8 +186,12 @@ mod tests {
     #[test]
     fn matches_naive_with_transposes_and_accumulation() {
         let (m, k, n) = (130, 37, 21);
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
-        let bt: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1).collect();
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1)
+            .collect();
+        let bt: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1)
+            .collect();
         let av = MatRef::new(&a, m, k);
         let bv = MatRef::new(&bt, n, k).t();
         let expect = naive(av, bv);

@@ -96,7 +96,11 @@ pub struct DropoutPlan {
 impl DropoutPlan {
     /// Site numbers: 0 for the embedding, then 3 per layer (attention probs, attention output, MLP).
     fn site(&self, site: u64) -> Option<Dropout> {
-        (self.p > 0.0).then_some(Dropout { p: self.p, seed: self.seed, site })
+        (self.p > 0.0).then_some(Dropout {
+            p: self.p,
+            seed: self.seed,
+            site,
+        })
     }
 }
 
@@ -121,11 +125,18 @@ fn opt<'a>(buf: &'a [f32], r: &Option<Range<usize>>) -> Option<&'a [f32]> {
 }
 
 /// Two disjoint mutable views into one buffer (e.g. a weight gradient and its bias gradient).
-fn two_mut<'a>(buf: &'a mut [f32], a: &Range<usize>, b: &Option<Range<usize>>) -> (&'a mut [f32], Option<&'a mut [f32]>) {
+fn two_mut<'a>(
+    buf: &'a mut [f32],
+    a: &Range<usize>,
+    b: &Option<Range<usize>>,
+) -> (&'a mut [f32], Option<&'a mut [f32]>) {
     match b {
         None => (&mut buf[a.clone()], None),
         Some(b) => {
-            assert!(a.end <= b.start, "bias must follow its weight in the layout");
+            assert!(
+                a.end <= b.start,
+                "bias must follow its weight in the layout"
+            );
             let (lo, hi) = buf.split_at_mut(b.start);
             (&mut lo[a.clone()], Some(&mut hi[..b.len()]))
         }
@@ -137,9 +148,21 @@ impl Gpt {
     pub fn from_params(config: GptConfig, params: Vec<f32>) -> anyhow::Result<Self> {
         config.validate()?;
         let layout = ParamLayout::new(&config);
-        anyhow::ensure!(params.len() == layout.total, "parameter count {} does not match the config ({})", params.len(), layout.total);
+        anyhow::ensure!(
+            params.len() == layout.total,
+            "parameter count {} does not match the config ({})",
+            params.len(),
+            layout.total
+        );
         let grads = vec![0.0; layout.total];
-        Ok(Gpt { config, layout, params, grads, acts: None, last: None })
+        Ok(Gpt {
+            config,
+            layout,
+            params,
+            grads,
+            acts: None,
+            last: None,
+        })
     }
 
     /// nanoGPT's initialisation: N(0, 0.02) for weights and embeddings, N(0, 0.02/sqrt(2 n_layer)) for
@@ -157,7 +180,11 @@ impl Gpt {
             } else if t.name.ends_with("bias") {
                 p.fill(0.0);
             } else {
-                let std = if t.name.ends_with("c_proj.weight") { proj_std } else { 0.02 };
+                let std = if t.name.ends_with("c_proj.weight") {
+                    proj_std
+                } else {
+                    0.02
+                };
                 p.iter_mut().for_each(|x| *x = (rng.normal() * std) as f32);
             }
         }
@@ -169,7 +196,10 @@ impl Gpt {
     }
 
     fn ensure_acts(&mut self, b: usize, t: usize, with_dropout: bool) {
-        let fits = self.acts.as_ref().is_some_and(|a| a.b == b && a.t == t && (a.with_dropout || !with_dropout));
+        let fits = self
+            .acts
+            .as_ref()
+            .is_some_and(|a| a.b == b && a.t == t && (a.with_dropout || !with_dropout));
         if !fits {
             self.acts = None; // free the old buffers before allocating the new ones
             self.acts = Some(Activations::new(&self.config, b, t, with_dropout));
@@ -179,21 +209,47 @@ impl Gpt {
     /// Runs the model on `tokens` (B*T, row-major). With `targets`, returns the mean cross-entropy
     /// loss and keeps what [`Gpt::backward`] needs; without, only logits are computed
     /// (read them with [`Gpt::logits`]). `dropout: None` is evaluation mode.
-    pub fn forward(&mut self, tokens: &[u32], targets: Option<&[u32]>, b: usize, t: usize, dropout: Option<DropoutPlan>) -> f32 {
+    pub fn forward(
+        &mut self,
+        tokens: &[u32],
+        targets: Option<&[u32]>,
+        b: usize,
+        t: usize,
+        dropout: Option<DropoutPlan>,
+    ) -> f32 {
         let cfg = self.config.clone();
         let (c, v, nh) = (cfg.n_embd, cfg.vocab_size, cfg.n_head);
-        assert!(t <= cfg.block_size, "sequence length {t} exceeds block_size {}", cfg.block_size);
+        assert!(
+            t <= cfg.block_size,
+            "sequence length {t} exceeds block_size {}",
+            cfg.block_size
+        );
         assert_eq!(tokens.len(), b * t);
-        assert!(tokens.iter().all(|&x| (x as usize) < v), "token id out of vocabulary");
+        assert!(
+            tokens.iter().all(|&x| (x as usize) < v),
+            "token id out of vocabulary"
+        );
         let dropout = dropout.filter(|d| d.p > 0.0);
         self.ensure_acts(b, t, dropout.is_some());
         let bt = b * t;
         let p = &self.params;
         let lay = &self.layout;
         let a = self.acts.as_mut().expect("activations allocated");
-        let shape = AttnShape { b, t, c, n_head: nh };
+        let shape = AttnShape {
+            b,
+            t,
+            c,
+            n_head: nh,
+        };
 
-        ops::encoder_forward(&mut a.encoded, tokens, &p[lay.wte.clone()], &p[lay.wpe.clone()], t, c);
+        ops::encoder_forward(
+            &mut a.encoded,
+            tokens,
+            &p[lay.wte.clone()],
+            &p[lay.wpe.clone()],
+            t,
+            c,
+        );
         if let Some(d) = dropout.and_then(|d| d.site(0)) {
             d.apply_in_place(&mut a.encoded);
         }
@@ -204,41 +260,119 @@ impl Gpt {
             let r4c = l * bt * 4 * c..(l + 1) * bt * 4 * c;
             let ratt = l * b * nh * t * t..(l + 1) * b * nh * t * t;
             let site = |k: u64| dropout.and_then(|d| d.site(1 + 3 * l as u64 + k));
-            let residual: &[f32] = if l == 0 { &a.encoded } else { &a.residual3[(l - 1) * bt * c..l * bt * c] };
+            let residual: &[f32] = if l == 0 {
+                &a.encoded
+            } else {
+                &a.residual3[(l - 1) * bt * c..l * bt * c]
+            };
 
-            ops::layernorm_forward(&mut a.ln1[rc.clone()], &mut a.ln1_mean[r1.clone()], &mut a.ln1_rstd[r1.clone()], residual, &p[blk.ln_1_w.clone()], opt(p, &blk.ln_1_b), c);
-            ops::linear_forward(&mut a.qkv[r3c.clone()], &a.ln1[rc.clone()], &p[blk.c_attn_w.clone()], opt(p, &blk.c_attn_b), bt, c, 3 * c);
-            let att_drop = if dropout.is_some() { Some(&mut a.att_drop[ratt.clone()]) } else { None };
-            ops::attention_forward(&mut a.atty[rc.clone()], &mut a.att[ratt], att_drop, &a.qkv[r3c], &shape, site(0));
-            ops::linear_forward(&mut a.proj, &a.atty[rc.clone()], &p[blk.attn_proj_w.clone()], opt(p, &blk.attn_proj_b), bt, c, c);
+            ops::layernorm_forward(
+                &mut a.ln1[rc.clone()],
+                &mut a.ln1_mean[r1.clone()],
+                &mut a.ln1_rstd[r1.clone()],
+                residual,
+                &p[blk.ln_1_w.clone()],
+                opt(p, &blk.ln_1_b),
+                c,
+            );
+            ops::linear_forward(
+                &mut a.qkv[r3c.clone()],
+                &a.ln1[rc.clone()],
+                &p[blk.c_attn_w.clone()],
+                opt(p, &blk.c_attn_b),
+                bt,
+                c,
+                3 * c,
+            );
+            let att_drop = if dropout.is_some() {
+                Some(&mut a.att_drop[ratt.clone()])
+            } else {
+                None
+            };
+            ops::attention_forward(
+                &mut a.atty[rc.clone()],
+                &mut a.att[ratt],
+                att_drop,
+                &a.qkv[r3c],
+                &shape,
+                site(0),
+            );
+            ops::linear_forward(
+                &mut a.proj,
+                &a.atty[rc.clone()],
+                &p[blk.attn_proj_w.clone()],
+                opt(p, &blk.attn_proj_b),
+                bt,
+                c,
+                c,
+            );
             if let Some(d) = site(1) {
                 d.apply_in_place(&mut a.proj);
             }
             ops::residual_forward(&mut a.residual2[rc.clone()], residual, &a.proj);
 
-            ops::layernorm_forward(&mut a.ln2[rc.clone()], &mut a.ln2_mean[r1.clone()], &mut a.ln2_rstd[r1], &a.residual2[rc.clone()], &p[blk.ln_2_w.clone()], opt(p, &blk.ln_2_b), c);
-            ops::linear_forward(&mut a.fch[r4c.clone()], &a.ln2[rc.clone()], &p[blk.c_fc_w.clone()], opt(p, &blk.c_fc_b), bt, c, 4 * c);
+            ops::layernorm_forward(
+                &mut a.ln2[rc.clone()],
+                &mut a.ln2_mean[r1.clone()],
+                &mut a.ln2_rstd[r1],
+                &a.residual2[rc.clone()],
+                &p[blk.ln_2_w.clone()],
+                opt(p, &blk.ln_2_b),
+                c,
+            );
+            ops::linear_forward(
+                &mut a.fch[r4c.clone()],
+                &a.ln2[rc.clone()],
+                &p[blk.c_fc_w.clone()],
+                opt(p, &blk.c_fc_b),
+                bt,
+                c,
+                4 * c,
+            );
             ops::gelu_forward(&mut a.fch_gelu[r4c.clone()], &a.fch[r4c.clone()], cfg.gelu);
-            ops::linear_forward(&mut a.proj, &a.fch_gelu[r4c], &p[blk.mlp_proj_w.clone()], opt(p, &blk.mlp_proj_b), bt, 4 * c, c);
+            ops::linear_forward(
+                &mut a.proj,
+                &a.fch_gelu[r4c],
+                &p[blk.mlp_proj_w.clone()],
+                opt(p, &blk.mlp_proj_b),
+                bt,
+                4 * c,
+                c,
+            );
             if let Some(d) = site(2) {
                 d.apply_in_place(&mut a.proj);
             }
             ops::residual_forward(&mut a.residual3[rc.clone()], &a.residual2[rc], &a.proj);
         }
         let last = &a.residual3[(cfg.n_layer - 1) * bt * c..];
-        ops::layernorm_forward(&mut a.lnf, &mut a.lnf_mean, &mut a.lnf_rstd, last, &p[lay.ln_f_w.clone()], opt(p, &lay.ln_f_b), c);
+        ops::layernorm_forward(
+            &mut a.lnf,
+            &mut a.lnf_mean,
+            &mut a.lnf_rstd,
+            last,
+            &p[lay.ln_f_w.clone()],
+            opt(p, &lay.ln_f_b),
+            c,
+        );
         // lm_head is tied to wte.
         ops::linear_forward(&mut a.probs, &a.lnf, &p[lay.wte.clone()], None, bt, c, v);
 
         let loss = match targets {
             Some(y) => {
                 assert_eq!(y.len(), bt);
-                assert!(y.iter().all(|&x| (x as usize) < v), "target id out of vocabulary");
+                assert!(
+                    y.iter().all(|&x| (x as usize) < v),
+                    "target id out of vocabulary"
+                );
                 ops::crossentropy_forward(&mut a.probs, &mut a.losses, y, v)
             }
             None => f32::NAN,
         };
-        self.last = targets.map(|y| ForwardState { tokens: tokens.to_vec(), targets: y.to_vec(), dropout });
+        self.last = targets.map(|y| ForwardState {
+            tokens: tokens.to_vec(),
+            targets: y.to_vec(),
+            dropout,
+        });
         loss
     }
 
@@ -251,7 +385,10 @@ impl Gpt {
     /// Accumulates into `self.grads` the gradient of `loss_scale * loss` of the last forward pass.
     /// (nanoGPT divides each micro-step's loss by gradient_accumulation_steps; pass that here.)
     pub fn backward(&mut self, loss_scale: f32) {
-        let st = self.last.take().expect("backward needs a forward pass with targets");
+        let st = self
+            .last
+            .take()
+            .expect("backward needs a forward pass with targets");
         let cfg = self.config.clone();
         let (c, v, nh) = (cfg.n_embd, cfg.vocab_size, cfg.n_head);
         let a = self.acts.as_mut().expect("activations allocated");
@@ -260,16 +397,41 @@ impl Gpt {
         let p = &self.params;
         let g = &mut self.grads;
         let lay = &self.layout;
-        let shape = AttnShape { b, t, c, n_head: nh };
+        let shape = AttnShape {
+            b,
+            t,
+            c,
+            n_head: nh,
+        };
         let dropout = st.dropout;
 
         ops::crossentropy_backward(&mut a.probs, &st.targets, v, loss_scale / bt as f32);
-        ops::linear_backward(&mut a.dln, &mut g[lay.wte.clone()], None, &a.probs, &a.lnf, &p[lay.wte.clone()], bt, c, v);
+        ops::linear_backward(
+            &mut a.dln,
+            &mut g[lay.wte.clone()],
+            None,
+            &a.probs,
+            &a.lnf,
+            &p[lay.wte.clone()],
+            bt,
+            c,
+            v,
+        );
         a.dres.fill(0.0);
         {
             let last = &a.residual3[(cfg.n_layer - 1) * bt * c..];
             let (dw, db) = two_mut(g, &lay.ln_f_w, &lay.ln_f_b);
-            ops::layernorm_backward_add(&mut a.dres, dw, db, &a.dln, last, &a.lnf_mean, &a.lnf_rstd, &p[lay.ln_f_w.clone()], c);
+            ops::layernorm_backward_add(
+                &mut a.dres,
+                dw,
+                db,
+                &a.dln,
+                last,
+                &a.lnf_mean,
+                &a.lnf_rstd,
+                &p[lay.ln_f_w.clone()],
+                c,
+            );
         }
         for (l, blk) in lay.blocks.iter().enumerate().rev() {
             let rc = l * bt * c..(l + 1) * bt * c;
@@ -278,7 +440,11 @@ impl Gpt {
             let r4c = l * bt * 4 * c..(l + 1) * bt * 4 * c;
             let ratt = l * b * nh * t * t..(l + 1) * b * nh * t * t;
             let site = |k: u64| dropout.and_then(|d| d.site(1 + 3 * l as u64 + k));
-            let residual: &[f32] = if l == 0 { &a.encoded } else { &a.residual3[(l - 1) * bt * c..l * bt * c] };
+            let residual: &[f32] = if l == 0 {
+                &a.encoded
+            } else {
+                &a.residual3[(l - 1) * bt * c..l * bt * c]
+            };
 
             // MLP: residual3 = residual2 + drop(c_proj(gelu(c_fc(ln_2(residual2)))))
             a.dtmp.copy_from_slice(&a.dres);
@@ -286,12 +452,42 @@ impl Gpt {
                 d.apply_in_place(&mut a.dtmp);
             }
             let (dw, db) = two_mut(g, &blk.mlp_proj_w, &blk.mlp_proj_b);
-            ops::linear_backward(&mut a.dfc, dw, db, &a.dtmp, &a.fch_gelu[r4c.clone()], &p[blk.mlp_proj_w.clone()], bt, 4 * c, c);
+            ops::linear_backward(
+                &mut a.dfc,
+                dw,
+                db,
+                &a.dtmp,
+                &a.fch_gelu[r4c.clone()],
+                &p[blk.mlp_proj_w.clone()],
+                bt,
+                4 * c,
+                c,
+            );
             ops::gelu_backward(&mut a.dfc2, &a.fch[r4c], &a.dfc, cfg.gelu);
             let (dw, db) = two_mut(g, &blk.c_fc_w, &blk.c_fc_b);
-            ops::linear_backward(&mut a.dln, dw, db, &a.dfc2, &a.ln2[rc.clone()], &p[blk.c_fc_w.clone()], bt, c, 4 * c);
+            ops::linear_backward(
+                &mut a.dln,
+                dw,
+                db,
+                &a.dfc2,
+                &a.ln2[rc.clone()],
+                &p[blk.c_fc_w.clone()],
+                bt,
+                c,
+                4 * c,
+            );
             let (dw, db) = two_mut(g, &blk.ln_2_w, &blk.ln_2_b);
-            ops::layernorm_backward_add(&mut a.dres, dw, db, &a.dln, &a.residual2[rc.clone()], &a.ln2_mean[r1.clone()], &a.ln2_rstd[r1.clone()], &p[blk.ln_2_w.clone()], c);
+            ops::layernorm_backward_add(
+                &mut a.dres,
+                dw,
+                db,
+                &a.dln,
+                &a.residual2[rc.clone()],
+                &a.ln2_mean[r1.clone()],
+                &a.ln2_rstd[r1.clone()],
+                &p[blk.ln_2_w.clone()],
+                c,
+            );
 
             // Attention: residual2 = residual + drop(c_proj(attn(c_attn(ln_1(residual)))))
             a.dtmp.copy_from_slice(&a.dres);
@@ -299,19 +495,69 @@ impl Gpt {
                 d.apply_in_place(&mut a.dtmp);
             }
             let (dw, db) = two_mut(g, &blk.attn_proj_w, &blk.attn_proj_b);
-            ops::linear_backward(&mut a.datty, dw, db, &a.dtmp, &a.atty[rc.clone()], &p[blk.attn_proj_w.clone()], bt, c, c);
-            let att_drop = if dropout.is_some() { Some(&a.att_drop[ratt.clone()]) } else { None };
-            ops::attention_backward(&mut a.dqkv, &mut a.datt, &a.datty, &a.qkv[r3c.clone()], &a.att[ratt], att_drop, &shape, site(0));
+            ops::linear_backward(
+                &mut a.datty,
+                dw,
+                db,
+                &a.dtmp,
+                &a.atty[rc.clone()],
+                &p[blk.attn_proj_w.clone()],
+                bt,
+                c,
+                c,
+            );
+            let att_drop = if dropout.is_some() {
+                Some(&a.att_drop[ratt.clone()])
+            } else {
+                None
+            };
+            ops::attention_backward(
+                &mut a.dqkv,
+                &mut a.datt,
+                &a.datty,
+                &a.qkv[r3c.clone()],
+                &a.att[ratt],
+                att_drop,
+                &shape,
+                site(0),
+            );
             let (dw, db) = two_mut(g, &blk.c_attn_w, &blk.c_attn_b);
-            ops::linear_backward(&mut a.dln, dw, db, &a.dqkv, &a.ln1[rc.clone()], &p[blk.c_attn_w.clone()], bt, c, 3 * c);
+            ops::linear_backward(
+                &mut a.dln,
+                dw,
+                db,
+                &a.dqkv,
+                &a.ln1[rc.clone()],
+                &p[blk.c_attn_w.clone()],
+                bt,
+                c,
+                3 * c,
+            );
             let (dw, db) = two_mut(g, &blk.ln_1_w, &blk.ln_1_b);
-            ops::layernorm_backward_add(&mut a.dres, dw, db, &a.dln, residual, &a.ln1_mean[r1.clone()], &a.ln1_rstd[r1], &p[blk.ln_1_w.clone()], c);
+            ops::layernorm_backward_add(
+                &mut a.dres,
+                dw,
+                db,
+                &a.dln,
+                residual,
+                &a.ln1_mean[r1.clone()],
+                &a.ln1_rstd[r1],
+                &p[blk.ln_1_w.clone()],
+                c,
+            );
         }
         if let Some(d) = dropout.and_then(|d| d.site(0)) {
             d.apply_in_place(&mut a.dres);
         }
         let (dwte, rest) = g.split_at_mut(lay.wpe.start);
-        ops::encoder_backward(&mut dwte[lay.wte.clone()], &mut rest[..lay.wpe.len()], &a.dres, &st.tokens, t, c);
+        ops::encoder_backward(
+            &mut dwte[lay.wte.clone()],
+            &mut rest[..lay.wpe.len()],
+            &a.dres,
+            &st.tokens,
+            t,
+            c,
+        );
     }
 
     pub fn zero_grad(&mut self) {

@@ -17,19 +17,36 @@ const ROWS: usize = 64;
 // ---------------------------------------------------------------------------------------------
 // Embedding: x[b, t] = wte[token] + wpe[t]
 
-pub fn encoder_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32], t_len: usize, c: usize) {
-    out.par_chunks_mut(c).zip(tokens.par_iter()).enumerate().for_each(|(i, (row, &tok))| {
-        let t = i % t_len;
-        let te = &wte[tok as usize * c..][..c];
-        let pe = &wpe[t * c..][..c];
-        for j in 0..c {
-            row[j] = te[j] + pe[j];
-        }
-    });
+pub fn encoder_forward(
+    out: &mut [f32],
+    tokens: &[u32],
+    wte: &[f32],
+    wpe: &[f32],
+    t_len: usize,
+    c: usize,
+) {
+    out.par_chunks_mut(c)
+        .zip(tokens.par_iter())
+        .enumerate()
+        .for_each(|(i, (row, &tok))| {
+            let t = i % t_len;
+            let te = &wte[tok as usize * c..][..c];
+            let pe = &wpe[t * c..][..c];
+            for j in 0..c {
+                row[j] = te[j] + pe[j];
+            }
+        });
 }
 
 /// Scatter-adds into the embedding tables; serial because tokens repeat (keeps it deterministic).
-pub fn encoder_backward(dwte: &mut [f32], dwpe: &mut [f32], dout: &[f32], tokens: &[u32], t_len: usize, c: usize) {
+pub fn encoder_backward(
+    dwte: &mut [f32],
+    dwpe: &mut [f32],
+    dout: &[f32],
+    tokens: &[u32],
+    t_len: usize,
+    c: usize,
+) {
     for (i, (row, &tok)) in dout.chunks(c).zip(tokens).enumerate() {
         let t = i % t_len;
         let te = &mut dwte[tok as usize * c..][..c];
@@ -46,7 +63,15 @@ pub fn encoder_backward(dwte: &mut [f32], dwpe: &mut [f32], dout: &[f32], tokens
 // ---------------------------------------------------------------------------------------------
 // LayerNorm
 
-pub fn layernorm_forward(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], w: &[f32], b: Option<&[f32]>, c: usize) {
+pub fn layernorm_forward(
+    out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    c: usize,
+) {
     out.par_chunks_mut(c)
         .zip(inp.par_chunks(c))
         .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
@@ -76,24 +101,28 @@ pub fn layernorm_backward_add(
     w: &[f32],
     c: usize,
 ) {
-    dinp.par_chunks_mut(c).zip(dout.par_chunks(c)).zip(inp.par_chunks(c)).enumerate().for_each(|(i, ((di, d), x))| {
-        let (mu, rs) = (mean[i], rstd[i]);
-        let mut dnorm_mean = 0.0f32;
-        let mut dnorm_norm_mean = 0.0f32;
-        for j in 0..c {
-            let norm = (x[j] - mu) * rs;
-            let dnorm = w[j] * d[j];
-            dnorm_mean += dnorm;
-            dnorm_norm_mean += dnorm * norm;
-        }
-        dnorm_mean /= c as f32;
-        dnorm_norm_mean /= c as f32;
-        for j in 0..c {
-            let norm = (x[j] - mu) * rs;
-            let dnorm = w[j] * d[j];
-            di[j] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rs;
-        }
-    });
+    dinp.par_chunks_mut(c)
+        .zip(dout.par_chunks(c))
+        .zip(inp.par_chunks(c))
+        .enumerate()
+        .for_each(|(i, ((di, d), x))| {
+            let (mu, rs) = (mean[i], rstd[i]);
+            let mut dnorm_mean = 0.0f32;
+            let mut dnorm_norm_mean = 0.0f32;
+            for j in 0..c {
+                let norm = (x[j] - mu) * rs;
+                let dnorm = w[j] * d[j];
+                dnorm_mean += dnorm;
+                dnorm_norm_mean += dnorm * norm;
+            }
+            dnorm_mean /= c as f32;
+            dnorm_norm_mean /= c as f32;
+            for j in 0..c {
+                let norm = (x[j] - mu) * rs;
+                let dnorm = w[j] * d[j];
+                di[j] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rs;
+            }
+        });
     let with_bias = db.is_some();
     let width = if with_bias { 2 * c } else { c };
     let sums = reduce_rows(dout.len() / c, width, |i, acc| {
@@ -117,12 +146,26 @@ pub fn layernorm_backward_add(
 // ---------------------------------------------------------------------------------------------
 // Linear: out = inp @ w^T + b, with w stored (out_features, in_features) like torch.nn.Linear.
 
-pub fn linear_forward(out: &mut [f32], inp: &[f32], w: &[f32], b: Option<&[f32]>, n: usize, ic: usize, oc: usize) {
+pub fn linear_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    n: usize,
+    ic: usize,
+    oc: usize,
+) {
     let out = &mut out[..n * oc];
     if let Some(b) = b {
-        out.par_chunks_mut(oc).for_each(|row| row.copy_from_slice(b));
+        out.par_chunks_mut(oc)
+            .for_each(|row| row.copy_from_slice(b));
     }
-    matmul(out, MatRef::new(inp, n, ic), MatRef::new(w, oc, ic).t(), b.is_some());
+    matmul(
+        out,
+        MatRef::new(inp, n, ic),
+        MatRef::new(w, oc, ic).t(),
+        b.is_some(),
+    );
 }
 
 /// `dinp = dout @ w` (overwritten), `dw += dout^T @ inp`, `db += column sums of dout`.
@@ -140,7 +183,12 @@ pub fn linear_backward(
 ) {
     let dout_m = MatRef::new(dout, n, oc);
     matmul(&mut dinp[..n * ic], dout_m, MatRef::new(w, oc, ic), false);
-    matmul(&mut dw[..oc * ic], dout_m.t(), MatRef::new(inp, n, ic), true);
+    matmul(
+        &mut dw[..oc * ic],
+        dout_m.t(),
+        MatRef::new(inp, n, ic),
+        true,
+    );
     if let Some(db) = db {
         let sums = reduce_rows(n, oc, |i, acc| add_into(acc, &dout[i * oc..][..oc]));
         add_into(db, &sums);
@@ -153,41 +201,47 @@ pub fn linear_backward(
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 
 pub fn gelu_forward(out: &mut [f32], inp: &[f32], form: Gelu) {
-    out.par_chunks_mut(4096).zip(inp.par_chunks(4096)).for_each(|(o, x)| match form {
-        Gelu::Tanh => {
-            for (o, &x) in o.iter_mut().zip(x) {
-                let cube = 0.044715 * x * x * x;
-                *o = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + cube)).tanh());
+    out.par_chunks_mut(4096)
+        .zip(inp.par_chunks(4096))
+        .for_each(|(o, x)| match form {
+            Gelu::Tanh => {
+                for (o, &x) in o.iter_mut().zip(x) {
+                    let cube = 0.044715 * x * x * x;
+                    *o = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + cube)).tanh());
+                }
             }
-        }
-        Gelu::Erf => {
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
+            Gelu::Erf => {
+                for (o, &x) in o.iter_mut().zip(x) {
+                    *o = 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
+                }
             }
-        }
-    });
+        });
 }
 
 pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32], form: Gelu) {
-    dinp.par_chunks_mut(4096).zip(inp.par_chunks(4096)).zip(dout.par_chunks(4096)).for_each(|((di, x), d)| match form {
-        Gelu::Tanh => {
-            for ((di, &x), &d) in di.iter_mut().zip(x).zip(d) {
-                let cube = 0.044715 * x * x * x;
-                let tanh_out = (SQRT_2_OVER_PI * (x + cube)).tanh();
-                let sech2 = 1.0 - tanh_out * tanh_out;
-                let local = 0.5 * (1.0 + tanh_out) + x * 0.5 * sech2 * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
-                *di = local * d;
+    dinp.par_chunks_mut(4096)
+        .zip(inp.par_chunks(4096))
+        .zip(dout.par_chunks(4096))
+        .for_each(|((di, x), d)| match form {
+            Gelu::Tanh => {
+                for ((di, &x), &d) in di.iter_mut().zip(x).zip(d) {
+                    let cube = 0.044715 * x * x * x;
+                    let tanh_out = (SQRT_2_OVER_PI * (x + cube)).tanh();
+                    let sech2 = 1.0 - tanh_out * tanh_out;
+                    let local = 0.5 * (1.0 + tanh_out)
+                        + x * 0.5 * sech2 * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
+                    *di = local * d;
+                }
             }
-        }
-        Gelu::Erf => {
-            const INV_SQRT_2PI: f32 = 0.398_942_3;
-            for ((di, &x), &d) in di.iter_mut().zip(x).zip(d) {
-                let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
-                let pdf = INV_SQRT_2PI * (-0.5 * x * x).exp();
-                *di = (cdf + x * pdf) * d;
+            Gelu::Erf => {
+                const INV_SQRT_2PI: f32 = 0.398_942_3;
+                for ((di, &x), &d) in di.iter_mut().zip(x).zip(d) {
+                    let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
+                    let pdf = INV_SQRT_2PI * (-0.5 * x * x).exp();
+                    *di = (cdf + x * pdf) * d;
+                }
             }
-        }
-    });
+        });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -204,7 +258,11 @@ pub struct Dropout {
 impl Dropout {
     #[inline]
     pub fn scale(&self, index: usize) -> f32 {
-        if dropout_keep(self.seed, self.site, index, self.p) { 1.0 / (1.0 - self.p) } else { 0.0 }
+        if dropout_keep(self.seed, self.site, index, self.p) {
+            1.0 / (1.0 - self.p)
+        } else {
+            0.0
+        }
     }
 
     /// `x[i] *= mask(i) / (1 - p)`; the backward of dropout is the same operation on the gradient.
@@ -219,11 +277,14 @@ impl Dropout {
 
 /// `out = a + b`.
 pub fn residual_forward(out: &mut [f32], a: &[f32], b: &[f32]) {
-    out.par_chunks_mut(4096).zip(a.par_chunks(4096)).zip(b.par_chunks(4096)).for_each(|((o, a), b)| {
-        for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
-            *o = a + b;
-        }
-    });
+    out.par_chunks_mut(4096)
+        .zip(a.par_chunks(4096))
+        .zip(b.par_chunks(4096))
+        .for_each(|((o, a), b)| {
+            for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
+                *o = a + b;
+            }
+        });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -250,7 +311,14 @@ pub struct AttnShape {
     pub n_head: usize,
 }
 
-pub fn attention_forward(out: &mut [f32], att: &mut [f32], att_drop: Option<&mut [f32]>, qkv: &[f32], s: &AttnShape, dropout: Option<Dropout>) {
+pub fn attention_forward(
+    out: &mut [f32],
+    att: &mut [f32],
+    att_drop: Option<&mut [f32]>,
+    qkv: &[f32],
+    s: &AttnShape,
+    dropout: Option<Dropout>,
+) {
     let (b, t, c, nh) = (s.b, s.t, s.c, s.n_head);
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
@@ -260,98 +328,156 @@ pub fn attention_forward(out: &mut [f32], att: &mut [f32], att_drop: Option<&mut
         assert!(d.len() >= b * nh * t * t);
         SharedMut(d.as_mut_ptr())
     });
-    att[..b * nh * t * t].par_chunks_mut(t * t).enumerate().for_each(|(bh, a)| {
-        let (bi, h) = (bh / nh, bh % nh);
-        let base = &qkv[bi * t * 3 * c..];
-        let q = MatRef { data: &base[h * hs..], rows: t, cols: hs, rs: 3 * c, cs: 1 };
-        let k = MatRef { data: &base[c + h * hs..], rows: t, cols: hs, rs: 3 * c, cs: 1 };
-        let v = MatRef { data: &base[2 * c + h * hs..], rows: t, cols: hs, rs: 3 * c, cs: 1 };
-        // SAFETY: `a` is this task's own (T, T) block.
-        unsafe { matmul_strided(a.as_mut_ptr(), t, 1, q, k.t(), false) };
-        for i in 0..t {
-            let row = &mut a[i * t..][..t];
-            let mut max = f32::NEG_INFINITY;
-            for x in &mut row[..=i] {
-                *x *= scale;
-                max = max.max(*x);
-            }
-            let mut sum = 0.0f32;
-            for x in &mut row[..=i] {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
-            for x in &mut row[..=i] {
-                *x *= inv;
-            }
-            row[i + 1..].fill(0.0);
-        }
-        let probs: &[f32] = match (drop_ptr, dropout) {
-            (Some(dp), Some(d)) => {
-                // SAFETY: this task's own (T, T) block of att_drop.
-                let ad = unsafe { std::slice::from_raw_parts_mut(dp.ptr().add(bh * t * t), t * t) };
-                for (k, (o, &x)) in ad.iter_mut().zip(a.iter()).enumerate() {
-                    *o = x * d.scale(bh * t * t + k);
+    att[..b * nh * t * t]
+        .par_chunks_mut(t * t)
+        .enumerate()
+        .for_each(|(bh, a)| {
+            let (bi, h) = (bh / nh, bh % nh);
+            let base = &qkv[bi * t * 3 * c..];
+            let q = MatRef {
+                data: &base[h * hs..],
+                rows: t,
+                cols: hs,
+                rs: 3 * c,
+                cs: 1,
+            };
+            let k = MatRef {
+                data: &base[c + h * hs..],
+                rows: t,
+                cols: hs,
+                rs: 3 * c,
+                cs: 1,
+            };
+            let v = MatRef {
+                data: &base[2 * c + h * hs..],
+                rows: t,
+                cols: hs,
+                rs: 3 * c,
+                cs: 1,
+            };
+            // SAFETY: `a` is this task's own (T, T) block.
+            unsafe { matmul_strided(a.as_mut_ptr(), t, 1, q, k.t(), false) };
+            for i in 0..t {
+                let row = &mut a[i * t..][..t];
+                let mut max = f32::NEG_INFINITY;
+                for x in &mut row[..=i] {
+                    *x *= scale;
+                    max = max.max(*x);
                 }
-                ad
+                let mut sum = 0.0f32;
+                for x in &mut row[..=i] {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                for x in &mut row[..=i] {
+                    *x *= inv;
+                }
+                row[i + 1..].fill(0.0);
             }
-            _ => a,
-        };
-        // SAFETY: out rows (bi, 0..t), columns h*hs..(h+1)*hs belong to this task alone.
-        unsafe {
-            let dst = out_ptr.ptr().add(bi * t * c + h * hs);
-            matmul_strided(dst, c, 1, MatRef::new(probs, t, t), v, false);
-        }
-    });
+            let probs: &[f32] = match (drop_ptr, dropout) {
+                (Some(dp), Some(d)) => {
+                    // SAFETY: this task's own (T, T) block of att_drop.
+                    let ad =
+                        unsafe { std::slice::from_raw_parts_mut(dp.ptr().add(bh * t * t), t * t) };
+                    for (k, (o, &x)) in ad.iter_mut().zip(a.iter()).enumerate() {
+                        *o = x * d.scale(bh * t * t + k);
+                    }
+                    ad
+                }
+                _ => a,
+            };
+            // SAFETY: out rows (bi, 0..t), columns h*hs..(h+1)*hs belong to this task alone.
+            unsafe {
+                let dst = out_ptr.ptr().add(bi * t * c + h * hs);
+                matmul_strided(dst, c, 1, MatRef::new(probs, t, t), v, false);
+            }
+        });
 }
 
 /// Writes dqkv (overwritten). `datt` is (B, H, T, T) scratch.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward(dqkv: &mut [f32], datt: &mut [f32], dout: &[f32], qkv: &[f32], att: &[f32], att_drop: Option<&[f32]>, s: &AttnShape, dropout: Option<Dropout>) {
+pub fn attention_backward(
+    dqkv: &mut [f32],
+    datt: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    att: &[f32],
+    att_drop: Option<&[f32]>,
+    s: &AttnShape,
+    dropout: Option<Dropout>,
+) {
     let (b, t, c, nh) = (s.b, s.t, s.c, s.n_head);
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
     assert!(dqkv.len() >= b * t * 3 * c && datt.len() >= b * nh * t * t && dout.len() >= b * t * c);
     let dqkv_ptr = SharedMut(dqkv.as_mut_ptr());
-    datt[..b * nh * t * t].par_chunks_mut(t * t).enumerate().for_each(|(bh, da)| {
-        let (bi, h) = (bh / nh, bh % nh);
-        let base = &qkv[bi * t * 3 * c..];
-        let q = MatRef { data: &base[h * hs..], rows: t, cols: hs, rs: 3 * c, cs: 1 };
-        let k = MatRef { data: &base[c + h * hs..], rows: t, cols: hs, rs: 3 * c, cs: 1 };
-        let v = MatRef { data: &base[2 * c + h * hs..], rows: t, cols: hs, rs: 3 * c, cs: 1 };
-        let dy = MatRef { data: &dout[bi * t * c + h * hs..], rows: t, cols: hs, rs: c, cs: 1 };
-        let a = &att[bh * t * t..][..t * t];
-        let probs = match (att_drop, dropout) {
-            (Some(ad), Some(_)) => &ad[bh * t * t..][..t * t],
-            _ => a,
-        };
-        // SAFETY: each task writes only its own head's columns of dqkv and its own datt block.
-        unsafe {
-            let dq = dqkv_ptr.ptr().add(bi * t * 3 * c + h * hs);
-            let dk = dq.add(c);
-            let dv = dq.add(2 * c);
-            // dv = probs^T @ dy ; dprobs = dy @ v^T
-            matmul_strided(dv, 3 * c, 1, MatRef::new(probs, t, t).t(), dy, false);
-            matmul_strided(da.as_mut_ptr(), t, 1, dy, v.t(), false);
-            if let Some(d) = dropout.filter(|_| att_drop.is_some()) {
-                for (k, x) in da.iter_mut().enumerate() {
-                    *x *= d.scale(bh * t * t + k);
+    datt[..b * nh * t * t]
+        .par_chunks_mut(t * t)
+        .enumerate()
+        .for_each(|(bh, da)| {
+            let (bi, h) = (bh / nh, bh % nh);
+            let base = &qkv[bi * t * 3 * c..];
+            let q = MatRef {
+                data: &base[h * hs..],
+                rows: t,
+                cols: hs,
+                rs: 3 * c,
+                cs: 1,
+            };
+            let k = MatRef {
+                data: &base[c + h * hs..],
+                rows: t,
+                cols: hs,
+                rs: 3 * c,
+                cs: 1,
+            };
+            let v = MatRef {
+                data: &base[2 * c + h * hs..],
+                rows: t,
+                cols: hs,
+                rs: 3 * c,
+                cs: 1,
+            };
+            let dy = MatRef {
+                data: &dout[bi * t * c + h * hs..],
+                rows: t,
+                cols: hs,
+                rs: c,
+                cs: 1,
+            };
+            let a = &att[bh * t * t..][..t * t];
+            let probs = match (att_drop, dropout) {
+                (Some(ad), Some(_)) => &ad[bh * t * t..][..t * t],
+                _ => a,
+            };
+            // SAFETY: each task writes only its own head's columns of dqkv and its own datt block.
+            unsafe {
+                let dq = dqkv_ptr.ptr().add(bi * t * 3 * c + h * hs);
+                let dk = dq.add(c);
+                let dv = dq.add(2 * c);
+                // dv = probs^T @ dy ; dprobs = dy @ v^T
+                matmul_strided(dv, 3 * c, 1, MatRef::new(probs, t, t).t(), dy, false);
+                matmul_strided(da.as_mut_ptr(), t, 1, dy, v.t(), false);
+                if let Some(d) = dropout.filter(|_| att_drop.is_some()) {
+                    for (k, x) in da.iter_mut().enumerate() {
+                        *x *= d.scale(bh * t * t + k);
+                    }
                 }
-            }
-            // softmax backward, then the 1/sqrt(hs) scale.
-            for i in 0..t {
-                let (ar, dr) = (&a[i * t..][..t], &mut da[i * t..][..t]);
-                let dot: f32 = ar[..=i].iter().zip(&dr[..=i]).map(|(p, g)| p * g).sum();
-                for j in 0..=i {
-                    dr[j] = ar[j] * (dr[j] - dot) * scale;
+                // softmax backward, then the 1/sqrt(hs) scale.
+                for i in 0..t {
+                    let (ar, dr) = (&a[i * t..][..t], &mut da[i * t..][..t]);
+                    let dot: f32 = ar[..=i].iter().zip(&dr[..=i]).map(|(p, g)| p * g).sum();
+                    for j in 0..=i {
+                        dr[j] = ar[j] * (dr[j] - dot) * scale;
+                    }
+                    dr[i + 1..].fill(0.0);
                 }
-                dr[i + 1..].fill(0.0);
+                let dpre = MatRef::new(da, t, t);
+                matmul_strided(dq, 3 * c, 1, dpre, k, false);
+                matmul_strided(dk, 3 * c, 1, dpre.t(), q, false);
             }
-            let dpre = MatRef::new(da, t, t);
-            matmul_strided(dq, 3 * c, 1, dpre, k, false);
-            matmul_strided(dk, 3 * c, 1, dpre.t(), q, false);
-        }
-    });
+        });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -359,11 +485,20 @@ pub fn attention_backward(dqkv: &mut [f32], datt: &mut [f32], dout: &[f32], qkv:
 
 /// Turns logits (n, v) into probabilities in place; returns the mean loss over rows (sum in f64, in
 /// row order). `losses` receives each row's loss.
-pub fn crossentropy_forward(probs: &mut [f32], losses: &mut [f32], targets: &[u32], v: usize) -> f32 {
-    probs.par_chunks_mut(v).zip(losses.par_iter_mut()).zip(targets.par_iter()).for_each(|((p, l), &y)| {
-        softmax_in_place(p);
-        *l = -p[y as usize].max(f32::MIN_POSITIVE).ln();
-    });
+pub fn crossentropy_forward(
+    probs: &mut [f32],
+    losses: &mut [f32],
+    targets: &[u32],
+    v: usize,
+) -> f32 {
+    probs
+        .par_chunks_mut(v)
+        .zip(losses.par_iter_mut())
+        .zip(targets.par_iter())
+        .for_each(|((p, l), &y)| {
+            softmax_in_place(p);
+            *l = -p[y as usize].max(f32::MIN_POSITIVE).ln();
+        });
     (losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len() as f64) as f32
 }
 
@@ -383,12 +518,15 @@ pub fn softmax_in_place(p: &mut [f32]) {
 
 /// Probabilities become dlogits in place: `(p - onehot(y)) * dloss`.
 pub fn crossentropy_backward(probs: &mut [f32], targets: &[u32], v: usize, dloss: f32) {
-    probs.par_chunks_mut(v).zip(targets.par_iter()).for_each(|(p, &y)| {
-        p[y as usize] -= 1.0;
-        for x in p.iter_mut() {
-            *x *= dloss;
-        }
-    });
+    probs
+        .par_chunks_mut(v)
+        .zip(targets.par_iter())
+        .for_each(|(p, &y)| {
+            p[y as usize] -= 1.0;
+            for x in p.iter_mut() {
+                *x *= dloss;
+            }
+        });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -405,11 +543,14 @@ pub fn add_into(acc: &mut [f32], x: &[f32]) {
 pub fn reduce_rows(n: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     let blocks = n.div_ceil(ROWS);
     let mut partial = vec![0.0f32; blocks * width];
-    partial.par_chunks_mut(width).enumerate().for_each(|(blk, acc)| {
-        for i in blk * ROWS..((blk + 1) * ROWS).min(n) {
-            f(i, acc);
-        }
-    });
+    partial
+        .par_chunks_mut(width)
+        .enumerate()
+        .for_each(|(blk, acc)| {
+            for i in blk * ROWS..((blk + 1) * ROWS).min(n) {
+                f(i, acc);
+            }
+        });
     let mut total = vec![0.0f32; width];
     for p in partial.chunks(width) {
         add_into(&mut total, p);

@@ -56,8 +56,18 @@ const CHUNK: usize = 8192;
 
 impl AdamW {
     pub fn new(cfg: AdamWConfig, layout: &ParamLayout) -> Self {
-        let decay_ranges = layout.tensors.iter().map(|t| (t.range.clone(), t.decays())).collect();
-        AdamW { cfg, m: vec![0.0; layout.total], v: vec![0.0; layout.total], step: 0, decay_ranges }
+        let decay_ranges = layout
+            .tensors
+            .iter()
+            .map(|t| (t.range.clone(), t.decays()))
+            .collect();
+        AdamW {
+            cfg,
+            m: vec![0.0; layout.total],
+            v: vec![0.0; layout.total],
+            step: 0,
+            decay_ranges,
+        }
     }
 
     /// One update, exactly torch.optim.AdamW's (non-fused, non-amsgrad) arithmetic.
@@ -69,12 +79,20 @@ impl AdamW {
         let step_size = (lr / bc1) as f32;
         let eps = self.cfg.eps as f32;
         for (range, decays) in &self.decay_ranges {
-            let decay = if *decays { (1.0 - lr * self.cfg.weight_decay) as f32 } else { 1.0 };
+            let decay = if *decays {
+                (1.0 - lr * self.cfg.weight_decay) as f32
+            } else {
+                1.0
+            };
             let r = range.clone();
             params[r.clone()]
                 .par_chunks_mut(CHUNK)
                 .zip(grads[r.clone()].par_chunks(CHUNK))
-                .zip(self.m[r.clone()].par_chunks_mut(CHUNK).zip(self.v[r].par_chunks_mut(CHUNK)))
+                .zip(
+                    self.m[r.clone()]
+                        .par_chunks_mut(CHUNK)
+                        .zip(self.v[r].par_chunks_mut(CHUNK)),
+                )
                 .for_each(|((p, g), (m, v))| {
                     for i in 0..p.len() {
                         p[i] *= decay;
@@ -90,7 +108,10 @@ impl AdamW {
 
 /// Global L2 norm of the gradients; sums fixed chunks in parallel, then adds them in order.
 pub fn grad_norm(grads: &[f32]) -> f32 {
-    let partial: Vec<f64> = grads.par_chunks(CHUNK).map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum()).collect();
+    let partial: Vec<f64> = grads
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum())
+        .collect();
     partial.iter().sum::<f64>().sqrt() as f32
 }
 
@@ -100,7 +121,9 @@ pub fn clip_grad_norm(grads: &mut [f32], max_norm: f32) -> f32 {
     let norm = grad_norm(grads);
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
-        grads.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|g| *g *= coef));
+        grads
+            .par_chunks_mut(CHUNK)
+            .for_each(|c| c.iter_mut().for_each(|g| *g *= coef));
     }
     norm
 }
@@ -111,14 +134,27 @@ mod tests {
 
     #[test]
     fn schedule_matches_nanogpt_get_lr() {
-        let s = LrSchedule { learning_rate: 1e-3, decay_lr: true, warmup_iters: 100, lr_decay_iters: 2000, min_lr: 1e-4 };
+        let s = LrSchedule {
+            learning_rate: 1e-3,
+            decay_lr: true,
+            warmup_iters: 100,
+            lr_decay_iters: 2000,
+            min_lr: 1e-4,
+        };
         assert!((s.at(0) - 1e-3 / 101.0).abs() < 1e-12);
         assert!((s.at(99) - 1e-3 * 100.0 / 101.0).abs() < 1e-12);
         assert!((s.at(100) - 1e-3).abs() < 1e-12);
         assert!((s.at(1050) - 5.5e-4).abs() < 1e-9);
         assert!((s.at(2000) - 1e-4).abs() < 1e-12);
         assert_eq!(s.at(5000), 1e-4);
-        assert_eq!(LrSchedule { decay_lr: false, ..s }.at(7), 1e-3);
+        assert_eq!(
+            LrSchedule {
+                decay_lr: false,
+                ..s
+            }
+            .at(7),
+            1e-3
+        );
     }
 
     #[test]

@@ -60,7 +60,11 @@ impl Builder {
         let len: usize = shape.iter().product();
         let range = self.next..self.next + len;
         self.next += len;
-        self.tensors.push(Tensor { name, shape: shape.to_vec(), range: range.clone() });
+        self.tensors.push(Tensor {
+            name,
+            shape: shape.to_vec(),
+            range: range.clone(),
+        });
         range
     }
 
@@ -72,7 +76,10 @@ impl Builder {
 impl ParamLayout {
     pub fn new(cfg: &GptConfig) -> Self {
         let (c, v, b) = (cfg.n_embd, cfg.vocab_size, cfg.bias);
-        let mut p = Builder { tensors: Vec::new(), next: 0 };
+        let mut p = Builder {
+            tensors: Vec::new(),
+            next: 0,
+        };
         let wte = p.add("transformer.wte.weight".into(), &[v, c]);
         let wpe = p.add("transformer.wpe.weight".into(), &[cfg.block_size, c]);
         let blocks = (0..cfg.n_layer)
@@ -96,7 +103,15 @@ impl ParamLayout {
             .collect();
         let ln_f_w = p.add("transformer.ln_f.weight".into(), &[c]);
         let ln_f_b = p.bias(b, "transformer.ln_f.bias".into(), c);
-        ParamLayout { tensors: p.tensors, wte, wpe, blocks, ln_f_w, ln_f_b, total: p.next }
+        ParamLayout {
+            tensors: p.tensors,
+            wte,
+            wpe,
+            blocks,
+            ln_f_w,
+            ln_f_b,
+            total: p.next,
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Tensor> {

@@ -23,7 +23,9 @@ pub fn mix64(mut z: u64) -> u64 {
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng { state: mix64(seed ^ 0x5eed) }
+        Rng {
+            state: mix64(seed ^ 0x5eed),
+        }
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -54,7 +56,11 @@ impl Rng {
 /// forward and backward recompute the same mask, and any thread can evaluate any element.
 #[inline]
 pub fn dropout_keep(seed: u64, site: u64, index: usize, p: f32) -> bool {
-    let h = mix64(seed ^ mix64(site.wrapping_mul(GOLDEN) ^ (index as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)));
+    let h = mix64(
+        seed ^ mix64(
+            site.wrapping_mul(GOLDEN) ^ (index as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93),
+        ),
+    );
     ((h >> 40) as f32) * (1.0 / (1u64 << 24) as f32) >= p
 }
 

@@ -86,7 +86,10 @@ impl<'m> Decoder<'m> {
         let hs = c / nh;
         let (n, p0) = (tokens.len(), self.len);
         assert!(n > 0 && p0 + n <= bs, "decoder context exceeds block_size");
-        assert!(tokens.iter().all(|&t| (t as usize) < v), "token id out of vocabulary");
+        assert!(
+            tokens.iter().all(|&t| (t as usize) < v),
+            "token id out of vocabulary"
+        );
         let p = &m.params;
         let lay = &m.layout;
         let opt = |r: &Option<std::ops::Range<usize>>| r.as_ref().map(|r| &p[r.clone()]);
@@ -100,9 +103,25 @@ impl<'m> Decoder<'m> {
         }
         for (l, blk) in lay.blocks.iter().enumerate() {
             let ln = &mut self.ln[..n * c];
-            ops::layernorm_forward(ln, &mut self.mean[..n], &mut self.rstd[..n], x, &p[blk.ln_1_w.clone()], opt(&blk.ln_1_b), c);
+            ops::layernorm_forward(
+                ln,
+                &mut self.mean[..n],
+                &mut self.rstd[..n],
+                x,
+                &p[blk.ln_1_w.clone()],
+                opt(&blk.ln_1_b),
+                c,
+            );
             let qkv = &mut self.qkv[..n * 3 * c];
-            ops::linear_forward(qkv, ln, &p[blk.c_attn_w.clone()], opt(&blk.c_attn_b), n, c, 3 * c);
+            ops::linear_forward(
+                qkv,
+                ln,
+                &p[blk.c_attn_w.clone()],
+                opt(&blk.c_attn_b),
+                n,
+                c,
+                3 * c,
+            );
             let kc = &mut self.k[l * bs * c..(l + 1) * bs * c];
             let vc = &mut self.v[l * bs * c..(l + 1) * bs * c];
             for i in 0..n {
@@ -131,20 +150,60 @@ impl<'m> Decoder<'m> {
                 }
             }
             let proj = &mut self.proj[..n * c];
-            ops::linear_forward(proj, &self.atty[..n * c], &p[blk.attn_proj_w.clone()], opt(&blk.attn_proj_b), n, c, c);
+            ops::linear_forward(
+                proj,
+                &self.atty[..n * c],
+                &p[blk.attn_proj_w.clone()],
+                opt(&blk.attn_proj_b),
+                n,
+                c,
+                c,
+            );
             ops::add_into(x, proj);
-            ops::layernorm_forward(ln, &mut self.mean[..n], &mut self.rstd[..n], x, &p[blk.ln_2_w.clone()], opt(&blk.ln_2_b), c);
+            ops::layernorm_forward(
+                ln,
+                &mut self.mean[..n],
+                &mut self.rstd[..n],
+                x,
+                &p[blk.ln_2_w.clone()],
+                opt(&blk.ln_2_b),
+                c,
+            );
             let fc = &mut self.fc[..n * 4 * c];
-            ops::linear_forward(fc, ln, &p[blk.c_fc_w.clone()], opt(&blk.c_fc_b), n, c, 4 * c);
+            ops::linear_forward(
+                fc,
+                ln,
+                &p[blk.c_fc_w.clone()],
+                opt(&blk.c_fc_b),
+                n,
+                c,
+                4 * c,
+            );
             ops::gelu_forward(&mut self.fcg[..n * 4 * c], fc, cfg.gelu);
-            ops::linear_forward(proj, &self.fcg[..n * 4 * c], &p[blk.mlp_proj_w.clone()], opt(&blk.mlp_proj_b), n, 4 * c, c);
+            ops::linear_forward(
+                proj,
+                &self.fcg[..n * 4 * c],
+                &p[blk.mlp_proj_w.clone()],
+                opt(&blk.mlp_proj_b),
+                n,
+                4 * c,
+                c,
+            );
             ops::add_into(x, proj);
         }
         self.len += n;
         // Only the last position's logits are needed.
         let last = &x[(n - 1) * c..n * c];
         let ln = &mut self.ln[..c];
-        ops::layernorm_forward(ln, &mut self.mean[..1], &mut self.rstd[..1], last, &p[lay.ln_f_w.clone()], opt(&lay.ln_f_b), c);
+        ops::layernorm_forward(
+            ln,
+            &mut self.mean[..1],
+            &mut self.rstd[..1],
+            last,
+            &p[lay.ln_f_w.clone()],
+            opt(&lay.ln_f_b),
+            c,
+        );
         ops::linear_forward(&mut self.logits, ln, &p[lay.wte.clone()], None, 1, c, v);
         &self.logits
     }
@@ -160,7 +219,10 @@ pub fn sample_token(logits: &[f32], cfg: &SampleConfig, rng: &mut Rng) -> u32 {
         let mut sorted = probs.clone();
         sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
         let kth = sorted[k - 1];
-        probs.iter_mut().filter(|p| **p < kth).for_each(|p| *p = f32::NEG_INFINITY);
+        probs
+            .iter_mut()
+            .filter(|p| **p < kth)
+            .for_each(|p| *p = f32::NEG_INFINITY);
     }
     ops::softmax_in_place(&mut probs);
     let r = rng.uniform() as f32;
@@ -176,12 +238,20 @@ pub fn sample_token(logits: &[f32], cfg: &SampleConfig, rng: &mut Rng) -> u32 {
 }
 
 fn argmax(x: &[f32]) -> u32 {
-    x.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) }).0 as u32
+    x.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv { (i, v) } else { (bi, bv) }
+        })
+        .0 as u32
 }
 
 /// Generates `max_new_tokens` after `prompt`; returns only the new tokens.
 pub fn generate(model: &Gpt, prompt: &[u32], cfg: &SampleConfig, rng: &mut Rng) -> Vec<u32> {
-    assert!(!prompt.is_empty(), "generation needs at least one prompt token");
+    assert!(
+        !prompt.is_empty(),
+        "generation needs at least one prompt token"
+    );
     let bs = model.config.block_size;
     let mut dec = Decoder::new(model);
     let mut seq: Vec<u32> = prompt.to_vec();
@@ -203,7 +273,12 @@ pub fn generate(model: &Gpt, prompt: &[u32], cfg: &SampleConfig, rng: &mut Rng) 
 
 /// `num_samples` independent samples, in parallel; sample `i` draws from its own stream derived from
 /// `(seed, i)`, so the output does not depend on the thread count.
-pub fn generate_many(model: &Gpt, prompt: &[u32], cfg: &SampleConfig, num_samples: usize) -> Vec<Vec<u32>> {
+pub fn generate_many(
+    model: &Gpt,
+    prompt: &[u32],
+    cfg: &SampleConfig,
+    num_samples: usize,
+) -> Vec<Vec<u32>> {
     (0..num_samples)
         .into_par_iter()
         .map(|i| {

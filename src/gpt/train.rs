@@ -61,25 +61,49 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     pub fn schedule(&self) -> LrSchedule {
-        LrSchedule { learning_rate: self.learning_rate, decay_lr: self.decay_lr, warmup_iters: self.warmup_iters, lr_decay_iters: self.lr_decay_iters, min_lr: self.min_lr }
+        LrSchedule {
+            learning_rate: self.learning_rate,
+            decay_lr: self.decay_lr,
+            warmup_iters: self.warmup_iters,
+            lr_decay_iters: self.lr_decay_iters,
+            min_lr: self.min_lr,
+        }
     }
 
     pub fn adamw(&self) -> AdamWConfig {
-        AdamWConfig { beta1: self.beta1, beta2: self.beta2, eps: 1e-8, weight_decay: self.weight_decay }
+        AdamWConfig {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: 1e-8,
+            weight_decay: self.weight_decay,
+        }
     }
 
     pub fn validate(&self) -> Result<()> {
         ensure!(self.batch_size > 0, "batch_size must be positive");
-        ensure!(self.gradient_accumulation_steps > 0, "gradient_accumulation_steps must be positive");
+        ensure!(
+            self.gradient_accumulation_steps > 0,
+            "gradient_accumulation_steps must be positive"
+        );
         ensure!(self.eval_interval > 0, "eval_interval must be positive");
         ensure!(self.eval_iters > 0, "eval_iters must be positive");
-        ensure!(self.learning_rate >= 0.0 && self.min_lr >= 0.0, "learning rates must be non-negative");
+        ensure!(
+            self.learning_rate >= 0.0 && self.min_lr >= 0.0,
+            "learning rates must be non-negative"
+        );
         Ok(())
     }
 }
 
 /// A token stream (nanoGPT's train.bin / val.bin) and random (B, T) windows from it.
-pub fn get_batch(data: &[u16], b: usize, t: usize, rng: &mut Rng, x: &mut Vec<u32>, y: &mut Vec<u32>) {
+pub fn get_batch(
+    data: &[u16],
+    b: usize,
+    t: usize,
+    rng: &mut Rng,
+    x: &mut Vec<u32>,
+    y: &mut Vec<u32>,
+) {
     x.clear();
     y.clear();
     for _ in 0..b {
@@ -90,7 +114,13 @@ pub fn get_batch(data: &[u16], b: usize, t: usize, rng: &mut Rng, x: &mut Vec<u3
 }
 
 /// Mean loss over `eval_iters` batches per split, in evaluation mode (nanoGPT's estimate_loss).
-pub fn estimate_loss(model: &mut Gpt, data: &[u16], batch_size: usize, eval_iters: usize, rng: &mut Rng) -> f32 {
+pub fn estimate_loss(
+    model: &mut Gpt,
+    data: &[u16],
+    batch_size: usize,
+    eval_iters: usize,
+    rng: &mut Rng,
+) -> f32 {
     let t = model.config.block_size;
     let (mut x, mut y) = (Vec::new(), Vec::new());
     let mut total = 0.0f64;
@@ -104,11 +134,26 @@ pub fn estimate_loss(model: &mut Gpt, data: &[u16], batch_size: usize, eval_iter
 /// What the loop reports as it goes.
 #[derive(Debug)]
 pub enum Event {
-    Eval { iter: u64, train_loss: f32, val_loss: f32, lr: f64 },
+    Eval {
+        iter: u64,
+        train_loss: f32,
+        val_loss: f32,
+        lr: f64,
+    },
     /// Saved at every evaluation (from iteration 1 on). `keep` says whether nanoGPT would have written
     /// it to ckpt.pt (val loss improved, or always_save_checkpoint); the others are resume points only.
-    Checkpoint { iter: u64, keep: bool, bytes: Vec<u8> },
-    Log { iter: u64, loss: f32, lr: f64, grad_norm: f32, ms: f64 },
+    Checkpoint {
+        iter: u64,
+        keep: bool,
+        bytes: Vec<u8>,
+    },
+    Log {
+        iter: u64,
+        loss: f32,
+        lr: f64,
+        grad_norm: f32,
+        ms: f64,
+    },
 }
 
 pub struct Trainer<'d> {
@@ -129,14 +174,33 @@ impl<'d> Trainer<'d> {
     pub fn new(model: Gpt, cfg: TrainConfig, train: &'d [u16], val: &'d [u16]) -> Result<Self> {
         cfg.validate()?;
         let t = model.config.block_size;
-        ensure!(train.len() > t + 1 && val.len() > t + 1, "the data is shorter than block_size + 1 ({} tokens): use a smaller block_size or more text", t + 1);
+        ensure!(
+            train.len() > t + 1 && val.len() > t + 1,
+            "the data is shorter than block_size + 1 ({} tokens): use a smaller block_size or more text",
+            t + 1
+        );
         let opt = AdamW::new(cfg.adamw(), &model.layout);
         let rng = Rng::new(cfg.seed);
-        Ok(Trainer { model, opt, cfg, rng, iter_num: 0, best_val_loss: 1e9, train, val, skip_eval: false })
+        Ok(Trainer {
+            model,
+            opt,
+            cfg,
+            rng,
+            iter_num: 0,
+            best_val_loss: 1e9,
+            train,
+            val,
+            skip_eval: false,
+        })
     }
 
     /// Continues from a checkpoint with training progress (nanoGPT's `init_from='resume'`).
-    pub fn resume(ckpt: &Checkpoint, cfg: TrainConfig, train: &'d [u16], val: &'d [u16]) -> Result<Self> {
+    pub fn resume(
+        ckpt: &Checkpoint,
+        cfg: TrainConfig,
+        train: &'d [u16],
+        val: &'d [u16],
+    ) -> Result<Self> {
         let model = Gpt::from_params(ckpt.config.clone(), ckpt.params.clone())?;
         let mut tr = Trainer::new(model, cfg, train, val)?;
         if let Some(p) = &ckpt.progress {
@@ -175,16 +239,37 @@ impl<'d> Trainer<'d> {
             let it = self.iter_num;
             let lr = sched.at(it);
             let last = it >= self.cfg.max_iters;
-            if (it % self.cfg.eval_interval == 0 || last) && !self.skip_eval {
-                let train_loss = estimate_loss(&mut self.model, self.train, b, self.cfg.eval_iters, &mut self.rng);
-                let val_loss = estimate_loss(&mut self.model, self.val, b, self.cfg.eval_iters, &mut self.rng);
-                on_event(Event::Eval { iter: it, train_loss, val_loss, lr })?;
+            if (it.is_multiple_of(self.cfg.eval_interval) || last) && !self.skip_eval {
+                let train_loss = estimate_loss(
+                    &mut self.model,
+                    self.train,
+                    b,
+                    self.cfg.eval_iters,
+                    &mut self.rng,
+                );
+                let val_loss = estimate_loss(
+                    &mut self.model,
+                    self.val,
+                    b,
+                    self.cfg.eval_iters,
+                    &mut self.rng,
+                );
+                on_event(Event::Eval {
+                    iter: it,
+                    train_loss,
+                    val_loss,
+                    lr,
+                })?;
                 let keep = val_loss < self.best_val_loss || self.cfg.always_save_checkpoint;
                 if val_loss < self.best_val_loss {
                     self.best_val_loss = val_loss;
                 }
                 if it > 0 {
-                    on_event(Event::Checkpoint { iter: it, keep, bytes: self.checkpoint().to_bytes()? })?;
+                    on_event(Event::Checkpoint {
+                        iter: it,
+                        keep,
+                        bytes: self.checkpoint().to_bytes()?,
+                    })?;
                 }
             }
             self.skip_eval = false;
@@ -195,16 +280,30 @@ impl<'d> Trainer<'d> {
             let mut loss = 0.0;
             for micro in 0..gas {
                 get_batch(self.train, b, t, &mut self.rng, &mut x, &mut y);
-                let dropout = DropoutPlan { p: self.model.config.dropout, seed: mix64(self.cfg.seed ^ mix64(it * 1_000_003 + micro as u64)) };
+                let dropout = DropoutPlan {
+                    p: self.model.config.dropout,
+                    seed: mix64(self.cfg.seed ^ mix64(it * 1_000_003 + micro as u64)),
+                };
                 loss = self.model.forward(&x, Some(&y), b, t, Some(dropout));
                 self.model.backward(1.0 / gas as f32);
             }
-            let grad_norm = if self.cfg.grad_clip > 0.0 { clip_grad_norm(&mut self.model.grads, self.cfg.grad_clip as f32) } else { f32::NAN };
-            self.opt.update(&mut self.model.params, &self.model.grads, lr);
+            let grad_norm = if self.cfg.grad_clip > 0.0 {
+                clip_grad_norm(&mut self.model.grads, self.cfg.grad_clip as f32)
+            } else {
+                f32::NAN
+            };
+            self.opt
+                .update(&mut self.model.params, &self.model.grads, lr);
             self.model.zero_grad();
             let ms = start.elapsed().as_secs_f64() * 1e3;
-            if it % self.cfg.log_interval.max(1) == 0 {
-                on_event(Event::Log { iter: it, loss, lr, grad_norm, ms })?;
+            if it.is_multiple_of(self.cfg.log_interval.max(1)) {
+                on_event(Event::Log {
+                    iter: it,
+                    loss,
+                    lr,
+                    grad_norm,
+                    ms,
+                })?;
             }
             self.iter_num += 1;
         }

@@ -7,7 +7,7 @@
 use super::{Ctx, Produced, load_model, read_meta, read_tokens, resolve_path, typed};
 use crate::gpt::rng::Rng;
 use crate::gpt::train::estimate_loss;
-use crate::gpt::{Gpt, Gelu};
+use crate::gpt::{Gelu, Gpt};
 use crate::manifest::StageSpec;
 use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result, ensure};
@@ -55,8 +55,13 @@ pub fn text_arg(ctx: &Ctx, s: &str) -> Result<String> {
 pub fn tokenizer_for(ctx: &Ctx, model: &Gpt) -> Result<Tokenizer> {
     match ctx.data_input() {
         Some(d) => Ok(read_meta(ctx.store, d)?.tokenizer),
-        None if model.config.vocab_size >= 50257 || model.config.gelu == Gelu::Tanh => Ok(Tokenizer::Gpt2),
-        None => anyhow::bail!("stage `{}` cannot tell which tokenizer the model uses: add the prepare stage to `needs`", ctx.spec.name),
+        None if model.config.vocab_size >= 50257 || model.config.gelu == Gelu::Tanh => {
+            Ok(Tokenizer::Gpt2)
+        }
+        None => anyhow::bail!(
+            "stage `{}` cannot tell which tokenizer the model uses: add the prepare stage to `needs`",
+            ctx.spec.name
+        ),
     }
 }
 
@@ -68,7 +73,13 @@ pub fn text_loss(model: &mut Gpt, ids: &[u32]) -> Result<f64> {
     let mut start = 0;
     while start + 1 < ids.len() {
         let n = (ids.len() - 1 - start).min(bs);
-        let loss = model.forward(&ids[start..start + n], Some(&ids[start + 1..start + n + 1]), 1, n, None);
+        let loss = model.forward(
+            &ids[start..start + n],
+            Some(&ids[start + 1..start + n + 1]),
+            1,
+            n,
+            None,
+        );
         total += loss as f64 * n as f64;
         count += n;
         start += n;
@@ -84,19 +95,35 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
             let text = text_arg(ctx, t)?;
             let ids = tokenizer_for(ctx, &model)?.encode(&text)?;
             let loss = text_loss(&mut model, &ids)?;
-            ctx.ui.say(&format!("{}: loss {loss:.6} over {} tokens (perplexity {:.3})", ctx.spec.name, ids.len(), loss.exp()));
+            ctx.ui.say(&format!(
+                "{}: loss {loss:.6} over {} tokens (perplexity {:.3})",
+                ctx.spec.name,
+                ids.len(),
+                loss.exp()
+            ));
             json!({ "text_loss": loss, "text_perplexity": loss.exp(), "tokens": ids.len() })
         }
         None => {
-            let data = ctx.data_input().context("evaluate without `text` needs a data stage in `needs`")?;
+            let data = ctx
+                .data_input()
+                .context("evaluate without `text` needs a data stage in `needs`")?;
             let bs = model.config.block_size;
             let mut rng = Rng::new(p.seed);
             let mut out = serde_json::Map::new();
             for split in ["train", "val"] {
                 let tokens = read_tokens(ctx.store, data.output(&format!("{split}.bin"))?)?;
-                ensure!(tokens.len() > bs + 1, "the {split} split has {} tokens, fewer than block_size + 1", tokens.len());
-                let loss = estimate_loss(&mut model, &tokens, p.batch_size, p.eval_iters, &mut rng) as f64;
-                ctx.ui.say(&format!("{}: {split} loss {loss:.4} (perplexity {:.3})", ctx.spec.name, loss.exp()));
+                ensure!(
+                    tokens.len() > bs + 1,
+                    "the {split} split has {} tokens, fewer than block_size + 1",
+                    tokens.len()
+                );
+                let loss =
+                    estimate_loss(&mut model, &tokens, p.batch_size, p.eval_iters, &mut rng) as f64;
+                ctx.ui.say(&format!(
+                    "{}: {split} loss {loss:.4} (perplexity {:.3})",
+                    ctx.spec.name,
+                    loss.exp()
+                ));
                 out.insert(format!("{split}_loss"), json!(loss));
                 out.insert(format!("{split}_perplexity"), json!(loss.exp()));
             }
@@ -104,5 +131,9 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
         }
     };
     let hash = ctx.store.put(&serde_json::to_vec_pretty(&metrics)?)?;
-    Ok(Produced { outputs: BTreeMap::from([("metrics.json".to_string(), hash)]), metrics, resumed: false })
+    Ok(Produced {
+        outputs: BTreeMap::from([("metrics.json".to_string(), hash)]),
+        metrics,
+        resumed: false,
+    })
 }

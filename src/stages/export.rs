@@ -25,7 +25,11 @@ impl Params {
 }
 
 pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Params> {
-    typed(spec, p, "export takes `to` (a folder to also write the Hugging Face files into)")
+    typed(
+        spec,
+        p,
+        "export takes `to` (a folder to also write the Hugging Face files into)",
+    )
 }
 
 pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
@@ -37,8 +41,16 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("config.json"), &config)?;
         std::fs::write(dir.join("model.safetensors"), &weights)?;
-        ctx.ui.say(&format!("{}: wrote {}", ctx.spec.name, dir.display()));
+        ctx.ui
+            .say(&format!("{}: wrote {}", ctx.spec.name, dir.display()));
     }
-    let outputs = BTreeMap::from([("config.json".to_string(), ctx.store.put(&config)?), ("model.safetensors".to_string(), ctx.store.put(&weights)?)]);
-    Ok(Produced { outputs, metrics: json!({ "parameters": model.num_params() }), resumed: false })
+    let outputs = BTreeMap::from([
+        ("config.json".to_string(), ctx.store.put(&config)?),
+        ("model.safetensors".to_string(), ctx.store.put(&weights)?),
+    ]);
+    Ok(Produced {
+        outputs,
+        metrics: json!({ "parameters": model.num_params() }),
+        resumed: false,
+    })
 }

@@ -50,19 +50,44 @@ pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Pa
     let params: Params = typed(spec, p, HELP)?;
     let from = params.from.as_str();
     if from != "scratch" && from != "resume" && !GPT2.contains(&from) {
-        return Err(err(spec.origin_of("from").clone(), format!("unknown `from: {from}`"), Some("expected scratch, resume, gpt2, gpt2-medium, gpt2-large or gpt2-xl")));
+        return Err(err(
+            spec.origin_of("from").clone(),
+            format!("unknown `from: {from}`"),
+            Some("expected scratch, resume, gpt2, gpt2-medium, gpt2-large or gpt2-xl"),
+        ));
     }
-    let only_scratch = [("n_layer", params.n_layer.is_some()), ("n_head", params.n_head.is_some()), ("n_embd", params.n_embd.is_some()), ("bias", params.bias.is_some()), ("gelu", params.gelu.is_some()), ("vocab_size", params.vocab_size.is_some())];
-    if from != "scratch" {
-        if let Some((k, _)) = only_scratch.iter().find(|x| x.1) {
-            return Err(err(spec.origin_of(k).clone(), format!("`{k}` only applies to `from: scratch` (the architecture comes from the weights)"), Some("remove it")));
-        }
+    let only_scratch = [
+        ("n_layer", params.n_layer.is_some()),
+        ("n_head", params.n_head.is_some()),
+        ("n_embd", params.n_embd.is_some()),
+        ("bias", params.bias.is_some()),
+        ("gelu", params.gelu.is_some()),
+        ("vocab_size", params.vocab_size.is_some()),
+    ];
+    if let Some((k, _)) = only_scratch.iter().find(|x| x.1 && from != "scratch") {
+        return Err(err(
+            spec.origin_of(k).clone(),
+            format!(
+                "`{k}` only applies to `from: scratch` (the architecture comes from the weights)"
+            ),
+            Some("remove it"),
+        ));
     }
     if from == "resume" && params.checkpoint.is_none() {
-        return Err(err(spec.origin.clone(), "`from: resume` needs `checkpoint`", Some("give an object hash (see `pipe show RUN_ID`) or RUN_ID/STAGE")));
+        return Err(err(
+            spec.origin.clone(),
+            "`from: resume` needs `checkpoint`",
+            Some("give an object hash (see `pipe show RUN_ID`) or RUN_ID/STAGE"),
+        ));
     }
     if from == "scratch" {
-        cfg_from(&params, 1).map_err(|e| err(spec.origin.clone(), format!("stage `{}`: {e}", spec.name), Some(HELP)))?;
+        cfg_from(&params, 1).map_err(|e| {
+            err(
+                spec.origin.clone(),
+                format!("stage `{}`: {e}", spec.name),
+                Some(HELP),
+            )
+        })?;
     }
     Ok(params)
 }
@@ -87,7 +112,10 @@ fn find_hf_dir(base: &Path, p: &Params) -> Result<PathBuf> {
     if let Some(d) = &p.hf_dir {
         let dir = resolve_path(base, d);
         if !dir.join("config.json").exists() {
-            bail!("hf_dir {} has no config.json: it should be a Hugging Face model folder (config.json + model.safetensors)", dir.display());
+            bail!(
+                "hf_dir {} has no config.json: it should be a Hugging Face model folder (config.json + model.safetensors)",
+                dir.display()
+            );
         }
         return Ok(dir);
     }
@@ -104,7 +132,11 @@ fn find_hf_dir(base: &Path, p: &Params) -> Result<PathBuf> {
     for r in &roots {
         let snaps = r.join(format!("models--{}", p.from)).join("snapshots");
         if let Ok(rd) = std::fs::read_dir(&snaps) {
-            let mut dirs: Vec<PathBuf> = rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|d| d.join("model.safetensors").exists()).collect();
+            let mut dirs: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|d| d.join("model.safetensors").exists())
+                .collect();
             dirs.sort();
             if let Some(d) = dirs.pop() {
                 return Ok(d);
@@ -114,7 +146,11 @@ fn find_hf_dir(base: &Path, p: &Params) -> Result<PathBuf> {
     bail!(
         "no {} weights found: looked in the Hugging Face cache ({}), and this build does not download.\n  help: download the `{}` model folder (config.json + model.safetensors) where you have internet, e.g. `huggingface-cli download {} config.json model.safetensors --local-dir DIR`, then `--set STAGE.hf_dir=DIR`",
         p.from,
-        roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", "),
+        roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         p.from,
         p.from
     )
@@ -125,16 +161,26 @@ pub fn resolve_checkpoint(store: &Store, s: &str) -> Result<Hash> {
     if let Some((run, stage)) = s.split_once('/') {
         let rec = RunRecord::load(store, run)?;
         let found = rec.events.iter().rev().find_map(|e| match e {
-            RunEvent::StageFinished { stage: st, outputs, .. } if st == stage => outputs.get("ckpt").cloned(),
-            RunEvent::Checkpoint { stage: st, hash, .. } if st == stage => Some(hash.clone()),
+            RunEvent::StageFinished {
+                stage: st, outputs, ..
+            } if st == stage => outputs.get("ckpt").cloned(),
+            RunEvent::Checkpoint {
+                stage: st, hash, ..
+            } if st == stage => Some(hash.clone()),
             _ => None,
         });
-        return found.with_context(|| format!("run {} has no checkpoint from stage `{stage}`", rec.id));
+        return found
+            .with_context(|| format!("run {} has no checkpoint from stage `{stage}`", rec.id));
     }
     store.resolve_object(s)?.with_context(|| format!("no object {s:?} in the store {} (give a hash from `pipe show RUN_ID`, or RUN_ID/STAGE)", store.root.display()))
 }
 
-pub fn key_parts(store: &Store, base: &Path, spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<(Value, Value)> {
+pub fn key_parts(
+    store: &Store,
+    base: &Path,
+    spec: &StageSpec,
+    p: &serde_json::Map<String, Value>,
+) -> Result<(Value, Value)> {
     let params = params(spec, p)?;
     let mut v = serde_json::to_value(&params)?;
     let obj = v.as_object_mut().expect("object");
@@ -145,10 +191,20 @@ pub fn key_parts(store: &Store, base: &Path, spec: &StageSpec, p: &serde_json::M
     }
     let sources = match params.from.as_str() {
         "scratch" => Value::Null,
-        "resume" => json!({ "checkpoint": resolve_checkpoint(store, params.checkpoint.as_deref().expect("checked")).map_err(|e| err(spec.origin_of("checkpoint").clone(), e.to_string(), None))? }),
+        "resume" => {
+            json!({ "checkpoint": resolve_checkpoint(store, params.checkpoint.as_deref().expect("checked")).map_err(|e| err(spec.origin_of("checkpoint").clone(), e.to_string(), None))? })
+        }
         _ => {
-            let dir = find_hf_dir(base, &params).map_err(|e| err(spec.origin_of("from").clone(), e.to_string(), None))?;
-            let h = |f: &str| -> Result<String> { Ok(blake3::hash(&std::fs::read(dir.join(f)).with_context(|| format!("reading {}", dir.join(f).display()))?).to_hex().to_string()) };
+            let dir = find_hf_dir(base, &params)
+                .map_err(|e| err(spec.origin_of("from").clone(), e.to_string(), None))?;
+            let h = |f: &str| -> Result<String> {
+                Ok(blake3::hash(
+                    &std::fs::read(dir.join(f))
+                        .with_context(|| format!("reading {}", dir.join(f).display()))?,
+                )
+                .to_hex()
+                .to_string())
+            };
             json!({ "config.json": h("config.json")?, "model.safetensors": h("model.safetensors")? })
         }
     };
@@ -164,8 +220,17 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
                 (None, None) => 50304, // nanoGPT's default: GPT-2's 50257 padded up
             };
             let model = Gpt::new_random(cfg_from(p, vocab)?, p.seed)?;
-            ctx.ui.say(&format!("{}: new model, {:.2}M parameters", ctx.spec.name, model.layout.num_params_non_embedding() as f64 / 1e6));
-            Checkpoint { config: model.config.clone(), params: model.params, optimizer: None, progress: None }
+            ctx.ui.say(&format!(
+                "{}: new model, {:.2}M parameters",
+                ctx.spec.name,
+                model.layout.num_params_non_embedding() as f64 / 1e6
+            ));
+            Checkpoint {
+                config: model.config.clone(),
+                params: model.params,
+                optimizer: None,
+                progress: None,
+            }
         }
         "resume" => {
             let hash = resolve_checkpoint(ctx.store, p.checkpoint.as_deref().expect("checked"))?;
@@ -177,7 +242,12 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
         }
         _ => {
             let dir = find_hf_dir(&ctx.base_dir, p)?;
-            ctx.ui.say(&format!("{}: loading {} weights from {}", ctx.spec.name, p.from, dir.display()));
+            ctx.ui.say(&format!(
+                "{}: loading {} weights from {}",
+                ctx.spec.name,
+                p.from,
+                dir.display()
+            ));
             let mut model = hf::load_hf_dir(&dir)?;
             if let Some(bs) = p.block_size {
                 model = hf::crop_block_size(model, bs)?;
@@ -186,10 +256,19 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
             if let Some(d) = p.dropout {
                 config.dropout = d;
             }
-            Checkpoint { config, params: model.params, optimizer: None, progress: None }
+            Checkpoint {
+                config,
+                params: model.params,
+                optimizer: None,
+                progress: None,
+            }
         }
     };
     let n = crate::gpt::params::ParamLayout::new(&ckpt.config).total;
     let hash = ctx.store.put(&ckpt.to_bytes()?)?;
-    Ok(Produced { outputs: BTreeMap::from([("ckpt".to_string(), hash)]), metrics: json!({ "parameters": n, "from": p.from, "model_args": ckpt.config }), resumed: false })
+    Ok(Produced {
+        outputs: BTreeMap::from([("ckpt".to_string(), hash)]),
+        metrics: json!({ "parameters": n, "from": p.from, "model_args": ckpt.config }),
+        resumed: false,
+    })
 }

@@ -29,7 +29,9 @@ pub struct Input {
 
 impl Input {
     pub fn output(&self, name: &str) -> Result<&Hash> {
-        self.outputs.get(name).with_context(|| format!("stage `{}` has no output `{name}`", self.stage))
+        self.outputs
+            .get(name)
+            .with_context(|| format!("stage `{}` has no output `{name}`", self.stage))
     }
 }
 
@@ -66,7 +68,9 @@ impl Ctx<'_> {
 
     /// The upstream stage providing a model checkpoint (`init` or `train`).
     pub fn model_input(&self) -> Option<&Input> {
-        self.inputs.iter().find(|i| matches!(i.kind, StageKind::Init | StageKind::Train))
+        self.inputs
+            .iter()
+            .find(|i| matches!(i.kind, StageKind::Init | StageKind::Train))
     }
 
     pub fn event_time(&self) -> String {
@@ -75,30 +79,69 @@ impl Ctx<'_> {
 }
 
 /// Parses a stage's parameters into `T`, pointing errors at the offending manifest line.
-pub fn typed<T: DeserializeOwned>(spec: &StageSpec, params: &serde_json::Map<String, Value>, help: &str) -> Result<T> {
+pub fn typed<T: DeserializeOwned>(
+    spec: &StageSpec,
+    params: &serde_json::Map<String, Value>,
+    help: &str,
+) -> Result<T> {
     let v = Value::Object(params.clone());
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
         let first = path.split(['.', '[']).next().unwrap_or("").to_string();
         let inner = e.into_inner().to_string();
         let origin = spec.origin_of(&first).clone();
-        let what = if first.is_empty() || first == "?" { format!("stage `{}`: {inner}", spec.name) } else { format!("stage `{}`, field `{path}`: {inner}", spec.name) };
+        let what = if first.is_empty() || first == "?" {
+            format!("stage `{}`: {inner}", spec.name)
+        } else {
+            format!("stage `{}`, field `{path}`: {inner}", spec.name)
+        };
         err(origin, what, Some(help))
     })
 }
 
 /// Role of each `needs` entry, checked against what the kind requires.
 pub fn check_needs(m: &Manifest, spec: &StageSpec) -> Result<()> {
-    let kinds: Vec<StageKind> = spec.needs.iter().filter_map(|n| m.stage(n)).map(|s| s.kind).collect();
+    let kinds: Vec<StageKind> = spec
+        .needs
+        .iter()
+        .filter_map(|n| m.stage(n))
+        .map(|s| s.kind)
+        .collect();
     let data = kinds.iter().filter(|k| **k == StageKind::Prepare).count();
-    let model = kinds.iter().filter(|k| matches!(k, StageKind::Init | StageKind::Train)).count();
+    let model = kinds
+        .iter()
+        .filter(|k| matches!(k, StageKind::Init | StageKind::Train))
+        .count();
     let o = spec.origin_of("needs").clone();
     let need = |what: &str, n: usize, min: usize, max: usize| -> Result<()> {
         if n < min {
-            return Err(err(o.clone(), format!("stage `{}` ({}) needs a {what} stage", spec.name, spec.kind.name()), Some(&format!("add one to `needs` ({})", if what == "data" { "a prepare stage" } else { "an init or train stage" }))));
+            return Err(err(
+                o.clone(),
+                format!(
+                    "stage `{}` ({}) needs a {what} stage",
+                    spec.name,
+                    spec.kind.name()
+                ),
+                Some(&format!(
+                    "add one to `needs` ({})",
+                    if what == "data" {
+                        "a prepare stage"
+                    } else {
+                        "an init or train stage"
+                    }
+                )),
+            ));
         }
         if n > max {
-            return Err(err(o.clone(), format!("stage `{}` ({}) needs at most {max} {what} stage(s), found {n}", spec.name, spec.kind.name()), Some("keep one in `needs`")));
+            return Err(err(
+                o.clone(),
+                format!(
+                    "stage `{}` ({}) needs at most {max} {what} stage(s), found {n}",
+                    spec.name,
+                    spec.kind.name()
+                ),
+                Some("keep one in `needs`"),
+            ));
         }
         Ok(())
     };
@@ -113,7 +156,12 @@ pub fn check_needs(m: &Manifest, spec: &StageSpec) -> Result<()> {
         }
         StageKind::Train | StageKind::Evaluate => {
             need("model", model, 1, 1)?;
-            need("data", data, if spec.kind == StageKind::Train { 1 } else { 0 }, 1)
+            need(
+                "data",
+                data,
+                if spec.kind == StageKind::Train { 1 } else { 0 },
+                1,
+            )
         }
         StageKind::Sample | StageKind::Export => {
             need("model", model, 1, 1)?;
@@ -141,7 +189,11 @@ pub fn validate(m: &Manifest, spec: &StageSpec) -> Result<()> {
 /// Parameters with the manifest's `seed` default filled in for the kinds that take one.
 pub fn with_defaults(spec: &StageSpec, d: &Defaults) -> serde_json::Map<String, Value> {
     let mut p = spec.params.clone();
-    if matches!(spec.kind, StageKind::Init | StageKind::Train | StageKind::Evaluate | StageKind::Sample) && !p.contains_key("seed") {
+    if matches!(
+        spec.kind,
+        StageKind::Init | StageKind::Train | StageKind::Evaluate | StageKind::Sample
+    ) && !p.contains_key("seed")
+    {
         p.insert("seed".into(), Value::from(d.seed));
     }
     p
@@ -160,15 +212,24 @@ pub fn key_parts(store: &Store, m: &Manifest, spec: &StageSpec) -> Result<(Value
             v.as_object_mut().expect("object").remove("log_interval");
             (v, Value::Null)
         }
-        StageKind::Evaluate => (serde_json::to_value(evaluate::params(spec, &p)?)?, Value::Null),
+        StageKind::Evaluate => (
+            serde_json::to_value(evaluate::params(spec, &p)?)?,
+            Value::Null,
+        ),
         StageKind::Sample => sample::key_parts(&m.base_dir, spec, &p)?,
-        StageKind::Export => (serde_json::to_value(export::params(spec, &p)?.key_view())?, Value::Null),
+        StageKind::Export => (
+            serde_json::to_value(export::params(spec, &p)?.key_view())?,
+            Value::Null,
+        ),
         StageKind::Command => command::key_parts(&m.base_dir, spec, &p)?,
     })
 }
 
 pub fn execute(ctx: &Ctx, m: &Manifest) -> Result<Produced> {
-    if m.defaults.device == "cuda" && ctx.spec.kind != StageKind::Command && ctx.spec.kind != StageKind::Prepare {
+    if m.defaults.device == "cuda"
+        && ctx.spec.kind != StageKind::Command
+        && ctx.spec.kind != StageKind::Prepare
+    {
         crate::device::require_cuda()?;
     }
     let p = with_defaults(ctx.spec, &m.defaults);
@@ -189,7 +250,9 @@ pub fn read_tokens(store: &Store, hash: &str) -> Result<Vec<u16>> {
     if b.len() % 2 != 0 {
         bail!("token object {hash} has an odd number of bytes: not a uint16 stream");
     }
-    Ok(b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
+    Ok(b.chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect())
 }
 
 /// The tokenizer of a prepared data set.
@@ -202,11 +265,16 @@ pub fn read_meta(store: &Store, data: &Input) -> Result<prepare::Meta> {
 pub fn load_model(ctx: &Ctx) -> Result<crate::gpt::Checkpoint> {
     let input = ctx.model_input().context("no model input")?;
     let bytes = ctx.store.get(input.output("ckpt")?)?;
-    crate::gpt::Checkpoint::from_bytes(&bytes).with_context(|| format!("reading the checkpoint from stage `{}`", input.stage))
+    crate::gpt::Checkpoint::from_bytes(&bytes)
+        .with_context(|| format!("reading the checkpoint from stage `{}`", input.stage))
 }
 
 /// Resolves a path from the manifest: relative paths are relative to the manifest's folder.
 pub fn resolve_path(base: &std::path::Path, p: &str) -> PathBuf {
     let path = PathBuf::from(p);
-    if path.is_absolute() { path } else { base.join(path) }
+    if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    }
 }

@@ -1,5 +1,5 @@
 //! `prepare`: text in, token streams out (nanoGPT's data/*/prepare.py). The text comes from a local
-//! `path` or a `url` pinned by `sha256` (downloaded once, kept in the store); the first
+//! `path` (used when it exists) or a `url` pinned by `sha256` (downloaded once, kept in the store); the first
 //! `1 - val_fraction` of it (by characters) is the training split, the rest validation.
 //! Outputs: `train.bin` and `val.bin` (uint16 little-endian) and `meta.json` (the tokenizer).
 
@@ -51,54 +51,117 @@ const HELP: &str = "prepare takes `tokenizer` (char or gpt2), `val_fraction`, an
 pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Params> {
     let params: Params = typed(spec, p, HELP)?;
     if params.path.is_none() && params.url.is_none() {
-        return Err(err(spec.origin.clone(), format!("stage `{}` has no text source", spec.name), Some("give `path: some/file.txt` or `url: ...` with `sha256: ...`")));
+        return Err(err(
+            spec.origin.clone(),
+            format!("stage `{}` has no text source", spec.name),
+            Some("give `path: some/file.txt` or `url: ...` with `sha256: ...`"),
+        ));
     }
     if params.url.is_some() && params.sha256.is_none() {
-        return Err(err(spec.origin_of("url").clone(), "a `url` must be pinned with `sha256`", Some("add `sha256: <hex digest of the file>` (sha256sum FILE)")));
+        return Err(err(
+            spec.origin_of("url").clone(),
+            "a `url` must be pinned with `sha256`",
+            Some("add `sha256: <hex digest of the file>` (sha256sum FILE)"),
+        ));
     }
-    if let Some(h) = &params.sha256 {
-        if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(err(spec.origin_of("sha256").clone(), format!("`sha256` must be 64 hex digits, found {h:?}"), None));
-        }
+    if let Some(h) = params
+        .sha256
+        .as_ref()
+        .filter(|h| h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err(err(
+            spec.origin_of("sha256").clone(),
+            format!("`sha256` must be 64 hex digits, found {h:?}"),
+            None,
+        ));
     }
     if !(params.val_fraction > 0.0 && params.val_fraction < 1.0) {
-        return Err(err(spec.origin_of("val_fraction").clone(), format!("`val_fraction` must be between 0 and 1 (exclusive), found {}", params.val_fraction), Some("nanoGPT uses 0.1")));
+        return Err(err(
+            spec.origin_of("val_fraction").clone(),
+            format!(
+                "`val_fraction` must be between 0 and 1 (exclusive), found {}",
+                params.val_fraction
+            ),
+            Some("nanoGPT uses 0.1"),
+        ));
     }
     Ok(params)
 }
 
 fn sha256_hex(b: &[u8]) -> String {
-    Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }
 
 /// The text's identity for the key: the content hash of the local file, else the pinned sha256.
-pub fn key_parts(base: &Path, spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<(Value, Value)> {
+pub fn key_parts(
+    base: &Path,
+    spec: &StageSpec,
+    p: &serde_json::Map<String, Value>,
+) -> Result<(Value, Value)> {
     let params = params(spec, p)?;
-    let source = match &params.path {
-        Some(path) => {
-            let full = resolve_path(base, path);
-            let bytes = std::fs::read(&full).map_err(|e| err(spec.origin_of("path").clone(), format!("cannot read {}: {e}", full.display()), Some("fix the path (relative paths are relative to the manifest's folder)")))?;
+    let local = params.path.as_ref().map(|p| resolve_path(base, p));
+    let source = match (&local, &params.sha256) {
+        (Some(full), _) if full.exists() => {
+            let bytes = std::fs::read(full).map_err(|e| {
+                err(
+                    spec.origin_of("path").clone(),
+                    format!("cannot read {}: {e}", full.display()),
+                    None,
+                )
+            })?;
             json!({ "text_sha256": sha256_hex(&bytes) })
         }
-        None => json!({ "text_sha256": params.sha256.clone().expect("checked") }),
+        (Some(_), Some(pinned)) if params.url.is_some() => json!({ "text_sha256": pinned }),
+        (Some(full), _) => {
+            return Err(err(
+                spec.origin_of("path").clone(),
+                format!("cannot read {}: no such file", full.display()),
+                Some(
+                    "fix the path (relative paths in a manifest are relative to its folder; with --set, to the current directory)",
+                ),
+            ));
+        }
+        (None, pinned) => json!({ "text_sha256": pinned.clone().expect("checked") }),
     };
-    Ok((json!({ "tokenizer": params.tokenizer, "val_fraction": params.val_fraction }), source))
+    Ok((
+        json!({ "tokenizer": params.tokenizer, "val_fraction": params.val_fraction }),
+        source,
+    ))
 }
 
 /// The text, from the local path or the store (downloading it the first time).
 fn read_text(ctx: &Ctx, p: &Params) -> Result<String> {
-    let bytes = match (&p.path, &p.url) {
-        (Some(path), _) => {
-            let full = resolve_path(&ctx.base_dir, path);
+    // A local `path` wins when it exists; otherwise the pinned `url` is fetched (once).
+    let local = p
+        .path
+        .as_ref()
+        .map(|x| resolve_path(&ctx.base_dir, x))
+        .filter(|f| f.exists());
+    let bytes = match (local, &p.url) {
+        (Some(full), _) => {
             std::fs::read(&full).with_context(|| format!("reading {}", full.display()))?
         }
-        (None, Some(url)) => fetch_pinned(ctx.store, url, p.sha256.as_deref().expect("checked"), &ctx.spec.name, ctx)?,
-        (None, None) => unreachable!("checked in params"),
+        (None, Some(url)) => fetch_pinned(
+            ctx.store,
+            url,
+            p.sha256.as_deref().expect("checked"),
+            &ctx.spec.name,
+            ctx,
+        )?,
+        (None, None) => bail!(
+            "the text file {} does not exist",
+            p.path.as_deref().unwrap_or("")
+        ),
     };
     if let Some(want) = &p.sha256 {
         let got = sha256_hex(&bytes);
         if &got != want {
-            bail!("the text's sha256 is {got}, but the manifest pins {want}: it is not the expected file (fix `sha256` if the file is right)");
+            bail!(
+                "the text's sha256 is {got}, but the manifest pins {want}: it is not the expected file (fix `sha256` if the file is right)"
+            );
         }
     }
     String::from_utf8(bytes).context("the text is not valid UTF-8")
@@ -112,7 +175,11 @@ fn fetch_pinned(store: &Store, url: &str, sha256: &str, stage: &str, ctx: &Ctx) 
     }
     ctx.ui.say(&format!("downloading {url}"));
     let tmp = store.root.join("tmp").join(format!("download-{sha256}"));
-    let status = std::process::Command::new("curl").args(["-fsSL", "--retry", "2", "-o"]).arg(&tmp).arg(url).status();
+    let status = std::process::Command::new("curl")
+        .args(["-fsSL", "--retry", "2", "-o"])
+        .arg(&tmp)
+        .arg(url)
+        .status();
     let ok = matches!(status, Ok(s) if s.success());
     if !ok {
         let _ = std::fs::remove_file(&tmp);
@@ -156,16 +223,36 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     };
     let n_chars = text.chars().count();
     let split_char = ((n_chars as f64) * (1.0 - p.val_fraction)) as usize;
-    let split_byte = text.char_indices().nth(split_char).map_or(text.len(), |x| x.0);
+    let split_byte = text
+        .char_indices()
+        .nth(split_char)
+        .map_or(text.len(), |x| x.0);
     let (train_text, val_text) = text.split_at(split_byte);
     let train = tok.encode(train_text)?;
     let val = tok.encode(val_text)?;
-    let meta = Meta { vocab_size: tok.vocab_size(), tokenizer: tok };
-    ctx.ui.say(&format!("{}: {} characters, vocab {}, train {} tokens, val {} tokens", ctx.spec.name, n_chars, meta.vocab_size, train.len(), val.len()));
+    let meta = Meta {
+        vocab_size: tok.vocab_size(),
+        tokenizer: tok,
+    };
+    ctx.ui.say(&format!(
+        "{}: {} characters, vocab {}, train {} tokens, val {} tokens",
+        ctx.spec.name,
+        n_chars,
+        meta.vocab_size,
+        train.len(),
+        val.len()
+    ));
     let outputs = BTreeMap::from([
         ("train.bin".to_string(), ctx.store.put(&u16_bytes(&train)?)?),
         ("val.bin".to_string(), ctx.store.put(&u16_bytes(&val)?)?),
-        ("meta.json".to_string(), ctx.store.put(&serde_json::to_vec_pretty(&meta)?)?),
+        (
+            "meta.json".to_string(),
+            ctx.store.put(&serde_json::to_vec_pretty(&meta)?)?,
+        ),
     ]);
-    Ok(Produced { outputs, metrics: json!({ "characters": n_chars, "vocab_size": meta.vocab_size, "train_tokens": train.len(), "val_tokens": val.len() }), resumed: false })
+    Ok(Produced {
+        outputs,
+        metrics: json!({ "characters": n_chars, "vocab_size": meta.vocab_size, "train_tokens": train.len(), "val_tokens": val.len() }),
+        resumed: false,
+    })
 }

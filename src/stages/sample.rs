@@ -45,19 +45,30 @@ fn default_top_k() -> Option<usize> {
     Some(200)
 }
 
-const HELP: &str = "sample takes start (text or FILE:path), num_samples, max_new_tokens, temperature, top_k, seed";
+const HELP: &str =
+    "sample takes start (text or FILE:path), num_samples, max_new_tokens, temperature, top_k, seed";
 
 pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Params> {
     typed(spec, p, HELP)
 }
 
 /// A prompt file is part of the key by content.
-pub fn key_parts(base: &Path, spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<(Value, Value)> {
+pub fn key_parts(
+    base: &Path,
+    spec: &StageSpec,
+    p: &serde_json::Map<String, Value>,
+) -> Result<(Value, Value)> {
     let params = params(spec, p)?;
     let sources = match params.start.strip_prefix("FILE:") {
         Some(path) => {
             let full = resolve_path(base, path);
-            let bytes = std::fs::read(&full).map_err(|e| crate::manifest::err(spec.origin_of("start").clone(), format!("cannot read {}: {e}", full.display()), None))?;
+            let bytes = std::fs::read(&full).map_err(|e| {
+                crate::manifest::err(
+                    spec.origin_of("start").clone(),
+                    format!("cannot read {}: {e}", full.display()),
+                    None,
+                )
+            })?;
             json!({ "start_file": blake3::hash(&bytes).to_hex().to_string() })
         }
         None => Value::Null,
@@ -73,8 +84,16 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let tok = tokenizer_for(ctx, &model)?;
     let start = text_arg(ctx, &p.start)?;
     let prompt = tok.encode(&start)?;
-    ensure!(!prompt.is_empty(), "the start text encodes to no tokens: give a non-empty `start`");
-    let cfg = SampleConfig { max_new_tokens: p.max_new_tokens, temperature: p.temperature, top_k: p.top_k, seed: p.seed };
+    ensure!(
+        !prompt.is_empty(),
+        "the start text encodes to no tokens: give a non-empty `start`"
+    );
+    let cfg = SampleConfig {
+        max_new_tokens: p.max_new_tokens,
+        temperature: p.temperature,
+        top_k: p.top_k,
+        seed: p.seed,
+    };
     let t0 = Instant::now();
     let samples = generate_many(&model, &prompt, &cfg, p.num_samples);
     let secs = t0.elapsed().as_secs_f64();
@@ -85,7 +104,11 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
         text.push_str(&tok.decode(&ids)?);
         text.push_str(SEPARATOR);
     }
-    if ctx.ui.json { eprint!("{text}") } else { print!("{text}") }
+    if ctx.ui.json {
+        eprint!("{text}")
+    } else {
+        print!("{text}")
+    }
     let tokens = samples.iter().map(Vec::len).sum::<usize>();
     let hash = ctx.store.put(text.as_bytes())?;
     Ok(Produced {

@@ -32,10 +32,29 @@ pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Pa
     let mut rest = p.clone();
     let dropout = match rest.remove("dropout") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_f64().filter(|d| (0.0..1.0).contains(d)).ok_or_else(|| err(spec.origin_of("dropout").clone(), format!("stage `{}`: `dropout` must be a number in [0, 1), found {v}", spec.name), None))? as f32),
+        Some(v) => Some(
+            v.as_f64()
+                .filter(|d| (0.0..1.0).contains(d))
+                .ok_or_else(|| {
+                    err(
+                        spec.origin_of("dropout").clone(),
+                        format!(
+                            "stage `{}`: `dropout` must be a number in [0, 1), found {v}",
+                            spec.name
+                        ),
+                        None,
+                    )
+                })? as f32,
+        ),
     };
     let cfg: TrainConfig = typed(spec, &rest, HELP)?;
-    cfg.validate().map_err(|e| err(spec.origin.clone(), format!("stage `{}`: {e}", spec.name), Some(HELP)))?;
+    cfg.validate().map_err(|e| {
+        err(
+            spec.origin.clone(),
+            format!("stage `{}`: {e}", spec.name),
+            Some(HELP),
+        )
+    })?;
     Ok(Params { cfg, dropout })
 }
 
@@ -51,7 +70,11 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let mut trainer = match &resumed_from {
         Some(c) => {
             let ck = Checkpoint::from_bytes(&ctx.store.get(&c.hash)?)?;
-            ctx.ui.say(&format!("{name}: resuming from iter {} (checkpoint {})", c.iter, &c.hash[..12]));
+            ctx.ui.say(&format!(
+                "{name}: resuming from iter {} (checkpoint {})",
+                c.iter,
+                &c.hash[..12]
+            ));
             Trainer::resume(&ck, p.cfg.clone(), &train, &val)?
         }
         None => {
@@ -61,7 +84,11 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
                 config.dropout = d;
             }
             let vocab = super::read_meta(ctx.store, data)?.vocab_size;
-            anyhow::ensure!(vocab <= config.vocab_size, "the data's vocabulary ({vocab}) is larger than the model's ({}): use the same tokenizer for both", config.vocab_size);
+            anyhow::ensure!(
+                vocab <= config.vocab_size,
+                "the data's vocabulary ({vocab}) is larger than the model's ({}): use the same tokenizer for both",
+                config.vocab_size
+            );
             let model = Gpt::from_params(config, ck.params.clone())?;
             if ck.progress.is_some() {
                 // init from: resume — continue that training state.
@@ -81,24 +108,57 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let mut last_ms = 0.0;
     trainer.run(&mut |ev| {
         match ev {
-            Event::Log { iter, loss, lr, ms, .. } => {
+            Event::Log {
+                iter, loss, lr, ms, ..
+            } => {
                 last_ms = ms;
                 pb.set_position(iter + 1);
                 pb.set_message(format!("loss {loss:.4}, {ms:.1}ms/iter"));
-                if !ctx.ui.tty && iter % p.cfg.log_interval.max(1) == 0 && iter % (p.cfg.log_interval.max(1) * 10) == 0 {
-                    ctx.ui.say(&format!("{name}: iter {iter}: loss {loss:.4}, time {ms:.2}ms, lr {lr:.2e}"));
+                if !ctx.ui.tty
+                    && iter % p.cfg.log_interval.max(1) == 0
+                    && iter % (p.cfg.log_interval.max(1) * 10) == 0
+                {
+                    ctx.ui.say(&format!(
+                        "{name}: iter {iter}: loss {loss:.4}, time {ms:.2}ms, lr {lr:.2e}"
+                    ));
                 }
             }
-            Event::Eval { iter, train_loss, val_loss, .. } => {
-                ctx.ui.above(&pb, &format!("{name}: step {iter}: train loss {train_loss:.4}, val loss {val_loss:.4}"));
+            Event::Eval {
+                iter,
+                train_loss,
+                val_loss,
+                ..
+            } => {
+                ctx.ui.above(
+                    &pb,
+                    &format!(
+                        "{name}: step {iter}: train loss {train_loss:.4}, val loss {val_loss:.4}"
+                    ),
+                );
                 progress.evals.push((iter, train_loss, val_loss));
-                ctx.log(RunEvent::Eval { time: ctx.event_time(), stage: name.clone(), iter, train_loss, val_loss })?;
+                ctx.log(RunEvent::Eval {
+                    time: ctx.event_time(),
+                    stage: name.clone(),
+                    iter,
+                    train_loss,
+                    val_loss,
+                })?;
             }
             Event::Checkpoint { iter, keep, bytes } => {
                 let hash = ctx.store.put(&bytes)?;
-                progress.checkpoints.push(SavedCheckpoint { iter, hash: hash.clone(), keep });
+                progress.checkpoints.push(SavedCheckpoint {
+                    iter,
+                    hash: hash.clone(),
+                    keep,
+                });
                 ctx.store.put_progress(&ctx.key, &progress)?;
-                ctx.log(RunEvent::Checkpoint { time: ctx.event_time(), stage: name.clone(), iter, hash, keep })?;
+                ctx.log(RunEvent::Checkpoint {
+                    time: ctx.event_time(),
+                    stage: name.clone(),
+                    iter,
+                    hash,
+                    keep,
+                })?;
             }
         }
         Ok(())
@@ -111,7 +171,11 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
         Some(c) => c.hash.clone(),
         None => ctx.store.put(&trainer.checkpoint().to_bytes()?)?,
     };
-    let evals: Vec<Value> = progress.evals.iter().map(|(i, t, v)| json!({ "iter": i, "train_loss": t, "val_loss": v })).collect();
+    let evals: Vec<Value> = progress
+        .evals
+        .iter()
+        .map(|(i, t, v)| json!({ "iter": i, "train_loss": t, "val_loss": v }))
+        .collect();
     let last = progress.evals.last().copied();
     // metrics.json is an output, so it holds only deterministic values; timings go in the run record.
     let summary = json!({
@@ -124,12 +188,31 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     metrics["seconds"] = json!(seconds);
     metrics["last_ms_per_iter"] = json!(last_ms);
     metrics["resumed_from_iter"] = json!(resumed_from.as_ref().map(|c| c.iter));
-    let series = |name: &str, f: fn(&(u64, f32, f32)) -> f32| Series { name: name.to_string(), points: progress.evals.iter().map(|e| (e.0 as f64, f(e) as f64)).collect() };
-    let svg = loss_svg(&format!("{name}: loss"), &[series("train", |e| e.1), series("val", |e| e.2)]);
+    let series = |name: &str, f: fn(&(u64, f32, f32)) -> f32| Series {
+        name: name.to_string(),
+        points: progress
+            .evals
+            .iter()
+            .map(|e| (e.0 as f64, f(e) as f64))
+            .collect(),
+    };
+    let svg = loss_svg(
+        &format!("{name}: loss"),
+        &[series("train", |e| e.1), series("val", |e| e.2)],
+    );
     let outputs = BTreeMap::from([
         ("ckpt".to_string(), ckpt),
-        ("metrics.json".to_string(), ctx.store.put(&serde_json::to_vec_pretty(&json!({ "evals": evals, "summary": summary }))?)?),
+        (
+            "metrics.json".to_string(),
+            ctx.store.put(&serde_json::to_vec_pretty(
+                &json!({ "evals": evals, "summary": summary }),
+            )?)?,
+        ),
         ("loss.svg".to_string(), ctx.store.put(svg.as_bytes())?),
     ]);
-    Ok(Produced { outputs, metrics, resumed: resumed_from.is_some() })
+    Ok(Produced {
+        outputs,
+        metrics,
+        resumed: resumed_from.is_some(),
+    })
 }

@@ -29,7 +29,12 @@ impl Sandbox {
 
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_pipe"));
-        c.arg("--cache").arg(self.cache()).args(args).current_dir(&self.dir).env_remove("PIPE_CACHE").env_remove("RUST_LOG");
+        c.arg("--cache")
+            .arg(self.cache())
+            .args(args)
+            .current_dir(&self.dir)
+            .env_remove("PIPE_CACHE")
+            .env_remove("RUST_LOG");
         c
     }
 
@@ -40,8 +45,18 @@ impl Sandbox {
     /// Runs and parses `--json` output, asserting success.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.pipe(args);
-        assert!(out.status.success(), "pipe {args:?} failed: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("pipe {args:?}: stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        assert!(
+            out.status.success(),
+            "pipe {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "pipe {args:?}: stdout is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 }
 
@@ -55,13 +70,21 @@ impl Drop for Sandbox {
 
 /// A small text with learnable structure (a few sentences in random order).
 pub fn corpus(chars: usize) -> String {
-    let words = ["the king is dead. ", "long live the queen! ", "to be, or not to be: ", "what light through yonder window breaks? ", "now is the winter of our discontent; "];
+    let words = [
+        "the king is dead. ",
+        "long live the queen! ",
+        "to be, or not to be: ",
+        "what light through yonder window breaks? ",
+        "now is the winter of our discontent; ",
+    ];
     let mut s = String::new();
     let mut x: u64 = 7;
     while s.len() < chars {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         s.push_str(words[(x >> 33) as usize % words.len()]);
-        if (x >> 20) % 4 == 0 {
+        if (x >> 20).is_multiple_of(4) {
             s.push('\n');
         }
     }
@@ -112,14 +135,31 @@ stages:
 }
 
 pub fn stage<'a>(doc: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    doc["stages"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("no stage {name} in {doc}"))
+    doc["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no stage {name} in {doc}"))
 }
 
 pub fn statuses(doc: &serde_json::Value) -> Vec<(String, String)> {
-    doc["stages"].as_array().unwrap().iter().map(|s| (s["name"].as_str().unwrap().to_string(), s["status"].as_str().unwrap().to_string())).collect()
+    doc["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
 
 pub fn shared(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared").join(rel);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared")
+        .join(rel);
     p.exists().then_some(p)
 }
