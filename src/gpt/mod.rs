@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod hf;
+pub mod math;
 pub mod matmul;
 pub mod model;
 pub mod ops;

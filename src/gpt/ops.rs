@@ -6,6 +6,7 @@
 //! sums are added in block order, so results never depend on the number of threads.
 
 use super::config::Gelu;
+use super::math;
 use super::matmul::{MatRef, matmul, matmul_strided};
 use super::rng::dropout_keep;
 use rayon::prelude::*;
@@ -207,12 +208,12 @@ pub fn gelu_forward(out: &mut [f32], inp: &[f32], form: Gelu) {
             Gelu::Tanh => {
                 for (o, &x) in o.iter_mut().zip(x) {
                     let cube = 0.044715 * x * x * x;
-                    *o = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + cube)).tanh());
+                    *o = 0.5 * x * (1.0 + math::tanh(SQRT_2_OVER_PI * (x + cube)));
                 }
             }
             Gelu::Erf => {
                 for (o, &x) in o.iter_mut().zip(x) {
-                    *o = 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
+                    *o = 0.5 * x * (1.0 + math::erf(x * std::f32::consts::FRAC_1_SQRT_2));
                 }
             }
         });
@@ -226,7 +227,7 @@ pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32], form: Gelu) {
             Gelu::Tanh => {
                 for ((di, &x), &d) in di.iter_mut().zip(x).zip(d) {
                     let cube = 0.044715 * x * x * x;
-                    let tanh_out = (SQRT_2_OVER_PI * (x + cube)).tanh();
+                    let tanh_out = math::tanh(SQRT_2_OVER_PI * (x + cube));
                     let sech2 = 1.0 - tanh_out * tanh_out;
                     let local = 0.5 * (1.0 + tanh_out)
                         + x * 0.5 * sech2 * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
@@ -236,8 +237,8 @@ pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32], form: Gelu) {
             Gelu::Erf => {
                 const INV_SQRT_2PI: f32 = 0.398_942_3;
                 for ((di, &x), &d) in di.iter_mut().zip(x).zip(d) {
-                    let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
-                    let pdf = INV_SQRT_2PI * (-0.5 * x * x).exp();
+                    let cdf = 0.5 * (1.0 + math::erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                    let pdf = INV_SQRT_2PI * math::exp(-0.5 * x * x);
                     *di = (cdf + x * pdf) * d;
                 }
             }
@@ -366,7 +367,7 @@ pub fn attention_forward(
                 }
                 let mut sum = 0.0f32;
                 for x in &mut row[..=i] {
-                    *x = (*x - max).exp();
+                    *x = math::exp(*x - max);
                     sum += *x;
                 }
                 let inv = 1.0 / sum;
@@ -507,7 +508,7 @@ pub fn softmax_in_place(p: &mut [f32]) {
     let max = p.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     let mut sum = 0.0f32;
     for x in p.iter_mut() {
-        *x = (*x - max).exp();
+        *x = math::exp(*x - max);
         sum += *x;
     }
     let inv = 1.0 / sum;

@@ -23,7 +23,7 @@ pub struct Params {
     #[serde(default = "default_max_new_tokens")]
     pub max_new_tokens: usize,
     #[serde(default = "default_temperature")]
-    pub temperature: f32,
+    pub temperature: f64,
     #[serde(default = "default_top_k")]
     pub top_k: Option<usize>,
     pub seed: u64,
@@ -38,7 +38,7 @@ fn default_num_samples() -> usize {
 fn default_max_new_tokens() -> usize {
     500
 }
-fn default_temperature() -> f32 {
+fn default_temperature() -> f64 {
     0.8
 }
 fn default_top_k() -> Option<usize> {
@@ -90,7 +90,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     );
     let cfg = SampleConfig {
         max_new_tokens: p.max_new_tokens,
-        temperature: p.temperature,
+        temperature: p.temperature as f32,
         top_k: p.top_k,
         seed: p.seed,
     };

@@ -1,0 +1,83 @@
+"""PyTorch eager reference timings for `pipe bench`, on the same configurations and machine:
+nanoGPT's model (model.py, condensed: same modules and init) trained with AdamW on random batches.
+
+    python3 -m pip install torch
+    python3 scripts/bench_pytorch.py            # config S on 1 and 2 threads, config M on 2
+"""
+import math
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Block(nn.Module):
+    def __init__(self, c, h, dropout):
+        super().__init__()
+        self.h, self.dropout = h, dropout
+        self.ln_1, self.ln_2 = nn.LayerNorm(c, bias=False), nn.LayerNorm(c, bias=False)
+        self.c_attn, self.c_proj = nn.Linear(c, 3 * c, bias=False), nn.Linear(c, c, bias=False)
+        self.c_fc, self.mlp_proj = nn.Linear(c, 4 * c, bias=False), nn.Linear(4 * c, c, bias=False)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.h, C // self.h).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0, is_causal=True)
+        x = x + self.drop(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
+        return x + self.drop(self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)))))
+
+
+class GPT(nn.Module):
+    def __init__(self, L, H, C, T, V, dropout):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(V, C), nn.Embedding(T, C)
+        self.blocks = nn.ModuleList(Block(C, H, dropout) for _ in range(L))
+        self.ln_f, self.drop = nn.LayerNorm(C, bias=False), nn.Dropout(dropout)
+        self.lm_head = nn.Linear(C, V, bias=False)
+        self.lm_head.weight = self.wte.weight
+        for n, p in self.named_parameters():
+            if p.dim() == 2:
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * L) if n.endswith("proj.weight") else 0.02)
+
+    def forward(self, idx, targets):
+        x = self.drop(self.wte(idx) + self.wpe(torch.arange(idx.shape[1])))
+        for b in self.blocks:
+            x = b(x)
+        logits = self.lm_head(self.ln_f(x))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+
+def bench(name, L, H, C, T, B, dropout, threads, iters, warmup=3):
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = GPT(L, H, C, T, 65, dropout)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    nodecay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": nodecay, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.99))
+    times = []
+    for i in range(warmup + iters):
+        x, y = torch.randint(65, (B, T)), torch.randint(65, (B, T))
+        t0 = time.perf_counter()
+        loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    ms = times[len(times) // 2]
+    print(f"{name:<32} {threads:>8} {ms:>12.1f} {B * T / ms * 1e3:>14.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    quick = "--quick" in sys.argv
+    print(f"PyTorch {torch.__version__} eager")
+    print(f"{'training':<32} {'threads':>8} {'ms/iter':>12} {'tokens/s':>14}")
+    for t in (1, 2):
+        bench("S (4L 4H 128d, T=64, B=12)", 4, 4, 128, 64, 12, 0.0, t, 10 if quick else 30)
+    bench("M (6L 6H 384d, T=256, B=64)", 6, 6, 384, 256, 64, 0.2, 2, 2 if quick else 5, warmup=1)

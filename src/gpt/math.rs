@@ -1,0 +1,93 @@
+//! Branch-free `exp` and `erf` for f32 that the compiler can vectorise (libm's are scalar calls and
+//! were ~15% of a training step in GELU and softmax). Both are accurate to a few ulp, which the
+//! finite-difference and transformers-parity tests confirm at the model level; the unit tests below
+//! bound the error against libm directly.
+
+/// e^x, Cephes-style: x = n ln2 + r with |r| <= ln2/2, a degree-6 polynomial for e^r, then 2^n via
+/// the exponent bits. Inputs below -87.3 give 0 (softmax's masked entries), above 88.3 saturate.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.3, 88.3);
+    // n = round(x / ln 2), computed as floor(x * log2(e) + 0.5) with a truncating cast.
+    let t = x * std::f32::consts::LOG2_E + 0.5;
+    let mut n = t as i32;
+    if (n as f32) > t {
+        n -= 1;
+    }
+    let nf = n as f32;
+    // r = x - n ln2, with ln2 split in two for precision.
+    let r = x - nf * 0.693_359_4 + nf * 2.121_944_4e-4;
+    let r2 = r * r;
+    let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 0.166_666_65)
+        * r
+        + 0.5;
+    let er = p * r2 + r + 1.0;
+    er * f32::from_bits(((n + 127) as u32) << 23)
+}
+
+/// tanh(x) = (e^2x - 1) / (e^2x + 1). Absolute error ~1e-7 (relative error grows near 0, where GELU
+/// only ever adds it to 1).
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    let e = exp(2.0 * x);
+    (e - 1.0) / (e + 1.0)
+}
+
+/// erf(x) as a rational function x·P(x²)/Q(x²) on [-4, 4] (|erf| rounds to 1 beyond), the form used by
+/// Eigen and XLA for float.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
+    p = x2 * p + -2.101_024e-6;
+    p = x2 * p + -5.692_506_4e-5;
+    p = x2 * p + -7.349_906_3e-4;
+    p = x2 * p + -2.954_6e-3;
+    p = x2 * p + -1.609_603_3e-2;
+    let mut q = x2 * -1.456_607_2e-5 + -2.133_740_6e-4;
+    q = x2 * q + -1.682_827e-3;
+    q = x2 * q + -7.373_329_3e-3;
+    q = x2 * q + -1.426_474e-2;
+    x * p / q
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exp_matches_libm() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (a, b) = (super::exp(x) as f64, (x as f64).exp());
+            worst = worst.max(((a - b) / b).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 4e-7, "max relative error {worst:e}");
+        assert!((0.0..1e-37).contains(&super::exp(-1000.0)));
+        assert!(super::exp(1000.0).is_finite());
+    }
+
+    #[test]
+    fn tanh_matches_std() {
+        let mut worst = 0.0f64;
+        let mut x = -50.0f32;
+        while x < 50.0 {
+            worst = worst.max((super::tanh(x) as f64 - (x as f64).tanh()).abs());
+            x += 0.00377;
+        }
+        assert!(worst < 3e-7, "max absolute error {worst:e}");
+    }
+
+    #[test]
+    fn erf_matches_libm() {
+        let mut worst = 0.0f64;
+        let mut x = -6.0f32;
+        while x < 6.0 {
+            worst = worst.max((super::erf(x) as f64 - libm::erf(x as f64)).abs());
+            x += 0.00123;
+        }
+        assert!(worst < 5e-7, "max absolute error {worst:e}");
+    }
+}
