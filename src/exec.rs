@@ -79,7 +79,8 @@ pub fn material(store: &Store, plan: &Plan, i: usize, inputs: &[Input]) -> Resul
         .iter()
         .map(|inp| (role(spec.kind, inp), json!(inp.outputs)))
         .collect();
-    let device = if spec.kind == StageKind::Command {
+    // Only the engine's numerics depend on the device.
+    let device = if matches!(spec.kind, StageKind::Command | StageKind::Prepare) {
         "any"
     } else {
         m.defaults.device.as_str()
@@ -170,7 +171,23 @@ pub fn execute(
                                 .unwrap_or_else(|_| Err(anyhow::anyhow!("stage thread panicked"))),
                         )
                     })
-                    .map(|(i, r)| (i, r.unwrap_or_else(|e| failed(&m.stages[i], None, &e))))
+                    .map(|(i, r)| {
+                        (
+                            i,
+                            r.unwrap_or_else(|e| {
+                                let spec = &m.stages[i];
+                                // Best effort: the log itself may be what failed.
+                                let _ = run.append(&RunEvent::StageFailed {
+                                    time: utc_now(),
+                                    stage: spec.name.clone(),
+                                    kind: spec.kind.name().into(),
+                                    key: None,
+                                    error: format!("{e:#}"),
+                                });
+                                failed(spec, None, &e)
+                            }),
+                        )
+                    })
                     .collect()
             });
             for (i, r) in done {
@@ -216,6 +233,7 @@ fn run_stage(
         }
     };
     let key = key::key_of(&mat);
+    tracing::debug!(stage = %spec.name, %key, material = %mat, "stage key");
     store.put_last_material(&m.name, &spec.name, &mat)?;
     let cached = |rec: ActionRecord| -> Result<StageResult> {
         run.append(&RunEvent::StageFinished {
@@ -236,8 +254,10 @@ fn run_stage(
         Ok(r)
     };
     if let Some(rec) = store.action(&key)? {
+        tracing::info!(stage = %spec.name, %key, "action cache hit");
         return cached(rec);
     }
+    tracing::info!(stage = %spec.name, %key, "action cache miss");
     // Another process may be computing the same key: wait for it, then reuse its result.
     let _lock = match store.try_lock_key(&key)? {
         Some(l) => l,
@@ -286,7 +306,6 @@ fn run_stage(
                 metrics: metrics.clone(),
                 created: utc_now(),
             })?;
-            store.clear_progress(&key)?;
             let seconds = t0.elapsed().as_secs_f64();
             run.append(&RunEvent::StageFinished {
                 time: utc_now(),
@@ -298,6 +317,8 @@ fn run_stage(
                 metrics: metrics.clone(),
                 seconds,
             })?;
+            // Only now that a run references the outputs (gc keeps them) may the checkpoints go.
+            store.clear_progress(&key)?;
             ui.say(&format!("{}: {status} in {seconds:.1}s", spec.name));
             let mut r = StageResult::new(spec, status);
             r.key = Some(key);

@@ -340,7 +340,17 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
     } else {
         base_dir
     };
+    // Absolute, so `pipe resume` works from any directory.
+    let base_dir = base_dir.canonicalize().unwrap_or(base_dir);
 
+    if !valid_name(&raw.name) {
+        let (l, c) = lines.top.get("name").copied().unwrap_or((0, 0));
+        return Err(err(
+            at(l, c),
+            format!("invalid manifest name {:?}", raw.name),
+            Some("use letters, digits, `_` and `-` only (it names files in the store)"),
+        ));
+    }
     let d = raw.defaults.unwrap_or_default();
     let mut defaults = Defaults::default();
     if let Some(v) = d.device {
@@ -646,6 +656,13 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
 pub const PATH_KEYS: [&str; 3] = ["path", "hf_dir", "to"];
 
 fn absolute_if_path(key: &str, v: serde_json::Value) -> serde_json::Value {
+    let file_arg = v
+        .as_str()
+        .and_then(|s| s.strip_prefix("FILE:"))
+        .filter(|p| Path::new(p).is_relative());
+    if let (Some(p), Ok(cwd)) = (file_arg, std::env::current_dir()) {
+        return serde_json::Value::String(format!("FILE:{}", cwd.join(p).display()));
+    }
     match (&v, PATH_KEYS.contains(&key)) {
         (serde_json::Value::String(s), true) if Path::new(s).is_relative() => {
             match std::env::current_dir() {

@@ -144,9 +144,16 @@ fn new_run_id() -> String {
 impl RunLog {
     /// Creates a new run with its plan snapshot.
     pub fn create(store: &Store, plan_json: &serde_json::Value) -> Result<RunLog> {
-        let id = new_run_id();
-        let dir = store.root.join("runs").join(&id);
-        fs::create_dir_all(&dir)?;
+        // create_dir (not _all) fails if the id exists: two runs never share a folder.
+        let (id, dir) = loop {
+            let id = new_run_id();
+            let dir = store.root.join("runs").join(&id);
+            match fs::create_dir(&dir) {
+                Ok(()) => break (id, dir),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
         crate::store::write_atomic(
             &store.root.join("tmp"),
             &dir.join("plan.json"),
@@ -163,15 +170,28 @@ impl RunLog {
             .truncate(false)
             .write(true)
             .open(dir.join("lock"))?;
-        if lock.try_lock().is_err() {
+        // `show` and `gc` probe this lock for a moment; retry before concluding it is held.
+        let held = (0..20).all(|_| {
+            let busy = lock.try_lock().is_err();
+            if busy {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            busy
+        });
+        if held {
             anyhow::bail!(
                 "run {id} is still running in another process; wait for it or stop it first"
             );
         }
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("log.jsonl"))?;
+        // A line torn by a kill must not swallow the next event: start on a fresh line.
+        let text = fs::read(dir.join("log.jsonl"))?;
+        if text.last().is_some_and(|&b| b != b'\n') {
+            file.write_all(b"\n")?;
+        }
         Ok(RunLog {
             id: id.to_string(),
             dir,
@@ -182,6 +202,7 @@ impl RunLog {
 
     /// Appends one event durably (write, flush, fsync).
     pub fn append(&self, ev: &RunEvent) -> Result<()> {
+        tracing::trace!(run = %self.id, event = ?ev, "run log");
         let mut line = serde_json::to_vec(ev)?;
         line.push(b'\n');
         let mut f = self.file.lock().expect("log mutex");

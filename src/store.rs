@@ -157,6 +157,7 @@ impl Store {
         let hash = hash_bytes(bytes);
         let path = self.object_path(&hash);
         if !path.exists() {
+            tracing::debug!(%hash, bytes = bytes.len(), "store object");
             write_atomic(&self.tmp(), &path, bytes)?;
         }
         Ok(hash)
@@ -383,7 +384,12 @@ impl Store {
     pub fn clean_tmp(&self) -> Result<usize> {
         let mut n = 0;
         for e in fs::read_dir(self.tmp())? {
-            fs::remove_file(e?.path())?;
+            let p = e?.path();
+            if p.is_dir() {
+                fs::remove_dir_all(&p)?
+            } else {
+                fs::remove_file(&p)?
+            }
             n += 1;
         }
         Ok(n)

@@ -54,7 +54,16 @@ pub fn text_arg(ctx: &Ctx, s: &str) -> Result<String> {
 /// The tokenizer for a model: its data's, or GPT-2's for GPT-2-sized vocabularies.
 pub fn tokenizer_for(ctx: &Ctx, model: &Gpt) -> Result<Tokenizer> {
     match ctx.data_input() {
-        Some(d) => Ok(read_meta(ctx.store, d)?.tokenizer),
+        Some(d) => {
+            let meta = read_meta(ctx.store, d)?;
+            anyhow::ensure!(
+                meta.vocab_size <= model.config.vocab_size,
+                "the data's vocabulary ({}) is larger than the model's ({}): use the data stage the model was trained on",
+                meta.vocab_size,
+                model.config.vocab_size
+            );
+            Ok(meta.tokenizer)
+        }
         None if model.config.vocab_size >= 50257 || model.config.gelu == Gelu::Tanh => {
             Ok(Tokenizer::Gpt2)
         }
@@ -94,6 +103,11 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
         Some(t) => {
             let text = text_arg(ctx, t)?;
             let ids = tokenizer_for(ctx, &model)?.encode(&text)?;
+            let v = model.config.vocab_size;
+            anyhow::ensure!(
+                ids.iter().all(|&i| (i as usize) < v),
+                "the text has tokens outside the model's vocabulary ({v})"
+            );
             let loss = text_loss(&mut model, &ids)?;
             ctx.ui.say(&format!(
                 "{}: loss {loss:.6} over {} tokens (perplexity {:.3})",
@@ -107,6 +121,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
             let data = ctx
                 .data_input()
                 .context("evaluate without `text` needs a data stage in `needs`")?;
+            tokenizer_for(ctx, &model)?; // checks that the vocabularies match
             let bs = model.config.block_size;
             let mut rng = Rng::new(p.seed);
             let mut out = serde_json::Map::new();

@@ -19,8 +19,8 @@ pub struct Params {
 
 impl Params {
     /// `to` is in the key so that asking for a copy somewhere new writes it there.
-    pub fn key_view(&self) -> Value {
-        json!({ "to": self.to })
+    pub fn key_view(&self, base: &std::path::Path) -> Value {
+        json!({ "to": self.to.as_ref().map(|t| resolve_path(base, t).display().to_string()) })
     }
 }
 

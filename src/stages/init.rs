@@ -73,6 +73,13 @@ pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Pa
             Some("remove it"),
         ));
     }
+    if from == "resume" && params.block_size.is_some() {
+        return Err(err(
+            spec.origin_of("block_size").clone(),
+            "`block_size` cannot change when resuming a checkpoint",
+            Some("remove it (it only applies to scratch and to cropping gpt2 weights)"),
+        ));
+    }
     if from == "resume" && params.checkpoint.is_none() {
         return Err(err(
             spec.origin.clone(),
@@ -181,7 +188,17 @@ pub fn key_parts(
     spec: &StageSpec,
     p: &serde_json::Map<String, Value>,
 ) -> Result<(Value, Value)> {
-    let params = params(spec, p)?;
+    let mut params = params(spec, p)?;
+    if params.from == "scratch" {
+        // Key the model args as used, so `n_layer: 12` and an omitted n_layer are the same model.
+        params.n_layer = Some(params.n_layer.unwrap_or(12));
+        params.n_head = Some(params.n_head.unwrap_or(12));
+        params.n_embd = Some(params.n_embd.unwrap_or(768));
+        params.block_size = Some(params.block_size.unwrap_or(1024));
+        params.bias = Some(params.bias.unwrap_or(false));
+        params.dropout = Some(params.dropout.unwrap_or(0.0));
+        params.gelu = Some(params.gelu.unwrap_or(Gelu::Erf));
+    }
     let mut v = serde_json::to_value(&params)?;
     let obj = v.as_object_mut().expect("object");
     obj.remove("hf_dir"); // where the weights are is not what they are: hashed below

@@ -212,15 +212,13 @@ pub fn key_parts(store: &Store, m: &Manifest, spec: &StageSpec) -> Result<(Value
             v.as_object_mut().expect("object").remove("log_interval");
             (v, Value::Null)
         }
-        StageKind::Evaluate => (
-            serde_json::to_value(evaluate::params(spec, &p)?)?,
-            Value::Null,
-        ),
+        StageKind::Evaluate => {
+            let params = evaluate::params(spec, &p)?;
+            let sources = file_source(&m.base_dir, spec, "text", params.text.as_deref())?;
+            (serde_json::to_value(params)?, sources)
+        }
         StageKind::Sample => sample::key_parts(&m.base_dir, spec, &p)?,
-        StageKind::Export => (
-            serde_json::to_value(export::params(spec, &p)?.key_view())?,
-            Value::Null,
-        ),
+        StageKind::Export => (export::params(spec, &p)?.key_view(&m.base_dir), Value::Null),
         StageKind::Command => command::key_parts(&m.base_dir, spec, &p)?,
     })
 }
@@ -267,6 +265,27 @@ pub fn load_model(ctx: &Ctx) -> Result<crate::gpt::Checkpoint> {
     let bytes = ctx.store.get(input.output("ckpt")?)?;
     crate::gpt::Checkpoint::from_bytes(&bytes)
         .with_context(|| format!("reading the checkpoint from stage `{}`", input.stage))
+}
+
+/// For a `FILE:path` parameter, the file's content hash (the key depends on the text, not the path).
+pub fn file_source(
+    base: &std::path::Path,
+    spec: &StageSpec,
+    field: &str,
+    value: Option<&str>,
+) -> Result<Value> {
+    let Some(path) = value.and_then(|v| v.strip_prefix("FILE:")) else {
+        return Ok(Value::Null);
+    };
+    let full = resolve_path(base, path);
+    let bytes = std::fs::read(&full).map_err(|e| {
+        err(
+            spec.origin_of(field).clone(),
+            format!("cannot read {}: {e}", full.display()),
+            Some("FILE: paths are relative to the manifest's folder"),
+        )
+    })?;
+    Ok(serde_json::json!({ format!("{field}_file"): blake3::hash(&bytes).to_hex().to_string() }))
 }
 
 /// Resolves a path from the manifest: relative paths are relative to the manifest's folder.

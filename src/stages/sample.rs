@@ -2,7 +2,7 @@
 //! `samples.txt` (samples separated by nanoGPT's dashed line) and prints them.
 
 use super::evaluate::{text_arg, tokenizer_for};
-use super::{Ctx, Produced, load_model, resolve_path, typed};
+use super::{Ctx, Produced, load_model, typed};
 use crate::gpt::Gpt;
 use crate::gpt::sample::{SampleConfig, generate_many};
 use crate::manifest::StageSpec;
@@ -59,20 +59,7 @@ pub fn key_parts(
     p: &serde_json::Map<String, Value>,
 ) -> Result<(Value, Value)> {
     let params = params(spec, p)?;
-    let sources = match params.start.strip_prefix("FILE:") {
-        Some(path) => {
-            let full = resolve_path(base, path);
-            let bytes = std::fs::read(&full).map_err(|e| {
-                crate::manifest::err(
-                    spec.origin_of("start").clone(),
-                    format!("cannot read {}: {e}", full.display()),
-                    None,
-                )
-            })?;
-            json!({ "start_file": blake3::hash(&bytes).to_hex().to_string() })
-        }
-        None => Value::Null,
-    };
+    let sources = super::file_source(base, spec, "start", Some(&params.start))?;
     Ok((serde_json::to_value(&params)?, sources))
 }
 
@@ -84,6 +71,11 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let tok = tokenizer_for(ctx, &model)?;
     let start = text_arg(ctx, &p.start)?;
     let prompt = tok.encode(&start)?;
+    let v = model.config.vocab_size;
+    anyhow::ensure!(
+        prompt.iter().all(|&i| (i as usize) < v),
+        "the start text has tokens outside the model's vocabulary ({v})"
+    );
     ensure!(
         !prompt.is_empty(),
         "the start text encodes to no tokens: give a non-empty `start`"

@@ -107,6 +107,15 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let started = Instant::now();
     let mut last_ms = 0.0;
     trainer.run(&mut |ev| {
+        // A diverged run stops with a clear error (and never writes NaN into records).
+        let diverged = match &ev {
+            Event::Log { loss, .. } => !loss.is_finite(),
+            Event::Eval { train_loss, val_loss, .. } => !(train_loss.is_finite() && val_loss.is_finite()),
+            Event::Checkpoint { .. } => false,
+        };
+        if diverged {
+            anyhow::bail!("training diverged (the loss is not finite): {ev:?}; lower learning_rate or set grad_clip");
+        }
         match ev {
             Event::Log {
                 iter, loss, lr, ms, ..
@@ -197,7 +206,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
             .collect(),
     };
     let svg = loss_svg(
-        &format!("{name}: loss"),
+        "training and validation loss",
         &[series("train", |e| e.1), series("val", |e| e.2)],
     );
     let outputs = BTreeMap::from([
