@@ -204,18 +204,20 @@ const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 pub fn gelu_forward(out: &mut [f32], inp: &[f32], form: Gelu) {
     out.par_chunks_mut(4096)
         .zip(inp.par_chunks(4096))
-        .for_each(|(o, x)| match form {
-            Gelu::Tanh => {
-                for (o, &x) in o.iter_mut().zip(x) {
-                    let cube = 0.044715 * x * x * x;
-                    *o = 0.5 * x * (1.0 + math::tanh(SQRT_2_OVER_PI * (x + cube)));
+        .for_each(|(o, x)| {
+            math::with_avx2(|| match form {
+                Gelu::Tanh => {
+                    for (o, &x) in o.iter_mut().zip(x) {
+                        let cube = 0.044715 * x * x * x;
+                        *o = 0.5 * x * (1.0 + math::tanh(SQRT_2_OVER_PI * (x + cube)));
+                    }
                 }
-            }
-            Gelu::Erf => {
-                for (o, &x) in o.iter_mut().zip(x) {
-                    *o = 0.5 * x * (1.0 + math::erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                Gelu::Erf => {
+                    for (o, &x) in o.iter_mut().zip(x) {
+                        *o = 0.5 * x * (1.0 + math::erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                    }
                 }
-            }
+            })
         });
 }
 
@@ -223,25 +225,27 @@ pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32], form: Gelu) {
     dinp.par_chunks_mut(4096)
         .zip(inp.par_chunks(4096))
         .zip(dout.par_chunks(4096))
-        .for_each(|((di, x), d)| match form {
-            Gelu::Tanh => {
-                for ((di, &x), &d) in di.iter_mut().zip(x).zip(d) {
-                    let cube = 0.044715 * x * x * x;
-                    let tanh_out = math::tanh(SQRT_2_OVER_PI * (x + cube));
-                    let sech2 = 1.0 - tanh_out * tanh_out;
-                    let local = 0.5 * (1.0 + tanh_out)
-                        + x * 0.5 * sech2 * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
-                    *di = local * d;
+        .for_each(|((di, x), d)| {
+            math::with_avx2(|| match form {
+                Gelu::Tanh => {
+                    for ((di, &x), &d) in di.iter_mut().zip(x).zip(d) {
+                        let cube = 0.044715 * x * x * x;
+                        let tanh_out = math::tanh(SQRT_2_OVER_PI * (x + cube));
+                        let sech2 = 1.0 - tanh_out * tanh_out;
+                        let local = 0.5 * (1.0 + tanh_out)
+                            + x * 0.5 * sech2 * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
+                        *di = local * d;
+                    }
                 }
-            }
-            Gelu::Erf => {
-                const INV_SQRT_2PI: f32 = 0.398_942_3;
-                for ((di, &x), &d) in di.iter_mut().zip(x).zip(d) {
-                    let cdf = 0.5 * (1.0 + math::erf(x * std::f32::consts::FRAC_1_SQRT_2));
-                    let pdf = INV_SQRT_2PI * math::exp(-0.5 * x * x);
-                    *di = (cdf + x * pdf) * d;
+                Gelu::Erf => {
+                    const INV_SQRT_2PI: f32 = 0.398_942_3;
+                    for ((di, &x), &d) in di.iter_mut().zip(x).zip(d) {
+                        let cdf = 0.5 * (1.0 + math::erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                        let pdf = INV_SQRT_2PI * math::exp(-0.5 * x * x);
+                        *di = (cdf + x * pdf) * d;
+                    }
                 }
-            }
+            })
         });
 }
 
@@ -358,24 +362,16 @@ pub fn attention_forward(
             };
             // SAFETY: `a` is this task's own (T, T) block.
             unsafe { matmul_strided(a.as_mut_ptr(), t, 1, q, k.t(), false) };
-            for i in 0..t {
-                let row = &mut a[i * t..][..t];
-                let mut max = f32::NEG_INFINITY;
-                for x in &mut row[..=i] {
-                    *x *= scale;
-                    max = max.max(*x);
+            math::with_avx2(|| {
+                for i in 0..t {
+                    let row = &mut a[i * t..][..t];
+                    for x in &mut row[..=i] {
+                        *x *= scale;
+                    }
+                    softmax_in_place(&mut row[..=i]);
+                    row[i + 1..].fill(0.0);
                 }
-                let mut sum = 0.0f32;
-                for x in &mut row[..=i] {
-                    *x = math::exp(*x - max);
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                for x in &mut row[..=i] {
-                    *x *= inv;
-                }
-                row[i + 1..].fill(0.0);
-            }
+            });
             let probs: &[f32] = match (drop_ptr, dropout) {
                 (Some(dp), Some(d)) => {
                     // SAFETY: this task's own (T, T) block of att_drop.
@@ -497,20 +493,21 @@ pub fn crossentropy_forward(
         .zip(losses.par_iter_mut())
         .zip(targets.par_iter())
         .for_each(|((p, l), &y)| {
-            softmax_in_place(p);
+            math::with_avx2(|| softmax_in_place(p));
             *l = -p[y as usize].max(f32::MIN_POSITIVE).ln();
         });
     (losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len() as f64) as f32
 }
 
 /// Numerically stable softmax of one row, in place.
+/// The exponentials are a loop of their own so they vectorise; the sum stays sequential (in order).
+#[inline(always)]
 pub fn softmax_in_place(p: &mut [f32]) {
     let max = p.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let mut sum = 0.0f32;
     for x in p.iter_mut() {
         *x = math::exp(*x - max);
-        sum += *x;
     }
+    let sum: f32 = p.iter().sum();
     let inv = 1.0 / sum;
     for x in p.iter_mut() {
         *x *= inv;
