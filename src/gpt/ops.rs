@@ -204,20 +204,9 @@ const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 pub fn gelu_forward(out: &mut [f32], inp: &[f32], form: Gelu) {
     out.par_chunks_mut(4096)
         .zip(inp.par_chunks(4096))
-        .for_each(|(o, x)| {
-            math::with_avx2(|| match form {
-                Gelu::Tanh => {
-                    for (o, &x) in o.iter_mut().zip(x) {
-                        let cube = 0.044715 * x * x * x;
-                        *o = 0.5 * x * (1.0 + math::tanh(SQRT_2_OVER_PI * (x + cube)));
-                    }
-                }
-                Gelu::Erf => {
-                    for (o, &x) in o.iter_mut().zip(x) {
-                        *o = 0.5 * x * (1.0 + math::erf(x * std::f32::consts::FRAC_1_SQRT_2));
-                    }
-                }
-            })
+        .for_each(|(o, x)| match form {
+            Gelu::Tanh => gelu_tanh_forward(o, x),
+            Gelu::Erf => gelu_erf_forward(o, x),
         });
 }
 
@@ -225,28 +214,52 @@ pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32], form: Gelu) {
     dinp.par_chunks_mut(4096)
         .zip(inp.par_chunks(4096))
         .zip(dout.par_chunks(4096))
-        .for_each(|((di, x), d)| {
-            math::with_avx2(|| match form {
-                Gelu::Tanh => {
-                    for ((di, &x), &d) in di.iter_mut().zip(x).zip(d) {
-                        let cube = 0.044715 * x * x * x;
-                        let tanh_out = math::tanh(SQRT_2_OVER_PI * (x + cube));
-                        let sech2 = 1.0 - tanh_out * tanh_out;
-                        let local = 0.5 * (1.0 + tanh_out)
-                            + x * 0.5 * sech2 * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
-                        *di = local * d;
-                    }
-                }
-                Gelu::Erf => {
-                    const INV_SQRT_2PI: f32 = 0.398_942_3;
-                    for ((di, &x), &d) in di.iter_mut().zip(x).zip(d) {
-                        let cdf = 0.5 * (1.0 + math::erf(x * std::f32::consts::FRAC_1_SQRT_2));
-                        let pdf = INV_SQRT_2PI * math::exp(-0.5 * x * x);
-                        *di = (cdf + x * pdf) * d;
-                    }
-                }
-            })
+        .for_each(|((di, x), d)| match form {
+            Gelu::Tanh => gelu_tanh_backward(di, x, d),
+            Gelu::Erf => gelu_erf_backward(di, x, d),
         });
+}
+
+math::simd_kernel!(gelu_tanh_forward, gelu_tanh_forward_kernel, (o: &mut [f32], x: &[f32]));
+math::simd_kernel!(gelu_erf_forward, gelu_erf_forward_kernel, (o: &mut [f32], x: &[f32]));
+math::simd_kernel!(gelu_tanh_backward, gelu_tanh_backward_kernel, (di: &mut [f32], x: &[f32], d: &[f32]));
+math::simd_kernel!(gelu_erf_backward, gelu_erf_backward_kernel, (di: &mut [f32], x: &[f32], d: &[f32]));
+
+#[inline(always)]
+fn gelu_tanh_forward_kernel(o: &mut [f32], x: &[f32]) {
+    for (o, &x) in o.iter_mut().zip(x) {
+        let cube = 0.044715 * x * x * x;
+        *o = 0.5 * x * (1.0 + math::tanh(SQRT_2_OVER_PI * (x + cube)));
+    }
+}
+
+#[inline(always)]
+fn gelu_erf_forward_kernel(o: &mut [f32], x: &[f32]) {
+    for (o, &x) in o.iter_mut().zip(x) {
+        *o = 0.5 * x * (1.0 + math::erf(x * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+#[inline(always)]
+fn gelu_tanh_backward_kernel(di: &mut [f32], x: &[f32], d: &[f32]) {
+    for ((di, &x), &d) in di.iter_mut().zip(x).zip(d) {
+        let cube = 0.044715 * x * x * x;
+        let tanh_out = math::tanh(SQRT_2_OVER_PI * (x + cube));
+        let sech2 = 1.0 - tanh_out * tanh_out;
+        let local = 0.5 * (1.0 + tanh_out)
+            + x * 0.5 * sech2 * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
+        *di = local * d;
+    }
+}
+
+#[inline(always)]
+fn gelu_erf_backward_kernel(di: &mut [f32], x: &[f32], d: &[f32]) {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    for ((di, &x), &d) in di.iter_mut().zip(x).zip(d) {
+        let cdf = 0.5 * (1.0 + math::erf(x * std::f32::consts::FRAC_1_SQRT_2));
+        let pdf = INV_SQRT_2PI * math::exp(-0.5 * x * x);
+        *di = (cdf + x * pdf) * d;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -362,16 +375,7 @@ pub fn attention_forward(
             };
             // SAFETY: `a` is this task's own (T, T) block.
             unsafe { matmul_strided(a.as_mut_ptr(), t, 1, q, k.t(), false) };
-            math::with_avx2(|| {
-                for i in 0..t {
-                    let row = &mut a[i * t..][..t];
-                    for x in &mut row[..=i] {
-                        *x *= scale;
-                    }
-                    softmax_in_place(&mut row[..=i]);
-                    row[i + 1..].fill(0.0);
-                }
-            });
+            causal_softmax_rows(a, t, scale);
             let probs: &[f32] = match (drop_ptr, dropout) {
                 (Some(dp), Some(d)) => {
                     // SAFETY: this task's own (T, T) block of att_drop.
@@ -493,13 +497,29 @@ pub fn crossentropy_forward(
         .zip(losses.par_iter_mut())
         .zip(targets.par_iter())
         .for_each(|((p, l), &y)| {
-            math::with_avx2(|| softmax_in_place(p));
+            softmax(p);
             *l = -p[y as usize].max(f32::MIN_POSITIVE).ln();
         });
     (losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len() as f64) as f32
 }
 
-/// Numerically stable softmax of one row, in place.
+// Numerically stable softmax of one row, in place (AVX2 when available).
+math::simd_kernel!(softmax, softmax_in_place, (p: &mut [f32]));
+math::simd_kernel!(causal_softmax_rows, causal_softmax_rows_kernel, (a: &mut [f32], t: usize, scale: f32));
+
+/// Row i of a (T, T) score block: scale, softmax over columns 0..=i, zeros after.
+#[inline(always)]
+fn causal_softmax_rows_kernel(a: &mut [f32], t: usize, scale: f32) {
+    for i in 0..t {
+        let row = &mut a[i * t..][..t];
+        for x in &mut row[..=i] {
+            *x *= scale;
+        }
+        softmax_in_place(&mut row[..=i]);
+        row[i + 1..].fill(0.0);
+    }
+}
+
 /// The exponentials are a loop of their own so they vectorise; the sum stays sequential (in order).
 #[inline(always)]
 pub fn softmax_in_place(p: &mut [f32]) {
@@ -554,4 +574,36 @@ pub fn reduce_rows(n: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync)
         add_into(&mut total, p);
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX2-compiled kernels must give the same bits as the plain build (checkpoints written on
+    /// one CPU resume bit-identically on another).
+    #[test]
+    fn simd_kernels_match_the_portable_build_bit_for_bit() {
+        let mut rng = crate::gpt::rng::Rng::new(3);
+        let x: Vec<f32> = (0..4099).map(|_| (rng.normal() * 3.0) as f32).collect();
+        let d: Vec<f32> = (0..4099).map(|_| rng.normal() as f32).collect();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let (mut a, mut b) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        gelu_erf_backward(&mut a, &x, &d);
+        gelu_erf_backward_kernel(&mut b, &x, &d);
+        assert_eq!(bits(&a), bits(&b));
+        gelu_tanh_backward(&mut a, &x, &d);
+        gelu_tanh_backward_kernel(&mut b, &x, &d);
+        assert_eq!(bits(&a), bits(&b));
+        gelu_erf_forward(&mut a, &x);
+        gelu_erf_forward_kernel(&mut b, &x);
+        assert_eq!(bits(&a), bits(&b));
+        gelu_tanh_forward(&mut a, &x);
+        gelu_tanh_forward_kernel(&mut b, &x);
+        assert_eq!(bits(&a), bits(&b));
+        let (mut s1, mut s2) = (x[..64 * 64].to_vec(), x[..64 * 64].to_vec());
+        causal_softmax_rows(&mut s1, 64, 0.17);
+        causal_softmax_rows_kernel(&mut s2, 64, 0.17);
+        assert_eq!(bits(&s1), bits(&s2));
+    }
 }

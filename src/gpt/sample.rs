@@ -130,7 +130,7 @@ impl<'m> Decoder<'m> {
             }
             let scale = 1.0 / (hs as f32).sqrt();
             let (scores_buf, atty) = (&mut self.scores, &mut self.atty);
-            crate::gpt::math::with_avx2(|| {
+            {
                 for i in 0..n {
                     let pos = p0 + i;
                     for h in 0..nh {
@@ -150,7 +150,7 @@ impl<'m> Decoder<'m> {
                         }
                     }
                 }
-            });
+            }
             let proj = &mut self.proj[..n * c];
             ops::linear_forward(
                 proj,
