@@ -69,13 +69,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Remove objects no run needs (intermediate checkpoints of finished runs, leftovers).
+    /// Remove objects that no run record and no pin references (and leftovers of killed processes).
     Gc {
         #[arg(long)]
         dry_run: bool,
-        /// Keep every checkpoint any run saved.
+        /// Also remove the intermediate checkpoints of finished runs (their final outputs stay).
         #[arg(long)]
-        keep_checkpoints: bool,
+        drop_checkpoints: bool,
+    },
+    /// Delete a run's record, so `gc` can reclaim what only it referenced.
+    Forget { run_id: String },
+    /// Keep an artifact through `gc` even when no run references it (`--remove` to unpin).
+    Pin {
+        hash: String,
+        #[arg(long)]
+        remove: bool,
     },
     /// Re-hash every object in the store; corrupted ones are reported and moved aside.
     Verify,
@@ -219,12 +227,27 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::Forget { run_id } => {
+            let store = Store::open(&cli.cache)?;
+            let id = show::forget(&store, &run_id)?;
+            println!("forgot run {id}; `pipe gc` reclaims what only it referenced");
+            Ok(0)
+        }
+        Command::Pin { hash, remove } => {
+            let store = Store::open(&cli.cache)?;
+            let h = store
+                .resolve_object(&hash)?
+                .with_context(|| format!("no object {hash:?} in {}", store.root.display()))?;
+            store.set_pin(&h, !remove)?;
+            println!("{} {h}", if remove { "unpinned" } else { "pinned" });
+            Ok(0)
+        }
         Command::Gc {
             dry_run,
-            keep_checkpoints,
+            drop_checkpoints,
         } => {
             let store = Store::open(&cli.cache)?;
-            let r = show::gc(&store, dry_run, keep_checkpoints)?;
+            let r = show::gc(&store, dry_run, !drop_checkpoints)?;
             let verb = if dry_run { "would remove" } else { "removed" };
             println!(
                 "{verb} {} objects ({:.1} MB) and {} stale action records; kept {} objects",

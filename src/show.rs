@@ -285,8 +285,19 @@ pub fn print_lineage(v: &Value, indent: usize) {
     }
 }
 
-/// Objects worth keeping: outputs of finished stages in any run, checkpoints of runs that may still
-/// be resumed, checkpoints of unfinished stages, run plans, and downloaded sources.
+/// Deletes a run's record (refusing while it runs).
+pub fn forget(store: &Store, id: &str) -> Result<String> {
+    let rec = RunRecord::load(store, id)?;
+    if rec.status == "running" {
+        bail!("run {} is running; stop it first", rec.id);
+    }
+    std::fs::remove_dir_all(store.root.join("runs").join(&rec.id))?;
+    Ok(rec.id)
+}
+
+/// Objects worth keeping: outputs of finished stages in any run, checkpoints logged by runs (all of
+/// them with `keep_checkpoints`, else only those of runs that may still be resumed), checkpoints of
+/// unfinished stages, pinned objects, and downloaded sources.
 pub fn reachable(store: &Store, keep_checkpoints: bool) -> Result<BTreeSet<Hash>> {
     let mut keep = BTreeSet::new();
     for id in list_run_ids(store)? {
@@ -302,6 +313,7 @@ pub fn reachable(store: &Store, keep_checkpoints: bool) -> Result<BTreeSet<Hash>
             }
         }
     }
+    keep.extend(store.pins()?);
     for k in store.progress_keys()? {
         keep.extend(store.progress(&k)?.checkpoints.into_iter().map(|c| c.hash));
     }

@@ -6,6 +6,8 @@
 //!   actions/<key>.json    action cache: stage key -> output hashes + metrics
 //!   progress/<key>.json   checkpoints saved so far by an unfinished long stage (train)
 //!   runs/<run-id>/        run records (see run.rs)
+//!   pins/<hash>           objects `gc` must keep even when no run references them
+//!   index/<manifest>--<stage>.json   the key material a stage had last time (`pipe status` diffs it)
 //!   locks/                flock files: one per stage key being computed, one for the store
 //!   tmp/                  temp files, renamed into place when complete
 //! ```
@@ -142,6 +144,30 @@ impl Store {
             Ok(b) => Ok(serde_json::from_slice(&b).ok()),
             Err(_) => Ok(None),
         }
+    }
+
+    /// Pins protect objects from `gc`: one empty file per pinned hash in `pins/`.
+    pub fn set_pin(&self, hash: &str, on: bool) -> Result<()> {
+        let p = self.root.join("pins").join(hash);
+        if on {
+            fs::create_dir_all(self.root.join("pins"))?;
+            write_atomic(&self.tmp(), &p, b"")
+        } else {
+            match fs::remove_file(p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    pub fn pins(&self) -> Result<Vec<Hash>> {
+        let Ok(rd) = fs::read_dir(self.root.join("pins")) else {
+            return Ok(Vec::new());
+        };
+        Ok(rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect())
     }
 
     fn tmp(&self) -> PathBuf {

@@ -288,16 +288,16 @@ fn show_lists_runs_and_traces_lineage() {
 }
 
 #[test]
-fn gc_keeps_what_runs_need_and_drops_intermediate_checkpoints() {
+fn gc_keeps_what_runs_and_pins_need() {
     let sb = setup("gc", 20, 5);
     let run = sb.json(&["run", "tiny.yaml", "--json"]);
-    let out = sb.pipe(&["gc"]);
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("removed 3 objects"),
-        "checkpoints at 5, 10, 15 are intermediate: {text}"
-    );
+    let text = |o: std::process::Output| String::from_utf8_lossy(&o.stdout).to_string();
+    // Everything is referenced by the run record: nothing to remove.
+    let t = text(sb.pipe(&["gc"]));
+    assert!(t.contains("removed 0 objects"), "{t}");
+    // Intermediate checkpoints (iters 5, 10, 15) go only when asked.
+    let t = text(sb.pipe(&["gc", "--drop-checkpoints"]));
+    assert!(t.contains("removed 3 objects"), "{t}");
     let again = sb.json(&["run", "tiny.yaml", "--json"]);
     assert!(
         statuses(&again).iter().all(|(_, s)| s == "cached"),
@@ -307,6 +307,32 @@ fn gc_keeps_what_runs_need_and_drops_intermediate_checkpoints() {
         stage(&again, "train")["outputs"],
         stage(&run, "train")["outputs"]
     );
+
+    // Forget both runs; a pinned checkpoint survives gc, the rest goes.
+    let ckpt = stage(&run, "train")["outputs"]["ckpt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(sb.pipe(&["pin", &ckpt[..10]]).status.success());
+    for r in sb.json(&["show", "--json"])["runs"].as_array().unwrap() {
+        assert!(
+            sb.pipe(&["forget", r["run_id"].as_str().unwrap()])
+                .status
+                .success()
+        );
+    }
+    let t = text(sb.pipe(&["gc"]));
+    assert!(!t.contains("removed 0 objects"), "{t}");
+    assert!(
+        sb.cache()
+            .join("objects")
+            .join(&ckpt[..2])
+            .join(&ckpt[2..])
+            .exists()
+    );
+    let rerun = sb.json(&["run", "tiny.yaml", "--json"]);
+    assert_eq!(stage(&rerun, "train")["status"], "executed");
+    assert_eq!(stage(&rerun, "train")["outputs"]["ckpt"], ckpt.as_str());
     assert!(sb.pipe(&["verify"]).status.success());
 }
 
