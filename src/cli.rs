@@ -115,6 +115,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             json,
             jobs,
         } => {
+            crate::stages::allow_downloads();
             let overrides = set
                 .iter()
                 .map(|s| manifest::parse_override(s))
@@ -131,6 +132,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             execute_run(&store, &plan, run, "run", json, jobs)
         }
         Command::Resume { run_id, json, jobs } => {
+            crate::stages::allow_downloads();
             let store = Store::open(&cli.cache)?;
             let rec = RunRecord::load(&store, &run_id)?;
             if rec.status == "succeeded" && !json {

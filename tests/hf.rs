@@ -159,3 +159,98 @@ fn finetune_from_a_hugging_face_folder_and_match_transformers_loss() {
         "loss {loss} vs transformers {want}"
     );
 }
+
+#[test]
+fn gpt2_weights_are_downloaded_into_the_hugging_face_cache() {
+    // A stand-in for the Hub on localhost: python's http.server over {repo}/resolve/{rev}/{file}.
+    let sb = Sandbox::new("hub");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpt2-mini");
+    let served = sb.dir.join("hub/gpt2/resolve/main");
+    std::fs::create_dir_all(&served).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(f), served.join(f)).unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let Ok(mut server) = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(sb.dir.join("hub"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        eprintln!("skipped: no python3 to serve a stand-in Hub");
+        return;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stand-in Hub did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    sb.write(
+        "m.yaml",
+        "name: hub\nstages:\n  model:\n    kind: init\n    from: gpt2\n",
+    );
+    let cache = sb.dir.join("hf");
+    let run = |offline: bool| {
+        let mut c = sb.cmd(&["run", "m.yaml", "--json"]);
+        c.env("HF_ENDPOINT", format!("http://127.0.0.1:{port}"))
+            .env("HF_HUB_CACHE", &cache)
+            .env_remove("HF_HOME");
+        if offline {
+            c.env("HF_HUB_OFFLINE", "1");
+        }
+        c.output().unwrap()
+    };
+    let out = run(false);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        stage(&doc, "model")["metrics"]["model_args"]["vocab_size"],
+        97
+    );
+    let snapshot = cache.join("models--gpt2/snapshots/main");
+    assert_eq!(
+        std::fs::read(snapshot.join("model.safetensors")).unwrap(),
+        std::fs::read(fixture.join("model.safetensors")).unwrap()
+    );
+    // Offline, with the server gone, the cached copy is used (and the key is the same).
+    std::fs::remove_dir_all(sb.cache()).unwrap();
+    let out = run(true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stage(&again, "model")["key"], stage(&doc, "model")["key"]);
+    // Offline with an empty cache: a clear error that says what to do.
+    std::fs::remove_dir_all(&cache).unwrap();
+    let out = run(true);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hf_dir"));
+}

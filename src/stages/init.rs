@@ -40,11 +40,14 @@ pub struct Params {
     pub hf_dir: Option<String>,
     #[serde(default)]
     pub checkpoint: Option<String>,
+    /// Hub revision (branch, tag or commit) to download when the weights are not cached.
+    #[serde(default)]
+    pub revision: Option<String>,
     pub seed: u64,
 }
 
 const GPT2: [&str; 4] = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"];
-const HELP: &str = "init takes `from` (scratch, resume, gpt2, gpt2-medium, gpt2-large, gpt2-xl); scratch takes n_layer, n_head, n_embd, block_size, bias, dropout, gelu (erf|tanh), vocab_size; gpt2* take hf_dir, block_size, dropout; resume takes checkpoint";
+const HELP: &str = "init takes `from` (scratch, resume, gpt2, gpt2-medium, gpt2-large, gpt2-xl); scratch takes n_layer, n_head, n_embd, block_size, bias, dropout, gelu (erf|tanh), vocab_size; gpt2* take hf_dir, revision, block_size, dropout; resume takes checkpoint";
 
 pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Params> {
     let params: Params = typed(spec, p, HELP)?;
@@ -126,6 +129,46 @@ fn find_hf_dir(base: &Path, p: &Params) -> Result<PathBuf> {
         }
         return Ok(dir);
     }
+    let roots = hf_cache_roots();
+    let revision = p.revision.as_deref().unwrap_or("main");
+    // The Hub files OpenAI's models under openai-community/ (`gpt2` still redirects there).
+    let names = [p.from.clone(), format!("openai-community--{}", p.from)];
+    for r in &roots {
+        for name in &names {
+            let snaps = r.join(format!("models--{name}")).join("snapshots");
+            let Ok(rd) = std::fs::read_dir(&snaps) else {
+                continue;
+            };
+            let mut dirs: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|d| d.join("model.safetensors").exists())
+                .collect();
+            dirs.sort();
+            // The requested revision if it is there, else the newest snapshot.
+            if let Some(d) = dirs.iter().find(|d| d.ends_with(revision)).or(dirs.last()) {
+                return Ok(d.clone());
+            }
+        }
+    }
+    if super::downloads_allowed() {
+        return download_hf(&roots[0], &p.from, revision);
+    }
+    bail!(
+        "no {} weights found in the Hugging Face cache ({}).\n  help: `pipe run` downloads them (unless HF_HUB_OFFLINE=1); offline, fetch the `{}` folder (config.json + model.safetensors) where you have internet, e.g. `huggingface-cli download {} config.json model.safetensors --local-dir DIR`, then `--set STAGE.hf_dir=DIR`",
+        p.from,
+        roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        p.from,
+        p.from
+    )
+}
+
+/// Where the Hugging Face cache is: $HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub.
+fn hf_cache_roots() -> Vec<PathBuf> {
     let mut roots = Vec::new();
     if let Ok(c) = std::env::var("HF_HUB_CACHE") {
         roots.push(PathBuf::from(c));
@@ -136,31 +179,53 @@ fn find_hf_dir(base: &Path, p: &Params) -> Result<PathBuf> {
     if let Ok(h) = std::env::var("HOME") {
         roots.push(PathBuf::from(h).join(".cache/huggingface/hub"));
     }
-    for r in &roots {
-        let snaps = r.join(format!("models--{}", p.from)).join("snapshots");
-        if let Ok(rd) = std::fs::read_dir(&snaps) {
-            let mut dirs: Vec<PathBuf> = rd
-                .filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|d| d.join("model.safetensors").exists())
-                .collect();
-            dirs.sort();
-            if let Some(d) = dirs.pop() {
-                return Ok(d);
-            }
-        }
+    if roots.is_empty() {
+        roots.push(PathBuf::from(".cache/huggingface/hub"));
     }
-    bail!(
-        "no {} weights found: looked in the Hugging Face cache ({}), and this build does not download.\n  help: download the `{}` model folder (config.json + model.safetensors) where you have internet, e.g. `huggingface-cli download {} config.json model.safetensors --local-dir DIR`, then `--set STAGE.hf_dir=DIR`",
-        p.from,
-        roots
-            .iter()
-            .map(|r| r.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        p.from,
-        p.from
-    )
+    roots
+}
+
+/// Downloads config.json and model.safetensors of `repo` at `revision` from the Hub ($HF_ENDPOINT,
+/// default https://huggingface.co) into the Hugging Face cache layout, with curl (see
+/// ARCHITECTURE.md: no HTTP/TLS crate stack for two downloads). Files appear atomically.
+fn download_hf(root: &Path, repo: &str, revision: &str) -> Result<PathBuf> {
+    if std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1") {
+        bail!(
+            "no {repo} weights in the Hugging Face cache and HF_HUB_OFFLINE=1: give a local folder with --set STAGE.hf_dir=DIR"
+        );
+    }
+    let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
+    let dir = root
+        .join(format!("models--{repo}"))
+        .join("snapshots")
+        .join(revision);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for file in ["config.json", "model.safetensors"] {
+        let dest = dir.join(file);
+        if dest.exists() {
+            continue;
+        }
+        let url = format!(
+            "{}/{repo}/resolve/{revision}/{file}",
+            endpoint.trim_end_matches('/')
+        );
+        eprintln!("downloading {url}");
+        let tmp = dir.join(format!(".{file}.partial"));
+        let ok = std::process::Command::new("curl")
+            .args(["-fSL", "--retry", "2", "-o"])
+            .arg(&tmp)
+            .arg(&url)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::fs::remove_file(&tmp);
+            bail!(
+                "could not download {url} (offline?).\n  help: fetch the folder where you have internet (`huggingface-cli download {repo} config.json model.safetensors --local-dir DIR`) and pass --set STAGE.hf_dir=DIR"
+            );
+        }
+        std::fs::rename(&tmp, &dest)?;
+    }
+    Ok(dir)
 }
 
 /// Resolves `checkpoint:` (object hash or prefix, or RUN_ID/STAGE) to an object hash.
@@ -203,6 +268,7 @@ pub fn key_parts(
     let obj = v.as_object_mut().expect("object");
     obj.remove("hf_dir"); // where the weights are is not what they are: hashed below
     obj.remove("checkpoint");
+    obj.remove("revision"); // the downloaded files are keyed by content below
     if params.from != "scratch" {
         obj.remove("seed");
     }

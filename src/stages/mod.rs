@@ -19,6 +19,17 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+static DOWNLOADS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `pipe run` and `resume` may download (GPT-2 weights); `status` and `show` never do.
+pub fn allow_downloads() {
+    DOWNLOADS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn downloads_allowed() -> bool {
+    DOWNLOADS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A finished upstream stage, as seen by the stages that need it.
 #[derive(Clone, Debug)]
 pub struct Input {
