@@ -116,12 +116,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             jobs,
         } => {
             crate::stages::allow_downloads();
-            let overrides = set
-                .iter()
-                .map(|s| manifest::parse_override(s))
-                .collect::<Result<Vec<_>>>()?;
-            let m = manifest::load(&manifest, &overrides)?;
-            let plan = plan::build(m)?;
+            let plan = load_plan(&manifest, &set)?;
             // Validate what can fail before anything is written (missing files, bad checkpoints).
             let read_only = Store::at(&cli.cache);
             for s in &plan.manifest.stages {
@@ -152,12 +147,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             set,
             json,
         } => {
-            let overrides = set
-                .iter()
-                .map(|s| manifest::parse_override(s))
-                .collect::<Result<Vec<_>>>()?;
-            let m = manifest::load(&manifest, &overrides)?;
-            let plan = plan::build(m)?;
+            let plan = load_plan(&manifest, &set)?;
             let store = Store::at(&cli.cache);
             let stages = exec::status(&store, &plan)?;
             let all_cached = stages.iter().all(|s| s.status == "cached");
@@ -300,6 +290,15 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// A manifest with its `--set` overrides, validated into a plan.
+fn load_plan(manifest: &std::path::Path, set: &[String]) -> Result<plan::Plan> {
+    let overrides = set
+        .iter()
+        .map(|s| manifest::parse_override(s))
+        .collect::<Result<Vec<_>>>()?;
+    plan::build(manifest::load(manifest, &overrides)?)
 }
 
 fn status_json(s: &RunSummary) -> serde_json::Value {

@@ -329,6 +329,26 @@ pub struct AttnShape {
     pub n_head: usize,
 }
 
+/// Views of one (batch, head)'s q, k and v, each (T, hs), inside the (B, T, 3C) qkv activations.
+fn head_views(
+    qkv: &[f32],
+    bi: usize,
+    h: usize,
+    t: usize,
+    c: usize,
+    hs: usize,
+) -> (MatRef<'_>, MatRef<'_>, MatRef<'_>) {
+    let base = &qkv[bi * t * 3 * c..];
+    let view = |offset: usize| MatRef {
+        data: &base[offset + h * hs..],
+        rows: t,
+        cols: hs,
+        rs: 3 * c,
+        cs: 1,
+    };
+    (view(0), view(c), view(2 * c))
+}
+
 pub fn attention_forward(
     out: &mut [f32],
     att: &mut [f32],
@@ -351,28 +371,7 @@ pub fn attention_forward(
         .enumerate()
         .for_each(|(bh, a)| {
             let (bi, h) = (bh / nh, bh % nh);
-            let base = &qkv[bi * t * 3 * c..];
-            let q = MatRef {
-                data: &base[h * hs..],
-                rows: t,
-                cols: hs,
-                rs: 3 * c,
-                cs: 1,
-            };
-            let k = MatRef {
-                data: &base[c + h * hs..],
-                rows: t,
-                cols: hs,
-                rs: 3 * c,
-                cs: 1,
-            };
-            let v = MatRef {
-                data: &base[2 * c + h * hs..],
-                rows: t,
-                cols: hs,
-                rs: 3 * c,
-                cs: 1,
-            };
+            let (q, k, v) = head_views(qkv, bi, h, t, c, hs);
             // SAFETY: `a` is this task's own (T, T) block.
             unsafe { matmul_strided(a.as_mut_ptr(), t, 1, q, k.t(), false) };
             causal_softmax_rows(a, t, scale);
@@ -418,28 +417,7 @@ pub fn attention_backward(
         .enumerate()
         .for_each(|(bh, da)| {
             let (bi, h) = (bh / nh, bh % nh);
-            let base = &qkv[bi * t * 3 * c..];
-            let q = MatRef {
-                data: &base[h * hs..],
-                rows: t,
-                cols: hs,
-                rs: 3 * c,
-                cs: 1,
-            };
-            let k = MatRef {
-                data: &base[c + h * hs..],
-                rows: t,
-                cols: hs,
-                rs: 3 * c,
-                cs: 1,
-            };
-            let v = MatRef {
-                data: &base[2 * c + h * hs..],
-                rows: t,
-                cols: hs,
-                rs: 3 * c,
-                cs: 1,
-            };
+            let (q, k, v) = head_views(qkv, bi, h, t, c, hs);
             let dy = MatRef {
                 data: &dout[bi * t * c + h * hs..],
                 rows: t,
