@@ -39,7 +39,7 @@ pub fn build(manifest: Manifest) -> Result<Plan> {
     let order = match toposort(&g, None) {
         Ok(o) => o.into_iter().map(|ix| g[ix]).collect(),
         Err(_) => {
-            let cycle = find_cycle(&g, &manifest);
+            let cycle = find_cycle(&g);
             let first = &manifest.stages[cycle[0]];
             let names: Vec<&str> = cycle
                 .iter()
@@ -67,7 +67,7 @@ pub fn build(manifest: Manifest) -> Result<Plan> {
 
 /// One cycle, as stage indices in dependency order (a needs b needs ... needs a, reversed to read
 /// as a data flow).
-fn find_cycle(g: &DiGraph<usize, ()>, m: &Manifest) -> Vec<usize> {
+fn find_cycle(g: &DiGraph<usize, ()>) -> Vec<usize> {
     let scc = kosaraju_scc(g)
         .into_iter()
         .find(|c| c.len() > 1)
@@ -106,6 +106,5 @@ fn find_cycle(g: &DiGraph<usize, ()>, m: &Manifest) -> Vec<usize> {
         false
     }
     dfs(g, start, start, &members, &mut path, &mut seen);
-    let _ = m;
     path.into_iter().map(|ix| g[ix]).collect()
 }

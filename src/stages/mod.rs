@@ -10,7 +10,7 @@ pub mod sample;
 pub mod train;
 
 use crate::manifest::{Defaults, Manifest, StageKind, StageSpec, err};
-use crate::run::{RunEvent, RunLog, utc_now};
+use crate::run::{RunEvent, RunLog};
 use crate::store::{Hash, Store};
 use crate::ui::Ui;
 use anyhow::{Context, Result, bail};
@@ -82,10 +82,6 @@ impl Ctx<'_> {
         self.inputs
             .iter()
             .find(|i| matches!(i.kind, StageKind::Init | StageKind::Train))
-    }
-
-    pub fn event_time(&self) -> String {
-        utc_now()
     }
 }
 

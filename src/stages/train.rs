@@ -146,7 +146,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
                 );
                 progress.evals.push((iter, train_loss, val_loss));
                 ctx.log(RunEvent::Eval {
-                    time: ctx.event_time(),
+                    time: crate::run::utc_now(),
                     stage: name.clone(),
                     iter,
                     train_loss,
@@ -162,7 +162,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
                 });
                 ctx.store.put_progress(&ctx.key, &progress)?;
                 ctx.log(RunEvent::Checkpoint {
-                    time: ctx.event_time(),
+                    time: crate::run::utc_now(),
                     stage: name.clone(),
                     iter,
                     hash,
