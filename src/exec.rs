@@ -286,6 +286,7 @@ fn run_stage(
         defaults: &m.defaults,
         base_dir: m.base_dir.clone(),
         key: key.clone(),
+        sources: mat["sources"].clone(),
         inputs,
         ui,
     };

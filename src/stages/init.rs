@@ -316,7 +316,11 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
             }
         }
         "resume" => {
-            let hash = resolve_checkpoint(ctx.store, p.checkpoint.as_deref().expect("checked"))?;
+            // The checkpoint the key names (RUN_ID/STAGE may point elsewhere by now).
+            let hash = match ctx.sources["checkpoint"].as_str() {
+                Some(h) => h.to_string(),
+                None => resolve_checkpoint(ctx.store, p.checkpoint.as_deref().expect("checked"))?,
+            };
             let mut c = Checkpoint::from_bytes(&ctx.store.get(&hash)?)?;
             if let Some(d) = p.dropout {
                 c.config.dropout = d;

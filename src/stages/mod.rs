@@ -63,6 +63,10 @@ pub struct Ctx<'a> {
     pub defaults: &'a Defaults,
     pub base_dir: PathBuf,
     pub key: Hash,
+    /// The `sources` part of the key: content hashes of what the stage reads from outside the store,
+    /// taken when the key was computed. Stages check what they read against it, so outputs always
+    /// match their key even if a file changes mid-run.
+    pub sources: serde_json::Value,
     pub inputs: Vec<Input>,
     pub ui: &'a Ui,
 }

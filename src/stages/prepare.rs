@@ -156,13 +156,17 @@ fn read_text(ctx: &Ctx, p: &Params) -> Result<String> {
             p.path.as_deref().unwrap_or("")
         ),
     };
-    if let Some(want) = &p.sha256 {
-        let got = sha256_hex(&bytes);
-        if &got != want {
-            bail!(
-                "the text's sha256 is {got}, but the manifest pins {want}: it is not the expected file (fix `sha256` if the file is right)"
-            );
-        }
+    let got = sha256_hex(&bytes);
+    if let Some(want) = p.sha256.as_ref().filter(|w| **w != got) {
+        bail!(
+            "the text's sha256 is {got}, but the manifest pins {want}: it is not the expected file (fix `sha256` if the file is right)"
+        );
+    }
+    if ctx.sources["text_sha256"]
+        .as_str()
+        .is_some_and(|keyed| keyed != got)
+    {
+        bail!("the text changed while pipe was running (its sha256 is now {got}); run again");
     }
     String::from_utf8(bytes).context("the text is not valid UTF-8")
 }
