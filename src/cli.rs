@@ -130,11 +130,18 @@ pub fn run(cli: Cli) -> Result<i32> {
             crate::stages::allow_downloads();
             let store = Store::open(&cli.cache)?;
             let rec = RunRecord::load(&store, &run_id)?;
-            if rec.status == "succeeded" && !json {
+            if rec.status == "succeeded" {
                 eprintln!(
-                    "run {} already succeeded; checking that its outputs are all still there",
-                    rec.id
+                    "run {} already succeeded: nothing to resume (`pipe show {}` shows it)",
+                    rec.id, rec.id
                 );
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&show::run_summary(&store, &rec.id)?)?
+                    );
+                }
+                return Ok(0);
             }
             let m: Manifest =
                 serde_json::from_value(rec.plan.clone()).context("reading the run's plan")?;
@@ -315,6 +322,14 @@ fn execute_run(
 ) -> Result<i32> {
     let _shared = store.lock_store_shared()?;
     let ui = Ui::new(json);
+    // Ctrl-C: everything written so far is safe (atomic writes, fsynced log); say how to continue.
+    let id = run.id.clone();
+    let _ = ctrlc::set_handler(move || {
+        eprintln!(
+            "\ninterrupted: run {id} can continue from its last checkpoint with `pipe resume {id}`"
+        );
+        std::process::exit(130);
+    });
     run.append(&RunEvent::RunStarted {
         time: utc_now(),
         command: command.into(),
@@ -349,7 +364,7 @@ fn execute_run(
         show::print_summary(&summary);
         if !ok {
             eprintln!(
-                "\nrun {} failed; fix the cause and continue with `pipe resume {}`",
+                "\nrun {} failed. If the cause was outside pipe (a file, the network, memory), fix it and `pipe resume {}`; to change parameters, `pipe run` again (finished stages are reused)",
                 run.id, run.id
             );
         }

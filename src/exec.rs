@@ -357,6 +357,7 @@ pub fn status(store: &Store, plan: &Plan) -> Result<Vec<StageResult>> {
             Some(inputs) => {
                 let mat = material(store, plan, i, &inputs)?;
                 let key = key::key_of(&mat);
+                tracing::debug!(stage = %spec.name, %key, material = %mat, "stage key");
                 r.key = Some(key.clone());
                 if let Some(rec) = store.action(&key)? {
                     r.status = "cached".into();

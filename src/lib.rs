@@ -2,7 +2,6 @@
 
 pub mod bench;
 pub mod cli;
-pub mod device;
 pub mod exec;
 pub mod gpt;
 pub mod key;

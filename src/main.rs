@@ -4,6 +4,12 @@
 use clap::Parser;
 
 fn main() {
+    // Like other Unix tools, end quietly when the reader of stdout goes away (`pipe show | head`):
+    // Rust ignores SIGPIPE by default, which turns it into a panic in println!.
+    // SAFETY: setting a signal disposition at start-up, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = pipe::cli::Cli::parse();
     let filter = match cli.verbose {
         0 => "warn",
@@ -16,6 +22,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let code = match pipe::cli::run(cli) {
         Ok(code) => code,

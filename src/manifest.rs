@@ -605,6 +605,13 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
             Some("expected cpu or cuda"),
         ));
     }
+    if defaults.device == "cuda" {
+        return Err(err(
+            top("defaults"),
+            "device `cuda`: this version of pipe has no CUDA engine yet (it runs on the CPU only; see README, CUDA)",
+            Some("use device: cpu (or --set device=cpu)"),
+        ));
+    }
     if defaults.dtype != "float32" {
         return Err(err(
             top("defaults"),

@@ -101,21 +101,22 @@ pub struct Lock {
 impl Store {
     /// Opens (creating if needed) a store at `root`.
     pub fn open(root: &Path) -> Result<Store> {
+        let store = Store::at(root);
         for d in [
             "objects", "actions", "progress", "runs", "locks", "tmp", "index",
         ] {
-            fs::create_dir_all(root.join(d)).with_context(|| format!("cannot create the store at {} (use --cache DIR or PIPE_CACHE to put it elsewhere)", root.display()))?;
+            fs::create_dir_all(store.root.join(d)).with_context(|| format!("cannot create the store at {} (use --cache DIR or PIPE_CACHE to put it elsewhere)", store.root.display()))?;
         }
-        Ok(Store {
-            root: root.to_path_buf(),
-        })
+        Ok(store)
     }
 
     /// A store handle that creates nothing (for validation and read-only commands).
     pub fn at(root: &Path) -> Store {
-        Store {
-            root: root.to_path_buf(),
-        }
+        // Absolute, because paths into the store are handed to commands run in other folders.
+        let root = std::env::current_dir()
+            .map(|cwd| cwd.join(root))
+            .unwrap_or_else(|_| root.to_path_buf());
+        Store { root }
     }
 
     fn material_path(&self, manifest: &str, stage: &str) -> PathBuf {
@@ -380,8 +381,11 @@ impl Store {
 
     /// Resolves a unique hash prefix (at least 6 hex digits) to an object hash.
     pub fn resolve_object(&self, prefix: &str) -> Result<Option<Hash>> {
-        if prefix.len() < 6 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+        if !prefix.chars().all(|c| c.is_ascii_hexdigit()) || prefix.is_empty() {
             return Ok(None);
+        }
+        if prefix.len() < 6 {
+            bail!("{prefix:?} is too short: give at least 6 hex digits of the hash");
         }
         let matches: Vec<Hash> = self
             .all_objects()?

@@ -112,6 +112,11 @@ fn cases() -> Vec<Case> {
             &["bad.yaml:17:", "needs a data stage"],
         ),
         case(
+            "cuda not available",
+            &format!("{GOOD_HEAD}defaults:\n  device: cuda\n"),
+            &["bad.yaml:7:", "no CUDA engine"],
+        ),
+        case(
             "bad device",
             &format!("{GOOD_HEAD}defaults:\n  device: tpu\n"),
             &["bad.yaml:7:", "unknown device `tpu`"],

@@ -377,3 +377,29 @@ fn command_stages_take_inputs_and_produce_outputs() {
             .contains("no such thing")
     );
 }
+
+#[test]
+fn command_stages_work_with_a_relative_store_and_a_manifest_elsewhere() {
+    let sb = Sandbox::new("relative");
+    sb.write(
+        "sub/m.yaml",
+        "name: rel\nstages:\n  make:\n    kind: command\n    cmd: echo hello > \"$PIPE_OUT/a.txt\"\n    outs: [a.txt]\n  copy:\n    kind: command\n    needs: [make]\n    cmd: tr a-z A-Z < \"$PIPE_IN_MAKE_A_TXT\" > \"$PIPE_OUT/b.txt\"\n    outs: [b.txt]\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipe"))
+        .args(["--cache", "relcache", "run", "sub/m.yaml", "--json"])
+        .current_dir(&sb.dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let h = stage(&doc, "copy")["outputs"]["b.txt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bytes = std::fs::read(sb.dir.join("relcache/objects").join(&h[..2]).join(&h[2..])).unwrap();
+    assert_eq!(String::from_utf8(bytes).unwrap(), "HELLO\n");
+}

@@ -121,6 +121,9 @@ fn cfg_from(p: &Params, vocab: usize) -> Result<GptConfig> {
 fn find_hf_dir(base: &Path, p: &Params) -> Result<PathBuf> {
     if let Some(d) = &p.hf_dir {
         let dir = resolve_path(base, d);
+        if !dir.exists() {
+            bail!("hf_dir {} does not exist", dir.display());
+        }
         if !dir.join("config.json").exists() {
             bail!(
                 "hf_dir {} has no config.json: it should be a Hugging Face model folder (config.json + model.safetensors)",

@@ -235,12 +235,6 @@ pub fn key_parts(store: &Store, m: &Manifest, spec: &StageSpec) -> Result<(Value
 }
 
 pub fn execute(ctx: &Ctx, m: &Manifest) -> Result<Produced> {
-    if m.defaults.device == "cuda"
-        && ctx.spec.kind != StageKind::Command
-        && ctx.spec.kind != StageKind::Prepare
-    {
-        crate::device::require_cuda()?;
-    }
     let p = with_defaults(ctx.spec, &m.defaults);
     match ctx.spec.kind {
         StageKind::Prepare => prepare::execute(ctx, &prepare::params(ctx.spec, &p)?),
@@ -293,7 +287,7 @@ pub fn file_source(
         err(
             spec.origin_of(field).clone(),
             format!("cannot read {}: {e}", full.display()),
-            Some("FILE: paths are relative to the manifest's folder"),
+            Some("FILE: paths in a manifest are relative to its folder; given with --set, to the current directory"),
         )
     })?;
     Ok(serde_json::json!({ format!("{field}_file"): blake3::hash(&bytes).to_hex().to_string() }))

@@ -135,6 +135,18 @@ pub fn key_parts(
 /// The text, from the local path or the store (downloading it the first time).
 fn read_text(ctx: &Ctx, p: &Params) -> Result<String> {
     // A local `path` wins when it exists; otherwise the pinned `url` is fetched (once).
+    if let Some(missing) = p
+        .path
+        .as_ref()
+        .map(|x| resolve_path(&ctx.base_dir, x))
+        .filter(|f| !f.exists())
+    {
+        ctx.ui.say(&format!(
+            "{}: {} does not exist; using the pinned url instead",
+            ctx.spec.name,
+            missing.display()
+        ));
+    }
     let local = p
         .path
         .as_ref()
@@ -188,7 +200,7 @@ fn fetch_pinned(store: &Store, url: &str, sha256: &str, stage: &str, ctx: &Ctx) 
     if !ok {
         let _ = std::fs::remove_file(&tmp);
         bail!(
-            "could not download {url} (offline, or curl missing?).\n  help: download it elsewhere and give the local file instead: `--set {stage}.path=FILE` (its sha256 is still checked)"
+            "could not download {url} (offline, or curl missing?).\n  help: download it elsewhere (or find a local copy) and give that file: `--set {stage}.path=FILE` (its sha256 is still checked); check the path if you gave one"
         );
     }
     let bytes = std::fs::read(&tmp)?;
