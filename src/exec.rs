@@ -236,6 +236,9 @@ fn run_stage(
     tracing::debug!(stage = %spec.name, %key, material = %mat, "stage key");
     store.put_last_material(&m.name, &spec.name, &mat)?;
     let cached = |rec: ActionRecord| -> Result<StageResult> {
+        if spec.kind == StageKind::Export {
+            stages::export::restore_copy(store, m, spec, &rec.outputs)?;
+        }
         run.append(&RunEvent::StageFinished {
             time: utc_now(),
             stage: spec.name.clone(),

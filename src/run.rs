@@ -304,23 +304,77 @@ impl RunRecord {
         })
     }
 
-    pub fn last_time(&self) -> Option<&str> {
-        self.events.iter().next_back().map(|e| match e {
-            RunEvent::RunStarted { time, .. }
-            | RunEvent::StageStarted { time, .. }
-            | RunEvent::StageFinished { time, .. }
-            | RunEvent::StageFailed { time, .. }
-            | RunEvent::StageSkipped { time, .. }
-            | RunEvent::Eval { time, .. }
-            | RunEvent::Checkpoint { time, .. }
-            | RunEvent::RunFinished { time, .. } => time.as_str(),
-        })
+    /// Seconds the run was actually running: each attempt (run, then each resume) from its
+    /// `run_started` to its last event, without the idle time in between.
+    pub fn active_seconds(&self) -> Option<u64> {
+        let mut total = 0;
+        let mut attempt: Option<(u64, u64)> = None; // (start, latest)
+        for e in &self.events {
+            let t = parse_utc(event_time(e))?;
+            match (e, attempt) {
+                (RunEvent::RunStarted { .. }, prev) => {
+                    total += prev.map_or(0, |(a, b)| b.saturating_sub(a));
+                    attempt = Some((t, t));
+                }
+                (_, Some((a, _))) => attempt = Some((a, t)),
+                (_, None) => {}
+            }
+        }
+        Some(total + attempt.map_or(0, |(a, b)| b.saturating_sub(a)))
+    }
+}
+
+fn event_time(e: &RunEvent) -> &str {
+    match e {
+        RunEvent::RunStarted { time, .. }
+        | RunEvent::StageStarted { time, .. }
+        | RunEvent::StageFinished { time, .. }
+        | RunEvent::StageFailed { time, .. }
+        | RunEvent::StageSkipped { time, .. }
+        | RunEvent::Eval { time, .. }
+        | RunEvent::Checkpoint { time, .. }
+        | RunEvent::RunFinished { time, .. } => time.as_str(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn active_time_leaves_out_the_gap_before_a_resume() {
+        let t = |s: u64| format_utc(1_795_824_000 + s);
+        let start = |s| RunEvent::RunStarted {
+            time: t(s),
+            command: "run".into(),
+            manifest: "m".into(),
+            name: "n".into(),
+            pid: 1,
+        };
+        let eval = |s| RunEvent::Eval {
+            time: t(s),
+            stage: "train".into(),
+            iter: 0,
+            train_loss: 1.0,
+            val_loss: 1.0,
+        };
+        let rec = RunRecord {
+            id: "x".into(),
+            plan: serde_json::Value::Null,
+            events: vec![
+                start(0),
+                eval(10),
+                start(100),
+                eval(104),
+                RunEvent::RunFinished {
+                    time: t(105),
+                    status: "succeeded".into(),
+                },
+            ],
+            status: "succeeded".into(),
+        };
+        assert_eq!(rec.active_seconds(), Some(15));
+    }
 
     #[test]
     fn utc_round_trip() {

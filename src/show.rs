@@ -2,7 +2,7 @@
 
 use crate::exec::{RunSummary, StageResult};
 use crate::manifest::Manifest;
-use crate::run::{RunEvent, RunRecord, list_run_ids, parse_utc};
+use crate::run::{RunEvent, RunRecord, list_run_ids};
 use crate::store::{Hash, Store};
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
@@ -108,13 +108,7 @@ pub fn runs_json(store: &Store) -> Result<Value> {
     for id in list_run_ids(store)? {
         let rec = RunRecord::load(store, &id)?;
         let started = rec.started().map(str::to_string);
-        let duration = match (
-            started.as_deref().and_then(parse_utc),
-            rec.last_time().and_then(parse_utc),
-        ) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-            _ => None,
-        };
+        let duration = rec.active_seconds();
         runs.push(json!({
             "run_id": rec.id,
             "name": rec.plan.get("name"),

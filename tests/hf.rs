@@ -29,6 +29,11 @@ fn exported_model_loads_in_transformers_with_the_same_logits() {
     assert_eq!(exp["status"], "executed");
     let dir = sb.dir.join("exported");
     assert!(dir.join("config.json").exists() && dir.join("model.safetensors").exists());
+    // Deleted by hand, the copy comes back on the next (cached) run.
+    std::fs::remove_dir_all(&dir).unwrap();
+    let again = sb.json(&["run", "tiny.yaml", "--json"]);
+    assert_eq!(stage(&again, "export")["status"], "cached");
+    assert!(dir.join("model.safetensors").exists());
 
     // Our logits for the trained checkpoint.
     let ckpt_hash = stage(&run, "train")["outputs"]["ckpt"].as_str().unwrap();

@@ -32,6 +32,26 @@ pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Pa
     )
 }
 
+/// On a cache hit, the copy in `to` may have been deleted since: write it again from the store.
+pub fn restore_copy(
+    store: &crate::store::Store,
+    m: &crate::manifest::Manifest,
+    spec: &StageSpec,
+    outputs: &BTreeMap<String, String>,
+) -> Result<()> {
+    let p = params(spec, &spec.params)?;
+    let Some(to) = &p.to else { return Ok(()) };
+    let dir = resolve_path(&m.base_dir, to);
+    for (name, hash) in outputs {
+        let path = dir.join(name);
+        if !path.exists() {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(&path, store.get(hash)?)?;
+        }
+    }
+    Ok(())
+}
+
 pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let ck = load_model(ctx)?;
     let model = Gpt::from_params(ck.config.clone(), ck.params)?;
