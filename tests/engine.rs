@@ -428,6 +428,21 @@ fn kv_cache_equals_full_recomputation() {
 }
 
 #[test]
+fn evaluation_forward_gives_the_same_bits_with_less_memory() {
+    let mut m = random_model(small_cfg(0.0), 5);
+    let x: Vec<u32> = (0..2 * 32).map(|i| (i * 7 % 40) as u32).collect();
+    let y: Vec<u32> = (0..2 * 32).map(|i| (i * 3 % 40) as u32).collect();
+    let cheap = m.forward_no_grad(&x, Some(&y), 2, 32);
+    m.forward_no_grad(&x, None, 2, 32);
+    let cheap_logits = m.logits().to_vec();
+    m.release_activations();
+    let full = m.forward(&x, Some(&y), 2, 32, None);
+    assert_eq!(cheap.to_bits(), full.to_bits());
+    m.forward(&x, None, 2, 32, None);
+    assert!(m.logits() == &cheap_logits[..], "logits differ");
+}
+
+#[test]
 fn sampling_is_seeded() {
     let model = random_model(small_cfg(0.0), 9);
     let sc = SampleConfig {

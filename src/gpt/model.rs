@@ -12,6 +12,7 @@ struct Activations {
     b: usize,
     t: usize,
     with_dropout: bool,
+    layers: usize,
     encoded: Vec<f32>,   // (B, T, C) block 0 input
     ln1: Vec<f32>,       // (L, B, T, C)
     ln1_mean: Vec<f32>,  // (L, B, T)
@@ -45,14 +46,16 @@ struct Activations {
 }
 
 impl Activations {
-    fn new(cfg: &GptConfig, b: usize, t: usize, with_dropout: bool) -> Self {
-        let (l, c, v, h) = (cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.n_head);
+    /// `layers`: how many layers' activations to keep (all for training, one for evaluation).
+    fn new(cfg: &GptConfig, b: usize, t: usize, with_dropout: bool, layers: usize) -> Self {
+        let (l, c, v, h) = (layers, cfg.n_embd, cfg.vocab_size, cfg.n_head);
         let bt = b * t;
         let z = |n: usize| vec![0.0f32; n];
         Activations {
             b,
             t,
             with_dropout,
+            layers,
             encoded: z(bt * c),
             ln1: z(l * bt * c),
             ln1_mean: z(l * bt),
@@ -195,15 +198,26 @@ impl Gpt {
         self.layout.total
     }
 
-    fn ensure_acts(&mut self, b: usize, t: usize, with_dropout: bool) {
-        let fits = self
-            .acts
-            .as_ref()
-            .is_some_and(|a| a.b == b && a.t == t && (a.with_dropout || !with_dropout));
+    fn ensure_acts(&mut self, b: usize, t: usize, with_dropout: bool, layers: usize) {
+        let fits = self.acts.as_ref().is_some_and(|a| {
+            a.b == b && a.t == t && (a.with_dropout || !with_dropout) && a.layers >= layers
+        });
         if !fits {
             self.acts = None; // free the old buffers before allocating the new ones
-            self.acts = Some(Activations::new(&self.config, b, t, with_dropout));
+            self.acts = Some(Activations::new(&self.config, b, t, with_dropout, layers));
         }
+    }
+
+    /// Evaluation: the loss (and logits) of `tokens` without dropout, keeping only one layer's
+    /// activations at a time (a fraction of [`Gpt::forward`]'s memory); no backward may follow.
+    pub fn forward_no_grad(
+        &mut self,
+        tokens: &[u32],
+        targets: Option<&[u32]>,
+        b: usize,
+        t: usize,
+    ) -> f32 {
+        self.forward_impl(tokens, targets, b, t, None, false)
     }
 
     /// Runs the model on `tokens` (B*T, row-major). With `targets`, returns the mean cross-entropy
@@ -216,6 +230,18 @@ impl Gpt {
         b: usize,
         t: usize,
         dropout: Option<DropoutPlan>,
+    ) -> f32 {
+        self.forward_impl(tokens, targets, b, t, dropout, true)
+    }
+
+    fn forward_impl(
+        &mut self,
+        tokens: &[u32],
+        targets: Option<&[u32]>,
+        b: usize,
+        t: usize,
+        dropout: Option<DropoutPlan>,
+        for_backward: bool,
     ) -> f32 {
         let cfg = self.config.clone();
         let (c, v, nh) = (cfg.n_embd, cfg.vocab_size, cfg.n_head);
@@ -230,7 +256,8 @@ impl Gpt {
             "token id out of vocabulary"
         );
         let dropout = dropout.filter(|d| d.p > 0.0);
-        self.ensure_acts(b, t, dropout.is_some());
+        let layers = if for_backward { cfg.n_layer } else { 1 };
+        self.ensure_acts(b, t, dropout.is_some(), layers);
         let bt = b * t;
         let p = &self.params;
         let lay = &self.layout;
@@ -253,17 +280,21 @@ impl Gpt {
         if let Some(d) = dropout.and_then(|d| d.site(0)) {
             d.apply_in_place(&mut a.encoded);
         }
+        // Where layer l's activations go: its own slot for backward, else slot 0 for every layer.
+        let slot = |l: usize| if for_backward { l } else { 0 };
         for (l, blk) in lay.blocks.iter().enumerate() {
-            let rc = l * bt * c..(l + 1) * bt * c;
-            let r1 = l * bt..(l + 1) * bt;
-            let r3c = l * bt * 3 * c..(l + 1) * bt * 3 * c;
-            let r4c = l * bt * 4 * c..(l + 1) * bt * 4 * c;
-            let ratt = l * b * nh * t * t..(l + 1) * b * nh * t * t;
+            let s = slot(l);
+            let rc = s * bt * c..(s + 1) * bt * c;
+            let r1 = s * bt..(s + 1) * bt;
+            let r3c = s * bt * 3 * c..(s + 1) * bt * 3 * c;
+            let r4c = s * bt * 4 * c..(s + 1) * bt * 4 * c;
+            let ratt = s * b * nh * t * t..(s + 1) * b * nh * t * t;
             let site = |k: u64| dropout.and_then(|d| d.site(1 + 3 * l as u64 + k));
             let residual: &[f32] = if l == 0 {
                 &a.encoded
             } else {
-                &a.residual3[(l - 1) * bt * c..l * bt * c]
+                let p = slot(l - 1);
+                &a.residual3[p * bt * c..(p + 1) * bt * c]
             };
 
             ops::layernorm_forward(
@@ -344,7 +375,8 @@ impl Gpt {
             }
             ops::residual_forward(&mut a.residual3[rc.clone()], &a.residual2[rc], &a.proj);
         }
-        let last = &a.residual3[(cfg.n_layer - 1) * bt * c..];
+        let last_slot = slot(cfg.n_layer - 1);
+        let last = &a.residual3[last_slot * bt * c..(last_slot + 1) * bt * c];
         ops::layernorm_forward(
             &mut a.lnf,
             &mut a.lnf_mean,
@@ -368,7 +400,7 @@ impl Gpt {
             }
             None => f32::NAN,
         };
-        self.last = targets.map(|y| ForwardState {
+        self.last = targets.filter(|_| for_backward).map(|y| ForwardState {
             tokens: tokens.to_vec(),
             targets: y.to_vec(),
             dropout,

@@ -126,7 +126,7 @@ pub fn estimate_loss(
     let mut total = 0.0f64;
     for _ in 0..eval_iters {
         get_batch(data, batch_size, t, rng, &mut x, &mut y);
-        total += model.forward(&x, Some(&y), batch_size, t, None) as f64;
+        total += model.forward_no_grad(&x, Some(&y), batch_size, t) as f64;
     }
     (total / eval_iters as f64) as f32
 }

@@ -82,12 +82,11 @@ pub fn text_loss(model: &mut Gpt, ids: &[u32]) -> Result<f64> {
     let mut start = 0;
     while start + 1 < ids.len() {
         let n = (ids.len() - 1 - start).min(bs);
-        let loss = model.forward(
+        let loss = model.forward_no_grad(
             &ids[start..start + n],
             Some(&ids[start + 1..start + n + 1]),
             1,
             n,
-            None,
         );
         total += loss as f64 * n as f64;
         count += n;
