@@ -132,6 +132,15 @@ fn check_hf_parity(
     assert!(compared >= 10);
 }
 
+/// A JSON array of numbers as f32 (token ids fit exactly).
+fn json_f32s(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|x| x.as_f64().expect("a number") as f32)
+        .collect()
+}
+
 fn read_json(p: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
@@ -140,18 +149,11 @@ fn read_json(p: &Path) -> serde_json::Value {
 fn matches_transformers_on_committed_fixture() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpt2-mini");
     let r = read_json(&dir.join("reference.json"));
-    let ids: Vec<u32> = r["token_ids"]
-        .as_array()
-        .unwrap()
+    let ids: Vec<u32> = json_f32s(&r["token_ids"])
         .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
+        .map(|&x| x as u32)
         .collect();
-    let logits: Vec<f32> = r["logits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect();
+    let logits = json_f32s(&r["logits"]);
     let v = 97;
     check_hf_parity(
         &dir,
@@ -169,18 +171,11 @@ fn matches_transformers_on_shared_tiny_gpt2() {
         return;
     }
     let r = read_json(&dir.join("reference.json"));
-    let ids: Vec<u32> = r["token_ids"]
-        .as_array()
-        .unwrap()
+    let ids: Vec<u32> = json_f32s(&r["token_ids"])
         .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
+        .map(|&x| x as u32)
         .collect();
-    let first10: Vec<f32> = r["last_position_logits_first10"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect();
+    let first10 = json_f32s(&r["last_position_logits_first10"]);
     let last = ids.len() - 1;
     check_hf_parity(
         &dir,
