@@ -3,6 +3,7 @@ nanoGPT's model (model.py, condensed: same modules and init) trained with AdamW 
 
     python3 -m pip install torch
     python3 scripts/bench_pytorch.py            # config S on 1 and 2 threads, config M on 2
+    python3 scripts/bench_pytorch.py --cuda     # the GPU table of `pipe bench --device cuda`
 """
 import math
 import sys
@@ -14,12 +15,12 @@ import torch.nn.functional as F
 
 
 class Block(nn.Module):
-    def __init__(self, c, h, dropout):
+    def __init__(self, c, h, dropout, bias=False, gelu="none"):
         super().__init__()
-        self.h, self.dropout = h, dropout
-        self.ln_1, self.ln_2 = nn.LayerNorm(c, bias=False), nn.LayerNorm(c, bias=False)
-        self.c_attn, self.c_proj = nn.Linear(c, 3 * c, bias=False), nn.Linear(c, c, bias=False)
-        self.c_fc, self.mlp_proj = nn.Linear(c, 4 * c, bias=False), nn.Linear(4 * c, c, bias=False)
+        self.h, self.dropout, self.gelu = h, dropout, gelu
+        self.ln_1, self.ln_2 = nn.LayerNorm(c, bias=bias), nn.LayerNorm(c, bias=bias)
+        self.c_attn, self.c_proj = nn.Linear(c, 3 * c, bias=bias), nn.Linear(c, c, bias=bias)
+        self.c_fc, self.mlp_proj = nn.Linear(c, 4 * c, bias=bias), nn.Linear(4 * c, c, bias=bias)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x):
@@ -28,15 +29,15 @@ class Block(nn.Module):
         q, k, v = (t.view(B, T, self.h, C // self.h).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0, is_causal=True)
         x = x + self.drop(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
-        return x + self.drop(self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)))))
+        return x + self.drop(self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate=self.gelu)))
 
 
 class GPT(nn.Module):
-    def __init__(self, L, H, C, T, V, dropout):
+    def __init__(self, L, H, C, T, V, dropout, bias=False, gelu="none"):
         super().__init__()
         self.wte, self.wpe = nn.Embedding(V, C), nn.Embedding(T, C)
-        self.blocks = nn.ModuleList(Block(C, H, dropout) for _ in range(L))
-        self.ln_f, self.drop = nn.LayerNorm(C, bias=False), nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(C, H, dropout, bias, gelu) for _ in range(L))
+        self.ln_f, self.drop = nn.LayerNorm(C, bias=bias), nn.Dropout(dropout)
         self.lm_head = nn.Linear(C, V, bias=False)
         self.lm_head.weight = self.wte.weight
         for n, p in self.named_parameters():
@@ -44,7 +45,7 @@ class GPT(nn.Module):
                 nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * L) if n.endswith("proj.weight") else 0.02)
 
     def forward(self, idx, targets):
-        x = self.drop(self.wte(idx) + self.wpe(torch.arange(idx.shape[1])))
+        x = self.drop(self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device)))
         for b in self.blocks:
             x = b(x)
         logits = self.lm_head(self.ln_f(x))
@@ -74,7 +75,45 @@ def bench(name, L, H, C, T, B, dropout, threads, iters, warmup=3):
     print(f"{name:<32} {threads:>8} {ms:>12.1f} {B * T / ms * 1e3:>14.0f}", flush=True)
 
 
+def bench_cuda(name, L, H, C, T, B, V, dropout, bias, gelu, mode, iters=20, warmup=3):
+    """Mean ms/iter on the GPU: f32, tf32 (TF32 matmuls) or bf16 (autocast, as nanoGPT)."""
+    torch.backends.cuda.matmul.allow_tf32 = mode != "f32"
+    torch.backends.cudnn.allow_tf32 = mode != "f32"
+    torch.manual_seed(0)
+    model = GPT(L, H, C, T, V, dropout, bias, gelu).cuda()
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    nodecay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": nodecay, "weight_decay": 0.0}],
+                            lr=1e-4, betas=(0.9, 0.99), fused=True)
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if mode == "bf16" else torch.autocast("cuda", enabled=False)
+    for i in range(warmup + iters):
+        if i == warmup:
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        x, y = torch.randint(V, (B, T), device="cuda"), torch.randint(V, (B, T), device="cuda")
+        with ctx:
+            loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    ms = (time.perf_counter() - t0) * 1e3 / iters
+    print(f"{name:<32} {mode:>8} {ms:>12.2f} {B * T / ms * 1e3:>14.0f}", flush=True)
+    del model, opt
+    torch.cuda.empty_cache()
+
+
 if __name__ == "__main__":
+    if "--cuda" in sys.argv:
+        print(f"PyTorch {torch.__version__} eager on {torch.cuda.get_device_name()}")
+        print(f"{'training on cuda':<32} {'matmul':>8} {'ms/iter':>12} {'tokens/s':>14}")
+        for name, cfg in [("S (4L 4H 128d, T=64, B=12)", (4, 4, 128, 64, 12, 65, 0.0, False, "none")),
+                          ("M (6L 6H 384d, T=256, B=64)", (6, 6, 384, 256, 64, 65, 0.2, False, "none")),
+                          ("GPT-2 124M (T=1024, B=12)", (12, 12, 768, 1024, 12, 50304, 0.0, True, "tanh"))]:
+            for mode in ("f32", "tf32", "bf16"):
+                bench_cuda(name, *cfg, mode)
+        sys.exit(0)
     quick = "--quick" in sys.argv
     print(f"PyTorch {torch.__version__} eager")
     print(f"{'training':<32} {'threads':>8} {'ms/iter':>12} {'tokens/s':>14}")

@@ -98,6 +98,9 @@ pub enum Command {
         /// Fewer iterations (a quick look).
         #[arg(long)]
         quick: bool,
+        /// cpu (the default), or cuda for the GPU table (needs a build with --features cuda).
+        #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+        device: String,
     },
 }
 
@@ -292,8 +295,12 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Bench { quick } => {
-            crate::bench::run(quick)?;
+        Command::Bench { quick, device } => {
+            if device == "cuda" {
+                crate::bench::run_gpu(quick)?;
+            } else {
+                crate::bench::run(quick)?;
+            }
             Ok(0)
         }
     }

@@ -81,13 +81,15 @@ pub fn material(store: &Store, plan: &Plan, i: usize, inputs: &[Input]) -> Resul
         .collect();
     // Only the engine's numerics depend on the device.
     let device = if matches!(spec.kind, StageKind::Command | StageKind::Prepare) {
-        "any"
+        "any".to_string()
+    } else if m.defaults.dtype == "float32" {
+        m.defaults.device.clone()
     } else {
-        m.defaults.device.as_str()
+        format!("{}:{}", m.defaults.device, m.defaults.dtype)
     };
     Ok(key::material(
         spec.kind.name(),
-        device,
+        &device,
         params,
         sources,
         Value::Object(ins),

@@ -605,19 +605,33 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
             Some("expected cpu or cuda"),
         ));
     }
-    if defaults.device == "cuda" {
+    if defaults.device == "cuda" && !cfg!(feature = "cuda") {
         return Err(err(
             top("defaults"),
-            "device `cuda`: this version of pipe has no CUDA engine yet (it runs on the CPU only; see README, CUDA)",
-            Some("use device: cpu (or --set device=cpu)"),
+            "device `cuda`: this pipe was built without CUDA support",
+            Some(
+                "rebuild with `cargo build --release --features cuda` (needs no CUDA toolkit), or use device: cpu (--set device=cpu)",
+            ),
         ));
     }
-    if defaults.dtype != "float32" {
-        return Err(err(
-            top("defaults"),
-            format!("dtype `{}` is not supported", defaults.dtype),
-            Some("float32 is the only dtype of the CPU engine"),
-        ));
+    match (defaults.device.as_str(), defaults.dtype.as_str()) {
+        (_, "float32") | ("cuda", "tf32" | "bf16") => {}
+        ("cpu", dtype @ ("tf32" | "bf16")) => {
+            return Err(err(
+                top("defaults"),
+                format!("dtype `{dtype}` needs device: cuda"),
+                Some("the CPU engine computes in float32 only; use dtype: float32"),
+            ));
+        }
+        (_, other) => {
+            return Err(err(
+                top("defaults"),
+                format!("dtype `{other}` is not supported"),
+                Some(
+                    "expected float32 (the default, and the reference), or on cuda tf32 or bf16 (tensor-core matrix products; weights and activations stay float32)",
+                ),
+            ));
+        }
     }
     for s in &stages {
         let o = s.param_origins.get("needs").cloned().unwrap_or_else(|| {

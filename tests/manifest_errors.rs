@@ -111,10 +111,25 @@ fn cases() -> Vec<Case> {
             &with_model("  train:\n    kind: train\n    needs: [model]\n"),
             &["bad.yaml:17:", "needs a data stage"],
         ),
+        #[cfg(not(feature = "cuda"))]
         case(
-            "cuda not available",
+            "cuda without the cuda feature",
             &format!("{GOOD_HEAD}defaults:\n  device: cuda\n"),
-            &["bad.yaml:7:", "no CUDA engine"],
+            &[
+                "bad.yaml:7:",
+                "built without CUDA support",
+                "--features cuda",
+            ],
+        ),
+        case(
+            "tf32 on the cpu",
+            &format!("{GOOD_HEAD}defaults:\n  dtype: tf32\n"),
+            &["bad.yaml:7:", "dtype `tf32` needs device: cuda"],
+        ),
+        case(
+            "unknown dtype",
+            &format!("{GOOD_HEAD}defaults:\n  dtype: float8\n"),
+            &["bad.yaml:7:", "dtype `float8` is not supported", "tf32"],
         ),
         case(
             "bad device",

@@ -5,6 +5,8 @@
 //! (weights, moments, RNG, best_val_loss), and a resumed trainer skips that one evaluation.
 
 use super::checkpoint::{Checkpoint, TrainProgress};
+use super::cuda::GpuGpt;
+use super::device::{Device, EvalLoss};
 use super::model::{DropoutPlan, Gpt};
 use super::optim::{AdamW, AdamWConfig, LrSchedule, clip_grad_norm};
 use super::rng::{Rng, mix64};
@@ -114,21 +116,21 @@ pub fn get_batch(
 }
 
 /// Mean loss over `eval_iters` batches per split, in evaluation mode (nanoGPT's estimate_loss).
-pub fn estimate_loss(
-    model: &mut Gpt,
+pub fn estimate_loss<M: EvalLoss + ?Sized>(
+    model: &mut M,
     data: &[u16],
     batch_size: usize,
     eval_iters: usize,
     rng: &mut Rng,
-) -> f32 {
-    let t = model.config.block_size;
+) -> Result<f32> {
+    let t = model.block_size();
     let (mut x, mut y) = (Vec::new(), Vec::new());
     let mut total = 0.0f64;
     for _ in 0..eval_iters {
         get_batch(data, batch_size, t, rng, &mut x, &mut y);
-        total += model.forward_no_grad(&x, Some(&y), batch_size, t) as f64;
+        total += model.eval_loss(&x, &y, batch_size, t)? as f64;
     }
-    (total / eval_iters as f64) as f32
+    Ok((total / eval_iters as f64) as f32)
 }
 
 /// What the loop reports as it goes.
@@ -167,6 +169,9 @@ pub struct Trainer<'d> {
     val: &'d [u16],
     /// Set when resuming: the evaluation at `iter_num` already happened before the checkpoint.
     skip_eval: bool,
+    /// On a GPU, the live weights and moments; `model.params` and `opt.m/v` are then host copies,
+    /// refreshed before each checkpoint and at the end.
+    gpu: Option<GpuGpt>,
 }
 
 impl<'d> Trainer<'d> {
@@ -191,7 +196,40 @@ impl<'d> Trainer<'d> {
             train,
             val,
             skip_eval: false,
+            gpu: None,
         })
+    }
+
+    /// Moves training to `device` (call before [`Trainer::run`]).
+    pub fn use_device(&mut self, device: Device) -> Result<()> {
+        if let Device::Cuda(precision) = device {
+            let mut g = GpuGpt::new(&self.model.config, &self.model.params, precision)?;
+            g.upload_moments(&self.opt.m, &self.opt.v)?;
+            self.gpu = Some(g);
+        }
+        Ok(())
+    }
+
+    /// The GPU's name when training on one.
+    pub fn device_name(&self) -> Option<&str> {
+        self.gpu.as_ref().map(|g| g.device_name())
+    }
+
+    /// Copies the GPU's weights and moments into `model.params` and `opt` (no-op on the CPU).
+    fn sync_host(&mut self) -> Result<()> {
+        if let Some(g) = &self.gpu {
+            g.download(&mut self.model.params, &mut self.opt.m, &mut self.opt.v)?;
+        }
+        Ok(())
+    }
+
+    fn eval_split(&mut self, train: bool) -> Result<f32> {
+        let data = if train { self.train } else { self.val };
+        let (b, n) = (self.cfg.batch_size, self.cfg.eval_iters);
+        match &mut self.gpu {
+            Some(g) => estimate_loss(g, data, b, n, &mut self.rng),
+            None => estimate_loss(&mut self.model, data, b, n, &mut self.rng),
+        }
     }
 
     /// Continues from a checkpoint with training progress (nanoGPT's `init_from='resume'`).
@@ -240,20 +278,8 @@ impl<'d> Trainer<'d> {
             let lr = sched.at(it);
             let last = it >= self.cfg.max_iters;
             if (it.is_multiple_of(self.cfg.eval_interval) || last) && !self.skip_eval {
-                let train_loss = estimate_loss(
-                    &mut self.model,
-                    self.train,
-                    b,
-                    self.cfg.eval_iters,
-                    &mut self.rng,
-                );
-                let val_loss = estimate_loss(
-                    &mut self.model,
-                    self.val,
-                    b,
-                    self.cfg.eval_iters,
-                    &mut self.rng,
-                );
+                let train_loss = self.eval_split(true)?;
+                let val_loss = self.eval_split(false)?;
                 on_event(Event::Eval {
                     iter: it,
                     train_loss,
@@ -265,6 +291,7 @@ impl<'d> Trainer<'d> {
                     self.best_val_loss = val_loss;
                 }
                 if it > 0 {
+                    self.sync_host()?;
                     on_event(Event::Checkpoint {
                         iter: it,
                         keep,
@@ -274,7 +301,7 @@ impl<'d> Trainer<'d> {
             }
             self.skip_eval = false;
             if last {
-                return Ok(());
+                return self.sync_host();
             }
             let start = Instant::now();
             let mut loss = 0.0;
@@ -284,17 +311,31 @@ impl<'d> Trainer<'d> {
                     p: self.model.config.dropout,
                     seed: mix64(self.cfg.seed ^ mix64(it * 1_000_003 + micro as u64)),
                 };
-                loss = self.model.forward(&x, Some(&y), b, t, Some(dropout));
-                self.model.backward(1.0 / gas as f32);
+                match &mut self.gpu {
+                    Some(g) => {
+                        loss = g.forward(&x, Some(&y), (b, t), Some(dropout), true)?;
+                        g.backward(1.0 / gas as f32)?;
+                    }
+                    None => {
+                        loss = self.model.forward(&x, Some(&y), b, t, Some(dropout));
+                        self.model.backward(1.0 / gas as f32);
+                    }
+                }
             }
-            let grad_norm = if self.cfg.grad_clip > 0.0 {
-                clip_grad_norm(&mut self.model.grads, self.cfg.grad_clip as f32)
-            } else {
-                f32::NAN
+            let grad_norm = match &mut self.gpu {
+                Some(g) => g.step(&mut self.opt, lr, self.cfg.grad_clip as f32)?,
+                None => {
+                    let norm = if self.cfg.grad_clip > 0.0 {
+                        clip_grad_norm(&mut self.model.grads, self.cfg.grad_clip as f32)
+                    } else {
+                        f32::NAN
+                    };
+                    self.opt
+                        .update(&mut self.model.params, &self.model.grads, lr);
+                    self.model.zero_grad();
+                    norm
+                }
             };
-            self.opt
-                .update(&mut self.model.params, &self.model.grads, lr);
-            self.model.zero_grad();
             let ms = start.elapsed().as_secs_f64() * 1e3;
             if it.is_multiple_of(self.cfg.log_interval.max(1)) {
                 on_event(Event::Log {

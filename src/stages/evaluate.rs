@@ -5,9 +5,11 @@
 //! Output: `metrics.json` (losses and perplexities).
 
 use super::{Ctx, Produced, load_model, read_meta, read_tokens, resolve_path, typed};
+use crate::gpt::Gelu;
+use crate::gpt::GptConfig;
+use crate::gpt::device::{EvalLoss, Model};
 use crate::gpt::rng::Rng;
 use crate::gpt::train::estimate_loss;
-use crate::gpt::{Gelu, Gpt};
 use crate::manifest::StageSpec;
 use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result, ensure};
@@ -52,21 +54,19 @@ pub fn text_arg(ctx: &Ctx, s: &str) -> Result<String> {
 }
 
 /// The tokenizer for a model: its data's, or GPT-2's for GPT-2-sized vocabularies.
-pub fn tokenizer_for(ctx: &Ctx, model: &Gpt) -> Result<Tokenizer> {
+pub fn tokenizer_for(ctx: &Ctx, config: &GptConfig) -> Result<Tokenizer> {
     match ctx.data_input() {
         Some(d) => {
             let meta = read_meta(ctx.store, d)?;
             anyhow::ensure!(
-                meta.vocab_size <= model.config.vocab_size,
+                meta.vocab_size <= config.vocab_size,
                 "the data's vocabulary ({}) is larger than the model's ({}): use the data stage the model was trained on",
                 meta.vocab_size,
-                model.config.vocab_size
+                config.vocab_size
             );
             Ok(meta.tokenizer)
         }
-        None if model.config.vocab_size >= 50257 || model.config.gelu == Gelu::Tanh => {
-            Ok(Tokenizer::Gpt2)
-        }
+        None if config.vocab_size >= 50257 || config.gelu == Gelu::Tanh => Ok(Tokenizer::Gpt2),
         None => anyhow::bail!(
             "stage `{}` cannot tell which tokenizer the model uses: add the prepare stage to `needs`",
             ctx.spec.name
@@ -75,19 +75,14 @@ pub fn tokenizer_for(ctx: &Ctx, model: &Gpt) -> Result<Tokenizer> {
 }
 
 /// Mean next-token loss over `ids` in consecutive windows of up to block_size predictions.
-pub fn text_loss(model: &mut Gpt, ids: &[u32]) -> Result<f64> {
+pub fn text_loss<M: EvalLoss + ?Sized>(model: &mut M, ids: &[u32]) -> Result<f64> {
     ensure!(ids.len() >= 2, "the text must have at least two tokens");
-    let bs = model.config.block_size;
+    let bs = model.block_size();
     let (mut total, mut count) = (0.0f64, 0usize);
     let mut start = 0;
     while start + 1 < ids.len() {
         let n = (ids.len() - 1 - start).min(bs);
-        let loss = model.forward_no_grad(
-            &ids[start..start + n],
-            Some(&ids[start + 1..start + n + 1]),
-            1,
-            n,
-        );
+        let loss = model.eval_loss(&ids[start..start + n], &ids[start + 1..start + n + 1], 1, n)?;
         total += loss as f64 * n as f64;
         count += n;
         start += n;
@@ -97,12 +92,13 @@ pub fn text_loss(model: &mut Gpt, ids: &[u32]) -> Result<f64> {
 
 pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let ck = load_model(ctx)?;
-    let mut model = Gpt::from_params(ck.config.clone(), ck.params)?;
+    let config = ck.config.clone();
+    let mut model = Model::new(ctx.device()?, ck.config, ck.params)?;
     let metrics = match &p.text {
         Some(t) => {
             let text = text_arg(ctx, t)?;
-            let ids = tokenizer_for(ctx, &model)?.encode(&text)?;
-            let v = model.config.vocab_size;
+            let ids = tokenizer_for(ctx, &config)?.encode(&text)?;
+            let v = config.vocab_size;
             anyhow::ensure!(
                 ids.iter().all(|&i| (i as usize) < v),
                 "the text has tokens outside the model's vocabulary ({v})"
@@ -120,8 +116,8 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
             let data = ctx
                 .data_input()
                 .context("evaluate without `text` needs a data stage in `needs`")?;
-            tokenizer_for(ctx, &model)?; // checks that the vocabularies match
-            let bs = model.config.block_size;
+            tokenizer_for(ctx, &config)?; // checks that the vocabularies match
+            let bs = config.block_size;
             let mut rng = Rng::new(p.seed);
             let mut out = serde_json::Map::new();
             for split in ["train", "val"] {
@@ -131,8 +127,8 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
                     "the {split} split has {} tokens, fewer than block_size + 1",
                     tokens.len()
                 );
-                let loss =
-                    estimate_loss(&mut model, &tokens, p.batch_size, p.eval_iters, &mut rng) as f64;
+                let loss = estimate_loss(&mut model, &tokens, p.batch_size, p.eval_iters, &mut rng)?
+                    as f64;
                 ctx.ui.say(&format!(
                     "{}: {split} loss {loss:.4} (perplexity {:.3})",
                     ctx.spec.name,

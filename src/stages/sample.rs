@@ -3,8 +3,8 @@
 
 use super::evaluate::{text_arg, tokenizer_for};
 use super::{Ctx, Produced, load_model, typed};
-use crate::gpt::Gpt;
-use crate::gpt::sample::{SampleConfig, generate_many};
+use crate::gpt::device::Model;
+use crate::gpt::sample::SampleConfig;
 use crate::manifest::StageSpec;
 use anyhow::{Result, ensure};
 use serde::{Deserialize, Serialize};
@@ -67,11 +67,12 @@ pub const SEPARATOR: &str = "\n---------------\n";
 
 pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let ck = load_model(ctx)?;
-    let model = Gpt::from_params(ck.config.clone(), ck.params)?;
-    let tok = tokenizer_for(ctx, &model)?;
+    let config = ck.config.clone();
+    let mut model = Model::new(ctx.device()?, ck.config, ck.params)?;
+    let tok = tokenizer_for(ctx, &config)?;
     let start = text_arg(ctx, &p.start)?;
     let prompt = tok.encode(&start)?;
-    let v = model.config.vocab_size;
+    let v = config.vocab_size;
     anyhow::ensure!(
         prompt.iter().all(|&i| (i as usize) < v),
         "the start text has tokens outside the model's vocabulary ({v})"
@@ -87,7 +88,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
         seed: p.seed,
     };
     let t0 = Instant::now();
-    let samples = generate_many(&model, &prompt, &cfg, p.num_samples);
+    let samples = model.generate_many(&prompt, &cfg, p.num_samples)?;
     let secs = t0.elapsed().as_secs_f64();
     let mut text = String::new();
     for s in &samples {

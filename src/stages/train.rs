@@ -100,6 +100,10 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
             }
         }
     };
+    trainer.use_device(ctx.device()?)?;
+    if let Some(gpu) = trainer.device_name() {
+        ctx.ui.say(&format!("{name}: training on {gpu}"));
+    }
     let start_iter = trainer.iter_num;
     let max_iters = p.cfg.max_iters;
     let pb = ctx.ui.bar(max_iters, &name);
@@ -197,6 +201,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     metrics["seconds"] = json!(seconds);
     metrics["last_ms_per_iter"] = json!(last_ms);
     metrics["resumed_from_iter"] = json!(resumed_from.as_ref().map(|c| c.iter));
+    metrics["device"] = json!(trainer.device_name().unwrap_or("cpu"));
     let series = |name: &str, f: fn(&(u64, f32, f32)) -> f32| Series {
         name: name.to_string(),
         points: progress

@@ -1,0 +1,68 @@
+//! Stands in for the CUDA engine (`cuda/`) in builds without the `cuda` feature: the same API,
+//! but no value of [`GpuGpt`] can exist, so every caller's GPU branch is dead code and
+//! asking for a GPU model is a clear error.
+
+use super::config::GptConfig;
+use super::device::Precision;
+use super::model::DropoutPlan;
+use super::optim::AdamW;
+use super::sample::SampleConfig;
+use anyhow::{Result, bail};
+use std::convert::Infallible;
+
+pub struct GpuGpt {
+    never: Infallible,
+}
+
+impl GpuGpt {
+    pub fn new(_config: &GptConfig, _params: &[f32], _precision: Precision) -> Result<GpuGpt> {
+        bail!(
+            "device `cuda`: this pipe was built without CUDA support; rebuild it with \
+             `cargo build --release --features cuda` (or use device: cpu)"
+        )
+    }
+    pub fn config(&self) -> &GptConfig {
+        match self.never {}
+    }
+    pub fn device_name(&self) -> &str {
+        match self.never {}
+    }
+    pub fn upload_moments(&mut self, _m: &[f32], _v: &[f32]) -> Result<()> {
+        match self.never {}
+    }
+    pub fn download(&self, _params: &mut [f32], _m: &mut [f32], _v: &mut [f32]) -> Result<()> {
+        match self.never {}
+    }
+    pub fn forward(
+        &mut self,
+        _tokens: &[u32],
+        _targets: Option<&[u32]>,
+        _bt: (usize, usize),
+        _dropout: Option<DropoutPlan>,
+        _for_backward: bool,
+    ) -> Result<f32> {
+        match self.never {}
+    }
+    /// Waits for the GPU's queued work (for timing).
+    pub fn synchronize(&self) -> Result<()> {
+        match self.never {}
+    }
+
+    pub fn backward(&mut self, _loss_scale: f32) -> Result<()> {
+        match self.never {}
+    }
+    pub fn step(&mut self, _opt: &mut AdamW, _lr: f64, _grad_clip: f32) -> Result<f32> {
+        match self.never {}
+    }
+    pub fn eval_loss(&mut self, _x: &[u32], _y: &[u32], _b: usize, _t: usize) -> Result<f32> {
+        match self.never {}
+    }
+    pub fn generate_many(
+        &mut self,
+        _prompt: &[u32],
+        _cfg: &SampleConfig,
+        _num_samples: usize,
+    ) -> Result<Vec<Vec<u32>>> {
+        match self.never {}
+    }
+}
