@@ -9,6 +9,8 @@ use pipe::gpt::train::Event;
 use pipe::gpt::{DropoutPlan, Gelu, Gpt, GptConfig, TrainConfig, Trainer};
 use std::path::Path;
 
+mod common;
+
 fn tiny(bias: bool, gelu: Gelu, dropout: f32) -> GptConfig {
     GptConfig {
         n_layer: 2,
@@ -22,21 +24,8 @@ fn tiny(bias: bool, gelu: Gelu, dropout: f32) -> GptConfig {
     }
 }
 
-/// A model with large random parameters (so every gradient is well above f32 noise).
 fn random_model(cfg: GptConfig, seed: u64) -> Gpt {
-    let mut m = Gpt::new_random(cfg, seed).unwrap();
-    let mut rng = Rng::new(seed + 1);
-    for t in m.layout.tensors.clone() {
-        for x in &mut m.params[t.range.clone()] {
-            let base = if t.name.contains("ln_") && t.name.ends_with("weight") {
-                1.0
-            } else {
-                0.0
-            };
-            *x = base + 0.3 * rng.normal() as f32;
-        }
-    }
-    m
+    common::random_model(cfg, seed, 0.3)
 }
 
 fn gradient_check(cfg: GptConfig) {

@@ -163,3 +163,21 @@ pub fn shared(rel: &str) -> Option<PathBuf> {
         .join(rel);
     p.exists().then_some(p)
 }
+
+/// A model with larger-than-initial random parameters (standard deviation `std`; LayerNorm gains
+/// around 1), so every gradient is well above f32 noise.
+pub fn random_model(cfg: pipe::gpt::GptConfig, seed: u64, std: f32) -> pipe::gpt::Gpt {
+    let mut m = pipe::gpt::Gpt::new_random(cfg, seed).unwrap();
+    let mut rng = pipe::gpt::rng::Rng::new(seed + 1);
+    for t in m.layout.tensors.clone() {
+        let base = if t.name.contains("ln_") && t.name.ends_with("weight") {
+            1.0
+        } else {
+            0.0
+        };
+        for x in &mut m.params[t.range.clone()] {
+            *x = base + std * rng.normal() as f32;
+        }
+    }
+    m
+}

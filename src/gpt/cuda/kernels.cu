@@ -203,31 +203,32 @@ extern "C" __global__ void gelu_backward(float* dinp, const float* inp, const fl
 
 // ---- attention: (B, T, 3C) qkv <-> per-head (B, NH, T, HS) q, k, v; products in cuBLAS ----
 
+// Element i of a per-head (B, NH, T, HS) tensor: its offset in a row-major (B, T, width) tensor
+// whose head h holds columns [h * hs, (h + 1) * hs).
+__device__ __forceinline__ u64 row_offset(u64 i, int t, int nh, int hs, int width) {
+    int d = i % hs;
+    int ti = (i / hs) % t;
+    int h = (i / ((u64)hs * t)) % nh;
+    u64 bi = i / ((u64)hs * t * nh);
+    return (bi * t + ti) * width + h * hs + d;
+}
+
 extern "C" __global__ void split_heads(float* q, float* k, float* v, const float* qkv, int b, int t, int nh, int hs) {
-    u64 total = (u64)b * nh * t * hs;
     int c = nh * hs;
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < total; i += (u64)gridDim.x * blockDim.x) {
-        int d = i % hs;
-        int ti = (i / hs) % t;
-        int h = (i / ((u64)hs * t)) % nh;
-        u64 bi = i / ((u64)hs * t * nh);
-        u64 src = (bi * t + ti) * 3 * c + h * hs + d;
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < (u64)b * c * t; i += (u64)gridDim.x * blockDim.x) {
+        u64 src = row_offset(i, t, nh, hs, 3 * c);
         q[i] = qkv[src];
         k[i] = qkv[src + c];
         v[i] = qkv[src + 2 * c];
     }
 }
 
+// The gradient of split_heads.
 extern "C" __global__ void merge_heads_grad(float* dqkv, const float* dq, const float* dk, const float* dv,
                                             int b, int t, int nh, int hs) {
-    u64 total = (u64)b * nh * t * hs;
     int c = nh * hs;
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < total; i += (u64)gridDim.x * blockDim.x) {
-        int d = i % hs;
-        int ti = (i / hs) % t;
-        int h = (i / ((u64)hs * t)) % nh;
-        u64 bi = i / ((u64)hs * t * nh);
-        u64 dst = (bi * t + ti) * 3 * c + h * hs + d;
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < (u64)b * c * t; i += (u64)gridDim.x * blockDim.x) {
+        u64 dst = row_offset(i, t, nh, hs, 3 * c);
         dqkv[dst] = dq[i];
         dqkv[dst + c] = dk[i];
         dqkv[dst + 2 * c] = dv[i];
@@ -236,28 +237,16 @@ extern "C" __global__ void merge_heads_grad(float* dqkv, const float* dq, const 
 
 // (B, NH, T, HS) -> (B, T, C): the heads side by side again.
 extern "C" __global__ void merge_heads(float* out, const float* y, int b, int t, int nh, int hs) {
-    u64 total = (u64)b * nh * t * hs;
     int c = nh * hs;
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < total; i += (u64)gridDim.x * blockDim.x) {
-        int d = i % hs;
-        int ti = (i / hs) % t;
-        int h = (i / ((u64)hs * t)) % nh;
-        u64 bi = i / ((u64)hs * t * nh);
-        out[(bi * t + ti) * c + h * hs + d] = y[i];
-    }
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < (u64)b * c * t; i += (u64)gridDim.x * blockDim.x)
+        out[row_offset(i, t, nh, hs, c)] = y[i];
 }
 
 // The gradient of merge_heads: (B, T, C) -> (B, NH, T, HS).
 extern "C" __global__ void merge_heads_backward(float* dy, const float* dout, int b, int t, int nh, int hs) {
-    u64 total = (u64)b * nh * t * hs;
     int c = nh * hs;
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < total; i += (u64)gridDim.x * blockDim.x) {
-        int d = i % hs;
-        int ti = (i / hs) % t;
-        int h = (i / ((u64)hs * t)) % nh;
-        u64 bi = i / ((u64)hs * t * nh);
-        dy[i] = dout[(bi * t + ti) * c + h * hs + d];
-    }
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < (u64)b * c * t; i += (u64)gridDim.x * blockDim.x)
+        dy[i] = dout[row_offset(i, t, nh, hs, c)];
 }
 
 // Row r of `rows` (T, T) matrices: scale, causal mask, softmax; in place. One warp per row.

@@ -356,6 +356,14 @@ impl Acts {
     }
 }
 
+/// The attention's per-head shape: B * NH matrices of (T, HS), and of (T, T) scores.
+struct Heads {
+    b: usize,
+    nh: usize,
+    t: usize,
+    hs: usize,
+}
+
 /// What the last forward pass with targets ran on, for the backward pass.
 struct Pass {
     b: usize,
@@ -621,6 +629,52 @@ impl GpuGpt {
         .map_err(|e| anyhow!("cuBLAS batched gemm: {e:?}"))
     }
 
+    /// Per head: out (T, T) = x y^T, for x, y of (B, NH, T, HS) (attention scores, and their
+    /// gradient with respect to the probabilities).
+    fn heads_x_yt(&self, h: &Heads, out: u64, x: u64, y: u64) -> Result<()> {
+        let (t, hs) = (h.t, h.hs);
+        let (th, tt) = (t * hs, t * t);
+        self.gemm_batched(
+            true,
+            false,
+            (t, t, hs),
+            (y, hs, th),
+            (x, hs, th),
+            (out, t, tt),
+            h.b * h.nh,
+        )
+    }
+
+    /// Per head: out (T, HS) = p x, for p of (B, NH, T, T) (attention output, and dq).
+    fn heads_p_x(&self, h: &Heads, out: u64, p: u64, x: u64) -> Result<()> {
+        let (t, hs) = (h.t, h.hs);
+        let (th, tt) = (t * hs, t * t);
+        self.gemm_batched(
+            false,
+            false,
+            (hs, t, t),
+            (x, hs, th),
+            (p, t, tt),
+            (out, hs, th),
+            h.b * h.nh,
+        )
+    }
+
+    /// Per head: out (T, HS) = p^T x (dv and dk).
+    fn heads_pt_x(&self, h: &Heads, out: u64, p: u64, x: u64) -> Result<()> {
+        let (t, hs) = (h.t, h.hs);
+        let (th, tt) = (t * hs, t * t);
+        self.gemm_batched(
+            false,
+            true,
+            (hs, t, t),
+            (x, hs, th),
+            (p, t, tt),
+            (out, hs, th),
+            h.b * h.nh,
+        )
+    }
+
     /// out (n, oc) = inp (n, ic) W^T (+ bias), W stored (oc, ic) as nanoGPT's Linear.
     #[allow(clippy::too_many_arguments)]
     fn linear_forward(
@@ -841,15 +895,8 @@ impl GpuGpt {
             launch!(self.gpu, "split_heads", grid(bt * c);
                 q, k, vv, a.qkv.ptr, b as i32, t as i32, nh as i32, hs as i32)?;
             let att = a.att.at(oatt);
-            self.gemm_batched(
-                true,
-                false,
-                (t, t, hs),
-                (k, hs, t * hs),
-                (q, hs, t * hs),
-                (att, t, t * t),
-                b * nh,
-            )?;
+            let heads = Heads { b, nh, t, hs };
+            self.heads_x_yt(&heads, att, q, k)?;
             launch!(self.gpu, "causal_softmax", rows_grid(b * nh * t);
                 att, (b * nh * t) as u64, t as i32, scale)?;
             let probs = match lsite(0) {
@@ -860,15 +907,7 @@ impl GpuGpt {
                 }
                 None => att,
             };
-            self.gemm_batched(
-                false,
-                false,
-                (hs, t, t),
-                (vv, hs, t * hs),
-                (probs, t, t * t),
-                (a.yheads.ptr, hs, t * hs),
-                b * nh,
-            )?;
+            self.heads_p_x(&heads, a.yheads.ptr, probs, vv)?;
             launch!(self.gpu, "merge_heads", grid(bt * c);
                 a.atty.at(oc), a.yheads.ptr, b as i32, t as i32, nh as i32, hs as i32)?;
             self.linear_forward(
@@ -1100,52 +1139,19 @@ impl GpuGpt {
             };
             let dy = a.dyheads.ptr;
             let datt = a.datt.ptr;
-            let heads = (b as i32, t as i32, nh as i32, hs as i32);
+            let dims = (b as i32, t as i32, nh as i32, hs as i32);
             launch!(self.gpu, "merge_heads_backward", grid(bt * c);
-                dy, a.datty.ptr, heads.0, heads.1, heads.2, heads.3)?;
-            // datt = dy v^T; dv = probs^T dy
-            self.gemm_batched(
-                true,
-                false,
-                (t, t, hs),
-                (vv, hs, t * hs),
-                (dy, hs, t * hs),
-                (datt, t, t * t),
-                b * nh,
-            )?;
-            self.gemm_batched(
-                false,
-                true,
-                (hs, t, t),
-                (dy, hs, t * hs),
-                (probs, t, t * t),
-                (dv, hs, t * hs),
-                b * nh,
-            )?;
+                dy, a.datty.ptr, dims.0, dims.1, dims.2, dims.3)?;
+            let heads = Heads { b, nh, t, hs };
+            self.heads_x_yt(&heads, datt, dy, vv)?; // datt = dy v^T
+            self.heads_pt_x(&heads, dv, probs, dy)?; // dv = probs^T dy
             self.dropout(datt, datt, b * nh * t * t, lsite(0))?;
             launch!(self.gpu, "causal_softmax_backward", rows_grid(b * nh * t);
                 datt, att, (b * nh * t) as u64, t as i32, scale)?;
-            // dq = dpre k; dk = dpre^T q
-            self.gemm_batched(
-                false,
-                false,
-                (hs, t, t),
-                (k, hs, t * hs),
-                (datt, t, t * t),
-                (dq, hs, t * hs),
-                b * nh,
-            )?;
-            self.gemm_batched(
-                false,
-                true,
-                (hs, t, t),
-                (q, hs, t * hs),
-                (datt, t, t * t),
-                (dk, hs, t * hs),
-                b * nh,
-            )?;
+            self.heads_p_x(&heads, dq, datt, k)?; // dq = dpre k
+            self.heads_pt_x(&heads, dk, datt, q)?; // dk = dpre^T q
             launch!(self.gpu, "merge_heads_grad", grid(bt * c);
-                a.dqkv.ptr, dq, dk, dv, heads.0, heads.1, heads.2, heads.3)?;
+                a.dqkv.ptr, dq, dk, dv, dims.0, dims.1, dims.2, dims.3)?;
             self.linear_backward(
                 part,
                 (a.dln.ptr, self.g(&blk.c_attn_w), self.go(&blk.c_attn_b)),
