@@ -3,7 +3,7 @@
 #   1. build (or take prebuilt binaries: PIPE_BIN_DIR holding `pipe` and `cuda-tests`);
 #   2. the parity tests against the CPU engine (tests/cuda.rs; a missing GPU is a failure here);
 #   3. the benchmark table (`pipe bench --device cuda`): ms/iter and tokens/s for config S,
-#      nanoGPT's GPU config and GPT-2 124M, f32 and TF32;
+#      nanoGPT's GPU config and GPT-2 124M, with f32, TF32 and bf16 products;
 #   4. nanoGPT's train_shakespeare_char recipe on the GPU, capped at PIPE_TRAIN_SECONDS (240 s).
 # Each step runs even if an earlier one failed; the exit status says whether all passed.
 #
@@ -19,7 +19,7 @@ failed=()
 # cudarc loads the driver, cuBLAS and NVRTC at run time: put the usual folders on the path.
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/nvidia/lib64 \
     $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, d, "lib") for p in nvidia.__path__ for d in os.listdir(p)))' 2>/dev/null); do
-    [ -d "$d" ] && LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+    [ -d "$d" ] && LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 done
 export LD_LIBRARY_PATH
 
@@ -29,16 +29,19 @@ if [ -n "${PIPE_BIN_DIR:-}" ]; then
 else
     echo "== build"
     cargo build --release --features cuda || exit 1
-    TESTS=$(cargo test --release --features cuda --test cuda --no-run --message-format=json 2>/dev/null |
-        python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])') || exit 1
+    TESTS=$(cargo test --release --features cuda --test cuda --no-run --message-format=json-render-diagnostics |
+        python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin)
+                   if m.get("executable") and m["target"]["kind"] == ["test"]][-1])') || exit 1
     PIPE=target/release/pipe
 fi
+
+PIPE="$(cd "$(dirname "$PIPE")" && pwd)/$(basename "$PIPE")" # absolute: tests run it from other folders
 
 echo "== device"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
 
 echo "== parity tests against the CPU engine"
-PIPE_REQUIRE_GPU=1 PIPE_REQUIRE_NVRTC=1 "$TESTS" --test-threads=1 --nocapture || failed+=(tests)
+PIPE_BIN="$PIPE" PIPE_REQUIRE_GPU=1 PIPE_REQUIRE_NVRTC=1 "$TESTS" --test-threads=1 --nocapture || failed+=(tests)
 
 echo "== benchmark"
 "$PIPE" bench --device cuda || failed+=(bench)

@@ -1,5 +1,6 @@
 //! `pipe bench`: the engine's speed on nanoGPT's configurations, with synthetic data (speed does not
-//! depend on the text). Reports the median ms/iter after warm-up and tokens/s.
+//! depend on the text). Reports ms/iter after warm-up (the median on the CPU, the mean of the
+//! GPU's queued steps) and tokens/s.
 
 use crate::gpt::cuda::GpuGpt;
 use crate::gpt::device::Precision;
@@ -132,6 +133,7 @@ pub fn time_sampling_gpu(cfg: &GptConfig, new_tokens: usize) -> Result<f64> {
 
 /// `pipe bench --device cuda`: the GPU table (f32, TF32 and bf16 matrix products).
 pub fn run_gpu(quick: bool) -> Result<()> {
+    println!("on {}", crate::gpt::cuda::gpu_name()?);
     let (w, n) = if quick { (2, 5) } else { (3, 20) };
     println!(
         "{:<32} {:>8} {:>12} {:>14}",

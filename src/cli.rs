@@ -125,6 +125,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             for s in &plan.manifest.stages {
                 crate::stages::key_parts(&read_only, &plan.manifest, s)?;
             }
+            check_device(&plan.manifest)?;
             let store = Store::open(&cli.cache)?;
             let run = RunLog::create(&store, &serde_json::to_value(&plan.manifest)?)?;
             execute_run(&store, &plan, run, "run", json, jobs)
@@ -149,6 +150,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             let m: Manifest =
                 serde_json::from_value(rec.plan.clone()).context("reading the run's plan")?;
             let plan = plan::build(m)?;
+            check_device(&plan.manifest)?;
             let run = RunLog::open(&store, &rec.id)?;
             execute_run(&store, &plan, run, "resume", json, jobs)
         }
@@ -304,6 +306,16 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// With `device: cuda`, finds the GPU before any stage runs, so a missing driver or library is
+/// reported up front rather than after the CPU stages.
+fn check_device(m: &Manifest) -> Result<()> {
+    if m.defaults.device == "cuda" {
+        let name = crate::gpt::cuda::gpu_name()?;
+        tracing::info!("device: {name}");
+    }
+    Ok(())
 }
 
 /// A manifest with its `--set` overrides, validated into a plan.

@@ -79,8 +79,11 @@ pub fn material(store: &Store, plan: &Plan, i: usize, inputs: &[Input]) -> Resul
         .iter()
         .map(|inp| (role(spec.kind, inp), json!(inp.outputs)))
         .collect();
-    // Only the engine's numerics depend on the device.
-    let device = if matches!(spec.kind, StageKind::Command | StageKind::Prepare) {
+    // Only the engine's numerics depend on the device: init and export run on the CPU everywhere.
+    let device = if matches!(
+        spec.kind,
+        StageKind::Command | StageKind::Prepare | StageKind::Init | StageKind::Export
+    ) {
         "any".to_string()
     } else if m.defaults.dtype == "float32" {
         m.defaults.device.clone()

@@ -7,7 +7,8 @@
 //!   from the same inputs (so old cache entries stop matching instead of being wrongly reused);
 //! - `kind`: the stage kind;
 //! - `device`: cpu and cuda results differ in the last bits, so they are different outputs (with
-//!   `dtype: tf32` the device reads `cuda:tf32`);
+//!   `dtype: tf32` the device reads `cuda:tf32`). Stages that never use the engine (prepare,
+//!   init, export, command) read `any`, so switching devices does not redo them;
 //! - `params`: the stage's typed parameters *that change its output*. Deliberately left out:
 //!   `log_interval` (only what is printed) and the thread count (training is bit-identical across
 //!   thread counts). The stage name is left out too: renaming a stage must not recompute it;

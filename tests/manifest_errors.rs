@@ -122,6 +122,13 @@ fn cases() -> Vec<Case> {
             ],
         ),
         case(
+            "empty evaluation batch",
+            &with_model(
+                "  eval:\n    kind: evaluate\n    needs: [model, data]\n    batch_size: 0\n",
+            ),
+            &["bad.yaml:", "field `batch_size`: must be at least 1"],
+        ),
+        case(
             "tf32 on the cpu",
             &format!("{GOOD_HEAD}defaults:\n  dtype: tf32\n"),
             &["bad.yaml:7:", "dtype `tf32` needs device: cuda"],
@@ -207,6 +214,7 @@ fn cases() -> Vec<Case> {
                 "--set train.batch_size=big",
                 "field `batch_size`",
                 "invalid type",
+                "expected a whole number",
             ],
         },
     ]

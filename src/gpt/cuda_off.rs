@@ -10,16 +10,21 @@ use super::sample::SampleConfig;
 use anyhow::{Result, bail};
 use std::convert::Infallible;
 
+/// The GPU's name; here always the error that this build has no CUDA support.
+pub fn gpu_name() -> Result<String> {
+    bail!(NO_CUDA)
+}
+
+const NO_CUDA: &str = "device `cuda`: this pipe was built without CUDA support; rebuild it with \
+                       `cargo build --release --features cuda`";
+
 pub struct GpuGpt {
     never: Infallible,
 }
 
 impl GpuGpt {
     pub fn new(_config: &GptConfig, _params: &[f32], _precision: Precision) -> Result<GpuGpt> {
-        bail!(
-            "device `cuda`: this pipe was built without CUDA support; rebuild it with \
-             `cargo build --release --features cuda` (or use device: cpu)"
-        )
+        bail!(NO_CUDA)
     }
     pub fn config(&self) -> &GptConfig {
         match self.never {}

@@ -39,7 +39,20 @@ fn default_batch() -> usize {
 const HELP: &str = "evaluate takes eval_iters, batch_size, seed, and optionally text (a string or FILE:path) to score exactly that text";
 
 pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Params> {
-    typed(spec, p, HELP)
+    let params: Params = typed(spec, p, HELP)?;
+    for (field, value) in [
+        ("batch_size", params.batch_size),
+        ("eval_iters", params.eval_iters),
+    ] {
+        if value == 0 {
+            return Err(crate::manifest::err(
+                spec.origin_of(field).clone(),
+                format!("stage `{}`, field `{field}`: must be at least 1", spec.name),
+                Some(HELP),
+            ));
+        }
+    }
+    Ok(params)
 }
 
 /// Reads `FILE:path` texts (relative to the manifest), or returns the string itself.

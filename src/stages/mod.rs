@@ -104,7 +104,7 @@ pub fn typed<T: DeserializeOwned>(
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
         let first = path.split(['.', '[']).next().unwrap_or("").to_string();
-        let inner = e.into_inner().to_string();
+        let inner = plain_type_names(&e.into_inner().to_string());
         let origin = spec.origin_of(&first).clone();
         let what = if first.is_empty() || first == "?" {
             format!("stage `{}`: {inner}", spec.name)
@@ -113,6 +113,19 @@ pub fn typed<T: DeserializeOwned>(
         };
         err(origin, what, Some(help))
     })
+}
+
+/// serde names Rust types ("expected usize"); a manifest's author thinks in YAML values.
+fn plain_type_names(msg: &str) -> String {
+    [
+        ("expected usize", "expected a whole number (0 or more)"),
+        ("expected u64", "expected a whole number (0 or more)"),
+        ("expected u32", "expected a whole number (0 or more)"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+    ]
+    .iter()
+    .fold(msg.to_string(), |m, (rust, plain)| m.replace(rust, plain))
 }
 
 /// Role of each `needs` entry, checked against what the kind requires.

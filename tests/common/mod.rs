@@ -27,8 +27,11 @@ impl Sandbox {
         p
     }
 
+    /// The binary cargo built for this test, or `$PIPE_BIN` (scripts/gpu-check.sh runs prebuilt
+    /// test binaries on another machine, where cargo's path does not exist).
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_pipe"));
+        let bin = std::env::var_os("PIPE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_pipe").into());
+        let mut c = Command::new(bin);
         c.arg("--cache")
             .arg(self.cache())
             .args(args)

@@ -123,6 +123,13 @@ pub struct Gpu {
     pub stream: Arc<CudaStream>,
     kernels: HashMap<&'static str, CudaFunction>,
     pub name: String,
+    /// Compute capability (major, minor).
+    pub capability: (i32, i32),
+}
+
+/// The GPU's name, opening it (and compiling the kernels) if needed: a check that CUDA works.
+pub fn gpu_name() -> Result<String> {
+    Ok(Gpu::get()?.name.clone())
 }
 
 static GPU: Mutex<Option<Arc<Gpu>>> = Mutex::new(None);
@@ -154,7 +161,10 @@ impl Gpu {
         let name = format!("{} (sm_{major}{minor})", ctx.name()?);
         let ptx = compile_ptx_with_opts(KERNELS, compile_options(arch_for(major, minor)))
             .map_err(|e| anyhow!("compiling the CUDA kernels with NVRTC failed: {e:?}"))?;
-        let module = ctx.load_module(ptx).context("loading the CUDA kernels")?;
+        let module = ctx.load_module(ptx).context(
+            "loading the CUDA kernels (an NVRTC newer than the driver's CUDA version makes code the \
+             driver cannot load: use the NVRTC of the driver's CUDA version or older, or update the driver)",
+        )?;
         let mut kernels = HashMap::new();
         for &k in KERNEL_NAMES {
             kernels.insert(
@@ -170,6 +180,7 @@ impl Gpu {
             stream,
             kernels,
             name,
+            capability: (major, minor),
         })
     }
 
@@ -229,6 +240,9 @@ fn span(
     } else {
         (rows, cols)
     };
+    if batch == 0 || stored_rows == 0 || stored_cols == 0 {
+        return 0;
+    }
     (batch - 1) * stride + (stored_cols - 1) * ld + stored_rows
 }
 
@@ -403,6 +417,19 @@ impl GpuGpt {
             layout.total
         );
         let gpu = Gpu::get()?;
+        ensure!(
+            precision == Precision::F32 || gpu.capability.0 >= 8,
+            "dtype `{}` needs tensor cores of compute capability 8.0 or newer (Ampere); {} has {}.{}: \
+             use dtype: float32",
+            if precision == Precision::Tf32 {
+                "tf32"
+            } else {
+                "bf16"
+            },
+            gpu.name,
+            gpu.capability.0,
+            gpu.capability.1
+        );
         gpu.ctx.bind_to_thread()?;
         let s = &gpu.stream;
         let blas =
@@ -793,6 +820,7 @@ impl GpuGpt {
             "sequence length {t} exceeds block_size {}",
             cfg.block_size
         );
+        ensure!(b > 0 && t > 0, "an empty batch ({b} x {t})");
         ensure!(tokens.len() == b * t, "expected {} tokens", b * t);
         ensure!(
             tokens.iter().all(|&x| (x as usize) < v),
@@ -1249,6 +1277,9 @@ impl GpuGpt {
         let bs = self.config.block_size;
         let v = self.config.vocab_size;
         let n = num_samples;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         let mut rngs: Vec<Rng> = (0..n)
             .map(|i| Rng::new(mix64(cfg.seed) ^ i as u64))
             .collect();
