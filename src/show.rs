@@ -177,8 +177,11 @@ pub fn print_summary(s: &RunSummary) {
         if let Some(m) = st.metrics.as_object() {
             let shown: Vec<String> = m
                 .iter()
-                .filter(|(_, v)| v.is_number())
-                .map(|(k, v)| format!("{k}={}", fmt_num(v)))
+                .filter_map(|(k, v)| match v {
+                    Value::Number(_) => Some(format!("{k}={}", fmt_num(v))),
+                    Value::String(s) if k == "device" => Some(format!("{k}={s}")),
+                    _ => None,
+                })
                 .collect();
             if !shown.is_empty() {
                 println!("      metrics: {}", shown.join(", "));
