@@ -116,16 +116,21 @@ pub fn time_training_gpu(
     Ok(t0.elapsed().as_secs_f64() * 1e3 / iters as f64)
 }
 
-/// Tokens per second generating `new_tokens` after a one-token prompt on the GPU, one sample.
-pub fn time_sampling_gpu(cfg: &GptConfig, new_tokens: usize) -> Result<f64> {
-    let init = Gpt::new_random(cfg.clone(), 1)?;
-    let mut g = GpuGpt::new(cfg, &init.params, Precision::F32)?;
-    let sc = SampleConfig {
+/// What the sampling benchmarks generate: sample.py's temperature and top-k.
+fn sampling_config(new_tokens: usize) -> SampleConfig {
+    SampleConfig {
         max_new_tokens: new_tokens,
         temperature: 0.8,
         top_k: Some(200),
         seed: 1,
-    };
+    }
+}
+
+/// Tokens per second generating `new_tokens` after a one-token prompt on the GPU, one sample.
+pub fn time_sampling_gpu(cfg: &GptConfig, new_tokens: usize) -> Result<f64> {
+    let init = Gpt::new_random(cfg.clone(), 1)?;
+    let mut g = GpuGpt::new(cfg, &init.params, Precision::F32)?;
+    let sc = sampling_config(new_tokens);
     let t0 = Instant::now();
     let out = g.generate_many(&[0], &sc, 1)?;
     Ok(out[0].len() as f64 / t0.elapsed().as_secs_f64())
@@ -185,9 +190,7 @@ pub fn time_training(
         let tc = TrainConfig::default();
         let mut opt = AdamW::new(tc.adamw(), &model.layout);
         let mut rng = Rng::new(0);
-        let data: Vec<u16> = (0..100_000)
-            .map(|i| ((i * 7919 + i / 13) % cfg.model.vocab_size) as u16)
-            .collect();
+        let data = synthetic_data(cfg.model.vocab_size);
         let (b, t) = (cfg.batch_size, cfg.model.block_size);
         let (mut x, mut y) = (Vec::new(), Vec::new());
         let mut times = Vec::new();
@@ -225,12 +228,7 @@ pub fn time_sampling(cfg: &GptConfig, new_tokens: usize, threads: usize) -> Resu
         .build()?;
     pool.install(|| {
         let model = Gpt::new_random(cfg.clone(), 1)?;
-        let sc = SampleConfig {
-            max_new_tokens: new_tokens,
-            temperature: 0.8,
-            top_k: Some(200),
-            seed: 1,
-        };
+        let sc = sampling_config(new_tokens);
         let t0 = Instant::now();
         let out = generate(&model, &[0], &sc, &mut Rng::new(1));
         Ok(out.len() as f64 / t0.elapsed().as_secs_f64())

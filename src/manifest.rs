@@ -15,6 +15,7 @@
 //!     from: scratch
 //! ```
 
+use crate::gpt::device::Device;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -598,13 +599,6 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
             .map(|&(l, c)| at(l, c))
             .unwrap_or_else(|| at(0, 0))
     };
-    if !["cpu", "cuda"].contains(&defaults.device.as_str()) {
-        return Err(err(
-            top("defaults"),
-            format!("unknown device `{}`", defaults.device),
-            Some("expected cpu or cuda"),
-        ));
-    }
     if defaults.device == "cuda" && !cfg!(feature = "cuda") {
         return Err(err(
             top("defaults"),
@@ -614,24 +608,8 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
             ),
         ));
     }
-    match (defaults.device.as_str(), defaults.dtype.as_str()) {
-        (_, "float32") | ("cuda", "tf32" | "bf16") => {}
-        ("cpu", dtype @ ("tf32" | "bf16")) => {
-            return Err(err(
-                top("defaults"),
-                format!("dtype `{dtype}` needs device: cuda"),
-                Some("the CPU engine computes in float32 only; use dtype: float32"),
-            ));
-        }
-        (_, other) => {
-            return Err(err(
-                top("defaults"),
-                format!("dtype `{other}` is not supported"),
-                Some(
-                    "expected float32 (the default, and the reference), or on cuda tf32 or bf16 (tensor-core matrix products; weights and activations stay float32)",
-                ),
-            ));
-        }
+    if let Err(e) = Device::from_defaults(&defaults.device, &defaults.dtype) {
+        return Err(err(top("defaults"), e.message, Some(e.help)));
     }
     for s in &stages {
         let o = s.param_origins.get("needs").cloned().unwrap_or_else(|| {

@@ -5,7 +5,7 @@ use super::config::GptConfig;
 use super::cuda::GpuGpt;
 use super::model::Gpt;
 use super::sample::{SampleConfig, generate_many};
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
@@ -25,16 +25,48 @@ pub enum Precision {
     Bf16,
 }
 
+/// Why a manifest's `device`/`dtype` pair is refused: what is wrong, and a hint.
+#[derive(Debug)]
+pub struct Unsupported {
+    pub message: String,
+    pub help: &'static str,
+}
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.help)
+    }
+}
+
+impl std::error::Error for Unsupported {}
+
 impl Device {
-    /// From the manifest's defaults (already validated by the manifest loader).
-    pub fn from_defaults(device: &str, dtype: &str) -> Result<Device> {
-        Ok(match (device, dtype) {
-            ("cpu", "float32") => Device::Cpu,
-            ("cuda", "float32") => Device::Cuda(Precision::F32),
-            ("cuda", "tf32") => Device::Cuda(Precision::Tf32),
-            ("cuda", "bf16") => Device::Cuda(Precision::Bf16),
-            _ => bail!("unsupported device `{device}` with dtype `{dtype}`"),
-        })
+    /// From the manifest's `defaults` (the manifest loader reports the error with its location).
+    pub fn from_defaults(device: &str, dtype: &str) -> Result<Device, Unsupported> {
+        let refuse = |message: String, help| Err(Unsupported { message, help });
+        if !matches!(device, "cpu" | "cuda") {
+            return refuse(format!("unknown device `{device}`"), "expected cpu or cuda");
+        }
+        let precision = match dtype {
+            "float32" => Precision::F32,
+            "tf32" => Precision::Tf32,
+            "bf16" => Precision::Bf16,
+            other => {
+                return refuse(
+                    format!("dtype `{other}` is not supported"),
+                    "expected float32 (the default, and the reference), or on cuda tf32 or bf16 \
+                     (tensor-core matrix products; weights and activations stay float32)",
+                );
+            }
+        };
+        match (device, precision) {
+            ("cpu", Precision::F32) => Ok(Device::Cpu),
+            ("cpu", _) => refuse(
+                format!("dtype `{dtype}` needs device: cuda"),
+                "the CPU engine computes in float32 only; use dtype: float32",
+            ),
+            _ => Ok(Device::Cuda(precision)),
+        }
     }
 }
 

@@ -70,20 +70,31 @@ impl AdamW {
         }
     }
 
+    /// Counts one more step and returns its scalars (shared by the CPU update and the GPU's).
+    pub fn next_step(&mut self, lr: f64) -> StepScalars {
+        self.step += 1;
+        let bc1 = 1.0 - self.cfg.beta1.powi(self.step as i32);
+        StepScalars {
+            beta1: self.cfg.beta1 as f32,
+            beta2: self.cfg.beta2 as f32,
+            bc2_sqrt: (1.0 - self.cfg.beta2.powi(self.step as i32)).sqrt() as f32,
+            step_size: (lr / bc1) as f32,
+            eps: self.cfg.eps as f32,
+            decay: (1.0 - lr * self.cfg.weight_decay) as f32,
+        }
+    }
+
+    /// The parameter ranges and whether weight decay applies to each.
+    pub fn decay_ranges(&self) -> &[(std::ops::Range<usize>, bool)] {
+        &self.decay_ranges
+    }
+
     /// One update, exactly torch.optim.AdamW's (non-fused, non-amsgrad) arithmetic.
     pub fn update(&mut self, params: &mut [f32], grads: &[f32], lr: f64) {
-        self.step += 1;
-        let (b1, b2) = (self.cfg.beta1 as f32, self.cfg.beta2 as f32);
-        let bc1 = 1.0 - self.cfg.beta1.powi(self.step as i32);
-        let bc2_sqrt = (1.0 - self.cfg.beta2.powi(self.step as i32)).sqrt() as f32;
-        let step_size = (lr / bc1) as f32;
-        let eps = self.cfg.eps as f32;
+        let s = self.next_step(lr);
+        let (b1, b2, bc2_sqrt, step_size, eps) = (s.beta1, s.beta2, s.bc2_sqrt, s.step_size, s.eps);
         for (range, decays) in &self.decay_ranges {
-            let decay = if *decays {
-                (1.0 - lr * self.cfg.weight_decay) as f32
-            } else {
-                1.0
-            };
+            let decay = s.decay_for(*decays);
             let r = range.clone();
             params[r.clone()]
                 .par_chunks_mut(CHUNK)
@@ -106,6 +117,31 @@ impl AdamW {
     }
 }
 
+/// One AdamW step's scalars, in the f32 the update uses.
+pub struct StepScalars {
+    pub beta1: f32,
+    pub beta2: f32,
+    /// sqrt(1 - beta2^step)
+    pub bc2_sqrt: f32,
+    /// lr / (1 - beta1^step)
+    pub step_size: f32,
+    pub eps: f32,
+    /// 1 - lr * weight_decay, the factor for tensors that decay.
+    pub decay: f32,
+}
+
+impl StepScalars {
+    pub fn decay_for(&self, decays: bool) -> f32 {
+        if decays { self.decay } else { 1.0 }
+    }
+}
+
+/// torch's clip_grad_norm_ factor for a gradient of norm `norm`, when it scales at all.
+pub fn clip_coef(norm: f32, max_norm: f32) -> Option<f32> {
+    let coef = max_norm / (norm + 1e-6);
+    (coef < 1.0).then_some(coef)
+}
+
 /// Global L2 norm of the gradients; sums fixed chunks in parallel, then adds them in order.
 pub fn grad_norm(grads: &[f32]) -> f32 {
     let partial: Vec<f64> = grads
@@ -119,8 +155,7 @@ pub fn grad_norm(grads: &[f32]) -> f32 {
 /// Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut [f32], max_norm: f32) -> f32 {
     let norm = grad_norm(grads);
-    let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 {
+    if let Some(coef) = clip_coef(norm, max_norm) {
         grads
             .par_chunks_mut(CHUNK)
             .for_each(|c| c.iter_mut().for_each(|g| *g *= coef));

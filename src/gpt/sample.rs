@@ -293,6 +293,11 @@ pub fn generate(model: &Gpt, prompt: &[u32], cfg: &SampleConfig, rng: &mut Rng) 
     seq.split_off(prompt.len())
 }
 
+/// The random stream of sample `i` of a sampling run seeded `seed` (on every device).
+pub fn sample_rng(seed: u64, i: usize) -> Rng {
+    Rng::new(mix64(seed) ^ i as u64)
+}
+
 /// `num_samples` independent samples, in parallel; sample `i` draws from its own stream derived from
 /// `(seed, i)`, so the output does not depend on the thread count.
 pub fn generate_many(
@@ -304,7 +309,7 @@ pub fn generate_many(
     (0..num_samples)
         .into_par_iter()
         .map(|i| {
-            let mut rng = Rng::new(mix64(cfg.seed) ^ i as u64);
+            let mut rng = sample_rng(cfg.seed, i);
             generate(model, prompt, cfg, &mut rng)
         })
         .collect()

@@ -74,7 +74,10 @@ pub struct Ctx<'a> {
 impl Ctx<'_> {
     /// The device (and matmul precision) the manifest asks for.
     pub fn device(&self) -> Result<crate::gpt::device::Device> {
-        crate::gpt::device::Device::from_defaults(&self.defaults.device, &self.defaults.dtype)
+        Ok(crate::gpt::device::Device::from_defaults(
+            &self.defaults.device,
+            &self.defaults.dtype,
+        )?)
     }
 
     pub fn log(&self, ev: RunEvent) -> Result<()> {

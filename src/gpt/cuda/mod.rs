@@ -13,10 +13,10 @@
 use super::config::{Gelu, GptConfig};
 use super::device::Precision;
 use super::model::DropoutPlan;
-use super::optim::AdamW;
+use super::optim::{AdamW, clip_coef};
 use super::params::ParamLayout;
-use super::rng::{Rng, mix64};
-use super::sample::{SampleConfig, sample_token};
+use super::rng::Rng;
+use super::sample::{SampleConfig, sample_rng, sample_token};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use cudarc::cublas::{CudaBlas, result as blas, sys as blas_sys};
 use cudarc::driver::{
@@ -244,6 +244,15 @@ fn span(
         return 0;
     }
     (batch - 1) * stride + (stored_cols - 1) * ld + stored_rows
+}
+
+/// cuBLAS's name for "transposed" or not.
+fn op(transposed: bool) -> blas_sys::cublasOperation_t {
+    if transposed {
+        blas_sys::cublasOperation_t::CUBLAS_OP_T
+    } else {
+        blas_sys::cublasOperation_t::CUBLAS_OP_N
+    }
 }
 
 /// A grid-stride launch over `n` elements.
@@ -566,13 +575,6 @@ impl GpuGpt {
         c: u64,
         ldc: usize,
     ) -> Result<()> {
-        let op = |t| {
-            if t {
-                blas_sys::cublasOperation_t::CUBLAS_OP_T
-            } else {
-                blas_sys::cublasOperation_t::CUBLAS_OP_N
-            }
-        };
         let alpha = 1.0f32;
         let f32t = blas_sys::cudaDataType::CUDA_R_32F;
         let (a, at) = self.operand(a, span(ta, (m, k), lda, 0, 1), 0)?;
@@ -615,13 +617,6 @@ impl GpuGpt {
         (c, ldc, sc): (u64, usize, usize),
         batch: usize,
     ) -> Result<()> {
-        let op = |t| {
-            if t {
-                blas_sys::cublasOperation_t::CUBLAS_OP_T
-            } else {
-                blas_sys::cublasOperation_t::CUBLAS_OP_N
-            }
-        };
         let (alpha, beta) = (1.0f32, 0.0f32);
         let f32t = blas_sys::cudaDataType::CUDA_R_32F;
         let (a, at) = self.operand(a, span(ta, (m, k), lda, sa, batch), 0)?;
@@ -1229,29 +1224,19 @@ impl GpuGpt {
             let mut partial = vec![0.0f64; blocks];
             self.download_to(&mut partial, self.norm_partials.ptr)?;
             let norm = partial.iter().sum::<f64>().sqrt() as f32;
-            let coef = grad_clip / (norm + 1e-6);
-            if coef < 1.0 {
+            if let Some(coef) = clip_coef(norm, grad_clip) {
                 launch!(self.gpu, "scale", grid(n); self.grads.ptr, n as u64, coef)?;
             }
             norm
         } else {
             f32::NAN
         };
-        opt.step += 1;
-        let c = opt.cfg.clone();
-        let bc1 = 1.0 - c.beta1.powi(opt.step as i32);
-        let bc2_sqrt = (1.0 - c.beta2.powi(opt.step as i32)).sqrt() as f32;
-        let step_size = (lr / bc1) as f32;
-        for t in &self.layout.tensors {
-            let decay = if t.decays() {
-                (1.0 - lr * c.weight_decay) as f32
-            } else {
-                1.0
-            };
-            let (off, len) = (t.range.start, t.range.len());
+        let s = opt.next_step(lr);
+        for (range, decays) in opt.decay_ranges() {
+            let (off, len) = (range.start, range.len());
             launch!(self.gpu, "adamw", grid(len);
                 self.params.at(off), self.grads.at(off), self.m.at(off), self.v.at(off), len as u64,
-                decay, c.beta1 as f32, c.beta2 as f32, bc2_sqrt, step_size, c.eps as f32)?;
+                s.decay_for(*decays), s.beta1, s.beta2, s.bc2_sqrt, s.step_size, s.eps)?;
         }
         self.zero(self.grads.ptr, n)?;
         Ok(norm)
@@ -1280,9 +1265,7 @@ impl GpuGpt {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let mut rngs: Vec<Rng> = (0..n)
-            .map(|i| Rng::new(mix64(cfg.seed) ^ i as u64))
-            .collect();
+        let mut rngs: Vec<Rng> = (0..n).map(|i| sample_rng(cfg.seed, i)).collect();
         let mut seqs: Vec<Vec<u32>> = vec![prompt.to_vec(); n];
         // One allocation for the longest context.
         self.ensure_acts(
