@@ -46,6 +46,9 @@ pub enum Command {
         /// Independent stages to run at once.
         #[arg(short, long, default_value_t = 1)]
         jobs: usize,
+        /// Let `export` stages write outside the manifest's folder and the current directory.
+        #[arg(long)]
+        allow_outside: bool,
     },
     /// Continue an interrupted (or failed) run from its last cached stage and checkpoint.
     Resume {
@@ -54,6 +57,9 @@ pub enum Command {
         json: bool,
         #[arg(short, long, default_value_t = 1)]
         jobs: usize,
+        /// Let `export` stages write outside the manifest's folder and the current directory.
+        #[arg(long)]
+        allow_outside: bool,
     },
     /// What `run` would do for a manifest: cached stages, and why the others would rerun.
     Status {
@@ -85,7 +91,8 @@ pub enum Command {
         #[arg(long)]
         remove: bool,
     },
-    /// Re-hash every object in the store; corrupted ones are reported and moved aside.
+    /// Check the store: re-hash every object, check action, progress and run records; corrupted
+    /// objects and damaged records are reported and set aside, so the stages that made them rerun.
     Verify,
     /// Write a stored artifact's bytes to stdout or a file.
     Cat {
@@ -104,6 +111,19 @@ pub enum Command {
     },
 }
 
+impl Cli {
+    /// Whether the command asked for one JSON document on stdout (errors then come as JSON too).
+    pub fn wants_json(&self) -> bool {
+        match &self.command {
+            Command::Run { json, .. }
+            | Command::Resume { json, .. }
+            | Command::Status { json, .. }
+            | Command::Show { json, .. } => *json,
+            _ => false,
+        }
+    }
+}
+
 pub fn run(cli: Cli) -> Result<i32> {
     if let Some(t) = cli.threads {
         rayon::ThreadPoolBuilder::new()
@@ -117,23 +137,35 @@ pub fn run(cli: Cli) -> Result<i32> {
             set,
             json,
             jobs,
+            allow_outside,
         } => {
             crate::stages::allow_downloads();
             let plan = load_plan(&manifest, &set)?;
             // Validate what can fail before anything is written (missing files, bad checkpoints).
             let read_only = Store::at(&cli.cache);
-            for s in &plan.manifest.stages {
-                crate::stages::key_parts(&read_only, &plan.manifest, s)?;
-            }
-            check_device(&plan.manifest)?;
+            check_plan(&read_only, &plan, allow_outside)?;
             let store = Store::open(&cli.cache)?;
+            // Held from before the run's first write, so `gc` never removes what it is writing.
+            let shared = store.lock_store_shared()?;
             let run = RunLog::create(&store, &serde_json::to_value(&plan.manifest)?)?;
-            execute_run(&store, &plan, run, "run", json, jobs)
+            execute_run(&store, &plan, run, shared, "run", json, jobs)
         }
-        Command::Resume { run_id, json, jobs } => {
+        Command::Resume {
+            run_id,
+            json,
+            jobs,
+            allow_outside,
+        } => {
             crate::stages::allow_downloads();
             let store = Store::open(&cli.cache)?;
+            let shared = store.lock_store_shared()?;
             let rec = RunRecord::load(&store, &run_id)?;
+            if let Some(why) = &rec.damage {
+                anyhow::bail!(
+                    "run {} cannot be resumed: {why}.\n  help: run its manifest again with `pipe run` (finished stages are reused)",
+                    rec.id
+                );
+            }
             if rec.status == "succeeded" {
                 eprintln!(
                     "run {} already succeeded: nothing to resume (`pipe show {}` shows it)",
@@ -150,9 +182,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             let m: Manifest =
                 serde_json::from_value(rec.plan.clone()).context("reading the run's plan")?;
             let plan = plan::build(m)?;
-            check_device(&plan.manifest)?;
+            check_plan(&store, &plan, allow_outside)?;
             let run = RunLog::open(&store, &rec.id)?;
-            execute_run(&store, &plan, run, "resume", json, jobs)
+            execute_run(&store, &plan, run, shared, "resume", json, jobs)
         }
         Command::Status {
             manifest,
@@ -208,7 +240,9 @@ pub fn run(cli: Cli) -> Result<i32> {
                     }
                 }
                 Some(t) => {
-                    if let Ok(summary) = show::run_summary(&store, &t) {
+                    let is_run = RunRecord::load(&store, &t).is_ok();
+                    if is_run {
+                        let summary = show::run_summary(&store, &t)?;
                         if json {
                             println!("{}", serde_json::to_string_pretty(&summary)?)
                         } else {
@@ -219,7 +253,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                         if json {
                             println!("{}", serde_json::to_string_pretty(&v)?)
                         } else {
-                            show::print_lineage(&v, 0)
+                            show::print_lineage(&v)
                         }
                     } else {
                         anyhow::bail!(
@@ -239,6 +273,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Pin { hash, remove } => {
             let store = Store::open(&cli.cache)?;
+            let _shared = store.lock_store_shared()?;
             let h = store
                 .resolve_object(&hash)?
                 .with_context(|| format!("no object {hash:?} in {}", store.root.display()))?;
@@ -268,15 +303,32 @@ pub fn run(cli: Cli) -> Result<i32> {
                 println!("no store at {}", store.root.display());
                 return Ok(0);
             }
-            let (n, bad) = store.verify()?;
-            if bad.is_empty() {
-                println!("verified {n} objects: all intact");
+            let Some(_lock) = store.try_lock_store_exclusive()? else {
+                anyhow::bail!(
+                    "a pipe run is using the store {}; run verify when it has finished",
+                    store.root.display()
+                );
+            };
+            let r = show::verify(&store)?;
+            for h in &r.corrupted {
+                println!("CORRUPTED object {h} (moved aside; the stage that made it will rerun)");
+            }
+            for d in &r.damaged {
+                println!("DAMAGED {d}");
+            }
+            if r.corrupted.is_empty() && r.damaged.is_empty() {
+                println!(
+                    "verified {} objects and every record: all intact",
+                    r.objects
+                );
                 Ok(0)
             } else {
-                for h in &bad {
-                    println!("CORRUPTED {h} (moved aside; the stage that made it will rerun)");
-                }
-                println!("verified {n} objects: {} corrupted", bad.len());
+                println!(
+                    "verified {} objects: {} corrupted, {} damaged record(s)",
+                    r.objects,
+                    r.corrupted.len(),
+                    r.damaged.len()
+                );
                 Ok(1)
             }
         }
@@ -308,6 +360,18 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+/// Everything that can be checked before a run writes anything: each stage's key parts (missing
+/// files, bad checkpoints), export destinations, and the GPU.
+fn check_plan(store: &Store, plan: &plan::Plan, allow_outside: bool) -> Result<()> {
+    for s in &plan.manifest.stages {
+        crate::stages::key_parts(store, &plan.manifest, s)?;
+        if s.kind == manifest::StageKind::Export && !allow_outside {
+            crate::stages::export::check_destination(&plan.manifest, s)?;
+        }
+    }
+    check_device(&plan.manifest)
+}
+
 /// With `device: cuda`, finds the GPU before any stage runs, so a missing driver or library is
 /// reported up front rather than after the CPU stages.
 fn check_device(m: &Manifest) -> Result<()> {
@@ -335,11 +399,11 @@ fn execute_run(
     store: &Store,
     plan: &plan::Plan,
     run: RunLog,
+    _shared: crate::store::Lock,
     command: &str,
     json: bool,
     jobs: usize,
 ) -> Result<i32> {
-    let _shared = store.lock_store_shared()?;
     let ui = Ui::new(json);
     // Ctrl-C: everything written so far is safe (atomic writes, fsynced log); say how to continue.
     let id = run.id.clone();
@@ -394,4 +458,21 @@ fn execute_run(
 /// Is this error bad input (exit 2) rather than a failure while running?
 pub fn is_input_error(e: &anyhow::Error) -> bool {
     e.downcast_ref::<manifest::ManifestError>().is_some()
+}
+
+/// The JSON document a `--json` command prints when it fails:
+/// `{"error": {"message", "help", "file", "line", "column"}}` (null when unknown).
+pub fn error_json(e: &anyhow::Error) -> serde_json::Value {
+    let located = e.downcast_ref::<manifest::ManifestError>();
+    let origin = located.map(|m| &m.origin);
+    let nonzero = |n: usize| (n > 0).then_some(n);
+    serde_json::json!({
+        "error": {
+            "message": located.map_or_else(|| format!("{e:#}"), |m| m.message.clone()),
+            "help": located.and_then(|m| m.help.clone()),
+            "file": origin.map(|o| o.file.clone()),
+            "line": origin.and_then(|o| nonzero(o.line)),
+            "column": origin.and_then(|o| nonzero(o.col)),
+        }
+    })
 }

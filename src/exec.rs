@@ -169,18 +169,13 @@ pub fn execute(
                     .collect();
                 handles
                     .into_iter()
-                    .map(|(i, h)| {
-                        (
-                            i,
-                            h.join()
-                                .unwrap_or_else(|_| Err(anyhow::anyhow!("stage thread panicked"))),
-                        )
-                    })
+                    .map(|(i, h)| (i, h.join().unwrap_or_else(|p| Err(panicked(&*p)))))
                     .map(|(i, r)| {
                         (
                             i,
                             r.unwrap_or_else(|e| {
                                 let spec = &m.stages[i];
+                                ui.say(&format!("{}: failed: {e:#}", spec.name));
                                 // Best effort: the log itself may be what failed.
                                 let _ = run.append(&RunEvent::StageFailed {
                                     time: utc_now(),
@@ -204,6 +199,16 @@ pub fn execute(
         .into_iter()
         .map(|r| r.expect("all stages visited"))
         .collect())
+}
+
+/// A stage thread's panic as an error that says what the panic said (a bug in pipe).
+fn panicked(payload: &(dyn std::any::Any + Send)) -> anyhow::Error {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    anyhow::anyhow!("internal error (a bug in pipe; please report it): the stage panicked: {what}")
 }
 
 fn failed(spec: &StageSpec, key: Option<Hash>, e: &anyhow::Error) -> StageResult {
@@ -243,6 +248,18 @@ fn run_stage(
     let cached = |rec: ActionRecord| -> Result<StageResult> {
         if spec.kind == StageKind::Export {
             stages::export::restore_copy(store, m, spec, &rec.outputs)?;
+        }
+        if spec.kind == StageKind::Sample {
+            // A cached rerun shows the samples as a fresh one does.
+            if let Some(h) = rec.outputs.get("samples.txt") {
+                let text = String::from_utf8_lossy(&store.get(h)?).to_string();
+                // Where the sample stage prints them: stdout, or stderr when stdout is for --json.
+                if ui.json {
+                    eprint!("{text}")
+                } else {
+                    print!("{text}")
+                }
+            }
         }
         run.append(&RunEvent::StageFinished {
             time: utc_now(),

@@ -24,6 +24,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let json = cli.wants_json();
     let code = match pipe::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -35,6 +36,10 @@ fn main() {
                 0
             } else {
                 eprintln!("error: {e:#}");
+                if json {
+                    // A script reading stdout still gets one document, with the same exit code.
+                    println!("{}", pipe::cli::error_json(&e));
+                }
                 if pipe::cli::is_input_error(&e) { 2 } else { 1 }
             }
         }

@@ -256,6 +256,34 @@ fn yaml_err(file: &str, e: &serde_yaml::Error, help: Option<&str>) -> anyhow::Er
     err(origin, msg, help)
 }
 
+/// A UTF-8 byte-order mark (as some editors write) is not part of the YAML.
+fn without_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
+/// Whether a YAML value holds `.nan` or `.inf` anywhere (JSON, and so a key, cannot hold them).
+fn has_non_finite(v: &serde_yaml::Value) -> bool {
+    match v {
+        serde_yaml::Value::Number(n) => n.as_f64().is_some_and(|f| !f.is_finite()),
+        serde_yaml::Value::Sequence(s) => s.iter().any(has_non_finite),
+        serde_yaml::Value::Mapping(m) => m.values().any(has_non_finite),
+        serde_yaml::Value::Tagged(t) => has_non_finite(&t.value),
+        _ => false,
+    }
+}
+
+/// A parameter's YAML value as JSON; `.nan` and `.inf` are refused where they are written.
+fn param_value(v: &serde_yaml::Value, key: &str, origin: &Origin) -> Result<serde_json::Value> {
+    if has_non_finite(v) {
+        return Err(err(
+            origin.clone(),
+            format!("`{key}` is not a finite number (.nan and .inf are not accepted)"),
+            Some("give a finite value"),
+        ));
+    }
+    Ok(yaml_to_json(v))
+}
+
 fn yaml_to_json(v: &serde_yaml::Value) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
@@ -295,9 +323,15 @@ pub fn parse_override(s: &str) -> Result<Override> {
         ));
     };
     // The value is parsed as YAML so numbers and booleans get their types ("500" -> 500).
-    let value = serde_yaml::from_str::<serde_yaml::Value>(rhs)
-        .map(|v| yaml_to_json(&v))
-        .unwrap_or(serde_json::Value::String(rhs.to_string()));
+    let set = Origin {
+        file: format!("--set {s}"),
+        ..Default::default()
+    };
+    let key = lhs.rsplit('.').next().unwrap_or(lhs);
+    let value = match serde_yaml::from_str::<serde_yaml::Value>(rhs) {
+        Ok(v) => param_value(&v, key, &set)?,
+        Err(_) => serde_json::Value::String(rhs.to_string()),
+    };
     let value =
         if value.is_null() && !rhs.trim().is_empty() && rhs.trim() != "null" && rhs.trim() != "~" {
             serde_json::Value::String(rhs.to_string())
@@ -328,8 +362,9 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
             Some("check the path; shipped manifests are in pipelines/"),
         )
     })?;
-    let raw: RawManifest = serde_yaml::from_str(&text).map_err(|e| yaml_err(&file, &e, Some("a manifest has `name`, optional `defaults` (device, seed, dtype) and `stages` (a map of stage name to stage)")))?;
-    let lines = scan_lines(&text);
+    let text = without_bom(&text);
+    let raw: RawManifest = serde_yaml::from_str(text).map_err(|e| yaml_err(&file, &e, Some("a manifest has `name`, optional `defaults` (device, seed, dtype) and `stages` (a map of stage name to stage)")))?;
+    let lines = scan_lines(text);
     let at = |line: usize, col: usize| Origin {
         file: file.clone(),
         line,
@@ -439,15 +474,22 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
                 ));
             };
             let def_file = def_path.display().to_string();
-            let def_text = std::fs::read_to_string(&def_path)?;
-            let def: serde_yaml::Mapping = serde_yaml::from_str(&def_text).map_err(|e| {
+            let def_text = std::fs::read_to_string(&def_path).map_err(|e| {
+                err(
+                    o.clone(),
+                    format!("cannot read the stage definition {def_file}: {e}"),
+                    Some("a stage definition is a YAML file stages/<name>.yaml"),
+                )
+            })?;
+            let def_text = without_bom(&def_text);
+            let def: serde_yaml::Mapping = serde_yaml::from_str(def_text).map_err(|e| {
                 yaml_err(
                     &def_file,
                     &e,
                     Some("a stage definition is a mapping with `kind` and parameters"),
                 )
             })?;
-            let def_lines = scan_lines(&def_text);
+            let def_lines = scan_lines(def_text);
             for (dk, dv) in &def {
                 let dk = dk.as_str().unwrap_or_default().to_string();
                 let (l, c) = def_lines.top.get(&dk).copied().unwrap_or((0, 0));
@@ -467,7 +509,7 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
                         ));
                     }
                     _ => {
-                        params.insert(dk.clone(), yaml_to_json(dv));
+                        params.insert(dk.clone(), param_value(dv, &dk, &o)?);
                         param_origins.insert(dk, o);
                     }
                 }
@@ -520,7 +562,7 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
                     }
                 }
                 _ => {
-                    params.insert(fk.to_string(), yaml_to_json(fv));
+                    params.insert(fk.to_string(), param_value(fv, fk, &o)?);
                     param_origins.insert(fk.to_string(), o);
                 }
             }

@@ -151,7 +151,10 @@ impl RunLog {
             match fs::create_dir(&dir) {
                 Ok(()) => break (id, dir),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("creating the run folder {}", dir.display()));
+                }
             }
         };
         crate::store::write_atomic(
@@ -169,7 +172,8 @@ impl RunLog {
             .create(true)
             .truncate(false)
             .write(true)
-            .open(dir.join("lock"))?;
+            .open(dir.join("lock"))
+            .with_context(|| format!("opening {}", dir.join("lock").display()))?;
         // `show` and `gc` probe this lock for a moment; retry before concluding it is held.
         let held = (0..20).all(|_| {
             let busy = lock.try_lock().is_err();
@@ -183,10 +187,12 @@ impl RunLog {
                 "run {id} is still running in another process; wait for it or stop it first"
             );
         }
+        let log_path = dir.join("log.jsonl");
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("log.jsonl"))?;
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
         // A line torn by a kill must not swallow the next event: start on a fresh line.
         let text = fs::read(dir.join("log.jsonl"))?;
         if text.last().is_some_and(|&b| b != b'\n') {
@@ -206,9 +212,9 @@ impl RunLog {
         let mut line = serde_json::to_vec(ev)?;
         line.push(b'\n');
         let mut f = self.file.lock().expect("log mutex");
-        f.write_all(&line)?;
-        f.sync_data()?;
-        Ok(())
+        f.write_all(&line)
+            .and_then(|()| f.sync_data())
+            .with_context(|| format!("appending to {}", self.dir.join("log.jsonl").display()))
     }
 }
 
@@ -248,15 +254,28 @@ pub struct RunRecord {
     pub id: String,
     pub plan: serde_json::Value,
     pub events: Vec<RunEvent>,
+    /// succeeded | failed | interrupted | running | damaged (its plan.json cannot be read)
     pub status: String,
+    /// What is wrong with a damaged record.
+    pub damage: Option<String>,
 }
 
 impl RunRecord {
     pub fn load(store: &Store, id: &str) -> Result<RunRecord> {
         let dir = run_dir(store, id)?;
         let id = dir.file_name().unwrap().to_string_lossy().to_string();
-        let plan: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("plan.json"))?)
-            .with_context(|| format!("run {id}: unreadable plan.json"))?;
+        let plan_path = dir.join("plan.json");
+        // A damaged plan does not hide the run (its log still says what it made, for gc).
+        let (plan, damage) = match fs::read(&plan_path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            Ok(p) => (p, None),
+            Err(e) => (
+                serde_json::Value::Null,
+                Some(format!("{} cannot be read: {e}", plan_path.display())),
+            ),
+        };
         let text = fs::read_to_string(dir.join("log.jsonl")).unwrap_or_default();
         // A torn last line (killed mid-write) is ignored: every complete line is a whole event.
         let events: Vec<RunEvent> = text
@@ -275,6 +294,7 @@ impl RunRecord {
             .iter()
             .rposition(|e| matches!(e, RunEvent::RunFinished { .. }));
         let status = match (finished, last_start > last_finish) {
+            _ if damage.is_some() => "damaged".to_string(),
             (Some(s), false) => s,
             _ => {
                 let lock = OpenOptions::new()
@@ -294,6 +314,7 @@ impl RunRecord {
             plan,
             events,
             status,
+            damage,
         })
     }
 
@@ -372,6 +393,7 @@ mod tests {
                 },
             ],
             status: "succeeded".into(),
+            damage: None,
         };
         assert_eq!(rec.active_seconds(), Some(15));
     }

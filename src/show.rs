@@ -11,7 +11,15 @@ use std::collections::{BTreeMap, BTreeSet};
 /// One run's DAG as recorded: each stage's latest event.
 pub fn run_summary(store: &Store, id: &str) -> Result<RunSummary> {
     let rec = RunRecord::load(store, id)?;
-    let manifest: Manifest = serde_json::from_value(rec.plan.clone())?;
+    if let Some(why) = &rec.damage {
+        bail!(
+            "run {} is damaged: {why}.\n  help: `pipe verify` sets it aside; `pipe forget {}` deletes it",
+            rec.id,
+            rec.id
+        );
+    }
+    let manifest: Manifest = serde_json::from_value(rec.plan.clone())
+        .map_err(|e| anyhow::anyhow!("run {}: its plan.json is not a plan: {e}", rec.id))?;
     let mut by_stage: BTreeMap<String, StageResult> = BTreeMap::new();
     for s in &manifest.stages {
         by_stage.insert(
@@ -109,14 +117,18 @@ pub fn runs_json(store: &Store) -> Result<Value> {
         let rec = RunRecord::load(store, &id)?;
         let started = rec.started().map(str::to_string);
         let duration = rec.active_seconds();
-        runs.push(json!({
+        let mut run = json!({
             "run_id": rec.id,
             "name": rec.plan.get("name"),
             "manifest": rec.plan.get("path"),
             "status": rec.status,
             "started": started,
             "duration_seconds": duration,
-        }));
+        });
+        if let Some(why) = &rec.damage {
+            run["error"] = json!(why);
+        }
+        runs.push(run);
     }
     Ok(json!({ "runs": runs }))
 }
@@ -249,26 +261,35 @@ pub fn lineage(store: &Store, hash: &str) -> Result<Value> {
     Ok(producer(&actions, hash, 0))
 }
 
-pub fn print_lineage(v: &Value, indent: usize) {
+/// Prints a lineage tree; a stage that several consumers share is printed once, and referred
+/// back to after that.
+pub fn print_lineage(v: &Value) {
+    println!("{}", v["artifact"].as_str().unwrap_or(""));
+    print_producer(&v["produced_by"], 0, &mut BTreeSet::new());
+}
+
+fn print_producer(p: &Value, indent: usize, seen: &mut BTreeSet<String>) {
     let pad = " ".repeat(indent);
-    let p = &v["produced_by"];
-    if indent == 0 {
-        println!("{}", v["artifact"].as_str().unwrap_or(""));
-    }
     if p.is_null() {
         println!(
             "{pad}  (not produced by a recorded stage: a source, checkpoint or removed record)"
         );
         return;
     }
+    let key = p["key"].as_str().unwrap_or("");
+    let first_time = seen.insert(key.to_string());
     println!(
-        "{pad}  <- {} `{}` (output {}), key {}, {}",
+        "{pad}  <- {} `{}` (output {}), key {}, {}{}",
         p["kind"].as_str().unwrap_or(""),
         p["stage"].as_str().unwrap_or(""),
         p["output"].as_str().unwrap_or("?"),
-        &p["key"].as_str().unwrap_or("")[..12.min(p["key"].as_str().unwrap_or("").len())],
-        p["created"].as_str().unwrap_or("")
+        &key[..12.min(key.len())],
+        p["created"].as_str().unwrap_or(""),
+        if first_time { "" } else { " (shown above)" }
     );
+    if !first_time {
+        return;
+    }
     if let Some(params) = p["params"].as_object() {
         let s: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!("{pad}     params: {}", s.join(" "));
@@ -278,7 +299,7 @@ pub fn print_lineage(v: &Value, indent: usize) {
     }
     for inp in p["inputs"].as_array().cloned().unwrap_or_default() {
         println!("{pad}     input {}:", inp["role"].as_str().unwrap_or(""));
-        print_lineage(&json!({ "produced_by": inp["produced_by"] }), indent + 6);
+        print_producer(&inp["produced_by"], indent + 6, seen);
     }
 }
 
@@ -288,8 +309,40 @@ pub fn forget(store: &Store, id: &str) -> Result<String> {
     if rec.status == "running" {
         bail!("run {} is running; stop it first", rec.id);
     }
-    std::fs::remove_dir_all(store.root.join("runs").join(&rec.id))?;
+    let dir = store.root.join("runs").join(&rec.id);
+    std::fs::remove_dir_all(&dir)
+        .map_err(|e| anyhow::anyhow!("removing {}: {e}", dir.display()))?;
     Ok(rec.id)
+}
+
+/// `pipe verify`: the store's objects and records (`Store::verify`), then the run records. A run
+/// whose plan cannot be read is reported, and set aside into `damaged/` when its log names nothing
+/// (a run that made outputs stays, so gc keeps them, until `pipe forget`). Log lines torn by a
+/// kill are normal and ignored when reading.
+pub fn verify(store: &Store) -> Result<crate::store::VerifyReport> {
+    let mut report = store.verify()?;
+    for id in list_run_ids(store)? {
+        let rec = RunRecord::load(store, &id)?;
+        if let Some(why) = rec.damage {
+            let dir = store.root.join("runs").join(&id);
+            if rec.events.is_empty() {
+                let dest = store.root.join("damaged").join(format!("run-{id}"));
+                std::fs::create_dir_all(store.root.join("damaged"))?;
+                std::fs::rename(&dir, &dest).map_err(|e| {
+                    anyhow::anyhow!("moving {} to {}: {e}", dir.display(), dest.display())
+                })?;
+                report
+                    .damaged
+                    .push(format!("run {id}: {why}; set aside as {}", dest.display()));
+            } else {
+                // Its log still names outputs that gc must keep: report it, leave it for `forget`.
+                report.damaged.push(format!(
+                    "run {id}: {why}; it cannot be shown or resumed (`pipe forget {id}` deletes it)"
+                ));
+            }
+        }
+    }
+    Ok(report)
 }
 
 /// Objects worth keeping: outputs of finished stages in any run, checkpoints logged by runs (all of

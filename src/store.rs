@@ -9,19 +9,23 @@
 //!   pins/<hash>           objects `gc` must keep even when no run references them
 //!   index/<manifest>--<stage>.json   the key material a stage had last time (`pipe status` diffs it)
 //!   locks/                flock files: one per stage key being computed, one for the store
-//!   tmp/                  temp files, renamed into place when complete
+//!   tmp/                  temp files, renamed into place when complete; each name starts with
+//!                         the writing process's pid, so `gc` leaves a live process's files alone
+//!   damaged/              records that could not be read, set aside (kept for inspection)
 //! ```
 //!
 //! Every write is atomic: temp file in `tmp/`, fsync, rename, fsync of the directory. A `kill -9`
 //! at any instant leaves either the old state or the new one, plus at worst a stray temp file that
-//! `pipe gc` removes. Objects are re-hashed whenever they are read, so a corrupted object is reported,
-//! never used.
+//! `pipe gc` removes. Objects are made read-only before they are renamed into place, and re-hashed
+//! whenever they are read, so a corrupted object is reported, never used. A damaged record (action,
+//! progress) is set aside into `damaged/` with a warning and treated as absent.
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// A blake3 hash in lowercase hex.
@@ -67,18 +71,88 @@ pub struct Store {
 
 /// Writes `bytes` to `path` atomically (temp in `tmp_dir`, fsync, rename, fsync dir).
 pub fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    fs::create_dir_all(tmp_dir)?;
-    let tmp = tmp_dir.join(format!("{}.{}.tmp", std::process::id(), unique_suffix()));
-    {
-        let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+    let mut t = TempFile::create(tmp_dir)?;
+    t.write(bytes)?;
+    t.commit(path, false)
+}
+
+/// A file being written in `tmp/`, named after this process (see `clean_tmp`). Until it is
+/// committed (renamed into place), dropping it removes it, so a failed write (a full disk, an
+/// error) leaves nothing behind.
+struct TempFile {
+    file: File,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl TempFile {
+    fn create(tmp_dir: &Path) -> Result<TempFile> {
+        fs::create_dir_all(tmp_dir)
+            .with_context(|| format!("creating the folder {}", tmp_dir.display()))?;
+        let path = tmp_dir.join(temp_name("tmp"));
+        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(TempFile {
+            file,
+            path,
+            committed: false,
+        })
     }
-    let dir = path.parent().context("path has no parent")?;
-    fs::create_dir_all(dir)?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
-    File::open(dir)?.sync_all()?;
-    Ok(())
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.file
+            .write_all(bytes)
+            .with_context(|| format!("writing {}", self.path.display()))
+    }
+
+    /// fsyncs the file and renames it to `dest` (read-only first, for objects).
+    fn commit(mut self, dest: &Path, read_only: bool) -> Result<()> {
+        let tmp = self.path.clone();
+        let fail = |what: &str| format!("{what} {} (for {})", tmp.display(), dest.display());
+        self.file.sync_all().with_context(|| fail("syncing"))?;
+        if read_only {
+            let mut perm = self
+                .file
+                .metadata()
+                .with_context(|| fail("reading"))?
+                .permissions();
+            perm.set_readonly(true);
+            self.file
+                .set_permissions(perm)
+                .with_context(|| fail("making read-only"))?;
+        }
+        let dir = dest.parent().context("path has no parent")?;
+        fs::create_dir_all(dir)
+            .with_context(|| format!("creating the folder {}", dir.display()))?;
+        fs::rename(&tmp, dest).with_context(|| format!("renaming into {}", dest.display()))?;
+        self.committed = true;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing the folder {}", dir.display()))?;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// `<pid>.<unique>.<what>`: a temp entry's name says which process owns it.
+pub fn temp_name(what: &str) -> String {
+    format!("{}.{}.{what}", std::process::id(), unique_suffix())
+}
+
+/// Whether the process that made temp entry `name` is still alive.
+fn owner_alive(name: &str) -> bool {
+    let Some(pid) = name.split('.').next().and_then(|p| p.parse::<i32>().ok()) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 fn unique_suffix() -> String {
@@ -103,7 +177,7 @@ impl Store {
     pub fn open(root: &Path) -> Result<Store> {
         let store = Store::at(root);
         for d in [
-            "objects", "actions", "progress", "runs", "locks", "tmp", "index",
+            "objects", "actions", "progress", "runs", "locks", "tmp", "index", "damaged",
         ] {
             fs::create_dir_all(store.root.join(d)).with_context(|| format!("cannot create the store at {} (use --cache DIR or PIPE_CACHE to put it elsewhere)", store.root.display()))?;
         }
@@ -185,15 +259,35 @@ impl Store {
         let path = self.object_path(&hash);
         if !path.exists() {
             tracing::debug!(%hash, bytes = bytes.len(), "store object");
-            write_atomic(&self.tmp(), &path, bytes)?;
+            let mut t = TempFile::create(&self.tmp())?;
+            t.write(bytes)?;
+            t.commit(&path, true)?;
         }
         Ok(hash)
     }
 
-    /// Stores a file's content (read fully; our artifacts fit in memory).
+    /// Stores a file's content, streaming: it is hashed while it is copied into a temp file.
     pub fn put_file(&self, path: &Path) -> Result<Hash> {
-        let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        self.put(&bytes)
+        let mut src = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut t = TempFile::create(&self.tmp())?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = src
+                .read(&mut buf)
+                .with_context(|| format!("reading {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            t.write(&buf[..n])?;
+        }
+        let hash = hasher.finalize().to_hex().to_string();
+        let dest = self.object_path(&hash);
+        if !dest.exists() {
+            t.commit(&dest, true)?;
+        }
+        Ok(hash)
     }
 
     /// Reads a blob and checks its hash.
@@ -210,6 +304,95 @@ impl Store {
         Ok(bytes)
     }
 
+    /// Copies an object to `dest` (a private copy that a command may change freely), streaming,
+    /// and checks the object's hash on the way.
+    pub fn copy_out(&self, hash: &str, dest: &Path) -> Result<()> {
+        let src = self.object_path(hash);
+        let mut r = File::open(&src).with_context(|| {
+            format!(
+                "object {hash} is missing from the store {} (rerun the stage that made it)",
+                self.root.display()
+            )
+        })?;
+        let mut w = File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = r
+                .read(&mut buf)
+                .with_context(|| format!("reading {}", src.display()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            w.write_all(&buf[..n])
+                .with_context(|| format!("writing {}", dest.display()))?;
+        }
+        if hasher.finalize().to_hex().as_str() != hash {
+            let _ = fs::remove_file(dest);
+            bail!(
+                "object {hash} in {} is corrupted; run `pipe verify`, which removes it, then rerun",
+                self.root.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// The blake3 hash of a file's content, streamed.
+    pub fn hash_file(path: &Path) -> Result<Hash> {
+        let mut hasher = blake3::Hasher::new();
+        let f = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        hasher
+            .update_reader(f)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(hasher.finalize().to_hex().to_string())
+    }
+
+    /// Moves a damaged record into `damaged/` (where it is kept for inspection) with a warning.
+    fn set_aside(&self, path: &Path, why: &str) {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let folder = path
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let dest = self
+            .root
+            .join("damaged")
+            .join(format!("{folder}-{name}.{}", unique_suffix()));
+        let _ = fs::create_dir_all(self.root.join("damaged"));
+        match fs::rename(path, &dest) {
+            Ok(()) => tracing::warn!(
+                "{} is damaged ({why}); set aside as {} and treated as absent",
+                path.display(),
+                dest.display()
+            ),
+            Err(e) => tracing::warn!(
+                "{} is damaged ({why}) and could not be set aside: {e}",
+                path.display()
+            ),
+        }
+    }
+
+    /// Reads a JSON record; a record that does not parse is set aside and read as absent.
+    fn read_record<T: serde::de::DeserializeOwned>(&self, path: &Path) -> Result<Option<T>> {
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(r) => Ok(Some(r)),
+            Err(e) => {
+                self.set_aside(path, &format!("not a valid record: {e}"));
+                Ok(None)
+            }
+        }
+    }
+
     pub fn has(&self, hash: &str) -> bool {
         self.object_path(hash).exists()
     }
@@ -219,18 +402,10 @@ impl Store {
     }
 
     /// The action record for `key`, if the stage finished before and all its outputs are present.
+    /// A damaged record is set aside (with a warning) and counts as a miss.
     pub fn action(&self, key: &str) -> Result<Option<ActionRecord>> {
-        let path = self.action_path(key);
-        let Ok(text) = fs::read_to_string(&path) else {
-            return Ok(None);
-        };
-        let rec: ActionRecord = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a valid action record", path.display()))?;
-        if rec.outputs.values().all(|h| self.has(h)) {
-            Ok(Some(rec))
-        } else {
-            Ok(None)
-        }
+        let rec: Option<ActionRecord> = self.read_record(&self.action_path(key))?;
+        Ok(rec.filter(|r| r.outputs.values().all(|h| self.has(h))))
     }
 
     pub fn put_action(&self, rec: &ActionRecord) -> Result<()> {
@@ -241,20 +416,31 @@ impl Store {
         )
     }
 
+    /// Every readable action record (damaged ones are set aside).
     pub fn actions(&self) -> Result<Vec<ActionRecord>> {
         let mut out = Vec::new();
-        let Ok(rd) = fs::read_dir(self.root.join("actions")) else {
-            return Ok(out);
-        };
-        for e in rd {
-            let p = e?.path();
-            if p.extension().is_none_or(|x| x != "json") {
-                continue;
-            }
-            if let Ok(r) = serde_json::from_str(&fs::read_to_string(&p)?) {
+        for p in self.json_files("actions")? {
+            if let Some(r) = self.read_record(&p)? {
                 out.push(r);
             }
         }
+        Ok(out)
+    }
+
+    /// The `.json` files of one of the store's folders.
+    fn json_files(&self, folder: &str) -> Result<Vec<PathBuf>> {
+        let dir = self.root.join(folder);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        };
+        let mut out: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        out.sort();
         Ok(out)
     }
 
@@ -262,11 +448,11 @@ impl Store {
         self.root.join("progress").join(format!("{key}.json"))
     }
 
+    /// The checkpoints saved so far for `key` (none if the record is absent or damaged).
     pub fn progress(&self, key: &str) -> Result<Progress> {
-        match fs::read_to_string(self.progress_path(key)) {
-            Ok(t) => Ok(serde_json::from_str(&t)?),
-            Err(_) => Ok(Progress::default()),
-        }
+        Ok(self
+            .read_record(&self.progress_path(key))?
+            .unwrap_or_default())
     }
 
     pub fn put_progress(&self, key: &str, p: &Progress) -> Result<()> {
@@ -285,14 +471,11 @@ impl Store {
     }
 
     pub fn progress_keys(&self) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        for e in fs::read_dir(self.root.join("progress"))? {
-            let name = e?.file_name().to_string_lossy().to_string();
-            if let Some(k) = name.strip_suffix(".json") {
-                out.push(k.to_string());
-            }
-        }
-        Ok(out)
+        Ok(self
+            .json_files("progress")?
+            .iter()
+            .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().to_string()))
+            .collect())
     }
 
     fn lock_file(&self, name: &str) -> Result<File> {
@@ -359,24 +542,120 @@ impl Store {
         Ok(out)
     }
 
-    /// Re-hashes every object; returns the corrupted ones (and moves them aside into `tmp/`, so
-    /// the stages that made them rerun instead of failing).
-    pub fn verify(&self) -> Result<(usize, Vec<Hash>)> {
+    /// Checks the whole store and repairs what it can:
+    /// - every object is re-hashed; corrupted ones are moved aside into `tmp/` (gc removes them);
+    /// - every action record must parse, name outputs that are present and intact, and have been
+    ///   built from inputs that are intact; a record that fails is set aside into `damaged/`, and so,
+    ///   transitively, is every record built from its outputs, so nothing computed from damaged bytes
+    ///   stays cached;
+    /// - every progress record must parse, and keeps only the checkpoints before the first missing
+    ///   or corrupted one (training resumes from the last good one).
+    ///
+    /// Run records are checked by `show::verify`, which calls this.
+    pub fn verify(&self) -> Result<VerifyReport> {
         let all = self.all_objects()?;
-        let mut bad = Vec::new();
+        let mut report = VerifyReport {
+            objects: all.len(),
+            ..Default::default()
+        };
         for h in &all {
-            let bytes = fs::read(self.object_path(h))?;
-            if hash_bytes(&bytes) != *h {
-                bad.push(h.clone());
+            let path = self.object_path(h);
+            if Store::hash_file(&path).is_ok_and(|actual| actual == *h) {
+                continue;
+            }
+            report.corrupted.push(h.clone());
+            let aside = self.tmp().join(format!("corrupted-{h}"));
+            fs::rename(&path, &aside)
+                .with_context(|| format!("moving the corrupted {} aside", path.display()))?;
+        }
+        // Action records, to a fixed point: outputs of a set-aside record taint their consumers.
+        let mut bad: BTreeSet<Hash> = report.corrupted.iter().cloned().collect();
+        let mut records: Vec<(PathBuf, Option<ActionRecord>)> = Vec::new();
+        for p in self.json_files("actions")? {
+            let parsed = fs::read(&p)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ActionRecord>(&b).ok());
+            records.push((p, parsed));
+        }
+        loop {
+            let mut changed = false;
+            for (path, slot) in records.iter_mut() {
+                let why = match slot {
+                    None => Some("not a valid action record".to_string()),
+                    Some(rec) => self.record_problem(rec, &bad),
+                };
+                let Some(why) = why else { continue };
+                if let Some(rec) = slot.take() {
+                    bad.extend(rec.outputs.values().cloned());
+                }
+                if path.exists() {
+                    self.set_aside(path, &why);
+                    report.damaged.push(format!(
+                        "action record {}: {why}; set aside (the stage will rerun)",
+                        path.display()
+                    ));
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
             }
         }
-        for h in &bad {
-            let _ = fs::rename(
-                self.object_path(h),
-                self.tmp().join(format!("corrupted-{h}")),
-            );
+        for key in self.progress_keys()? {
+            let path = self.progress_path(&key);
+            let Ok(bytes) = fs::read(&path) else { continue };
+            let Ok(mut p) = serde_json::from_slice::<Progress>(&bytes) else {
+                self.set_aside(&path, "not a valid progress record");
+                report.damaged.push(format!(
+                    "progress record {}: not a valid progress record; set aside (training restarts)",
+                    path.display()
+                ));
+                continue;
+            };
+            let good = p
+                .checkpoints
+                .iter()
+                .position(|c| bad.contains(&c.hash) || !self.has(&c.hash))
+                .unwrap_or(p.checkpoints.len());
+            if good < p.checkpoints.len() {
+                let lost = p.checkpoints[good].iter;
+                p.checkpoints.truncate(good);
+                let last = p.checkpoints.last().map_or(0, |c| c.iter);
+                p.evals
+                    .retain(|e| p.checkpoints.last().is_some() && e.0 <= last);
+                self.put_progress(&key, &p)?;
+                report.damaged.push(format!(
+                    "progress record {}: the checkpoint at iter {lost} is missing or corrupted; training resumes from {}",
+                    path.display(),
+                    if p.checkpoints.is_empty() { "the start".to_string() } else { format!("iter {last}") }
+                ));
+            }
         }
-        Ok((all.len(), bad))
+        Ok(report)
+    }
+
+    /// Why an action record cannot be trusted, if it cannot.
+    fn record_problem(&self, rec: &ActionRecord, bad: &BTreeSet<Hash>) -> Option<String> {
+        for (name, h) in &rec.outputs {
+            if bad.contains(h) {
+                return Some(format!("its output `{name}` ({}) is damaged", short(h)));
+            }
+            if !self.has(h) {
+                return Some(format!("its output `{name}` ({}) is missing", short(h)));
+            }
+        }
+        let inputs = rec.key_material.get("inputs").and_then(|v| v.as_object());
+        for (role, outs) in inputs.into_iter().flatten() {
+            for (name, h) in outs.as_object().into_iter().flatten() {
+                if h.as_str().is_some_and(|h| bad.contains(h)) {
+                    return Some(format!(
+                        "it was built from input {role}/{name} ({}), which is damaged",
+                        short(h.as_str().unwrap_or(""))
+                    ));
+                }
+            }
+        }
+        None
     }
 
     /// Resolves a unique hash prefix (at least 6 hex digits) to an object hash.
@@ -410,11 +689,16 @@ impl Store {
         Ok(fs::remove_file(self.action_path(key))?)
     }
 
-    /// Removes leftover temp files (from killed processes).
+    /// Removes leftover temp files: those of processes that are gone (killed), never those of a
+    /// live one.
     pub fn clean_tmp(&self) -> Result<usize> {
         let mut n = 0;
         for e in fs::read_dir(self.tmp())? {
-            let p = e?.path();
+            let e = e?;
+            if owner_alive(&e.file_name().to_string_lossy()) {
+                continue;
+            }
+            let p = e.path();
             if p.is_dir() {
                 fs::remove_dir_all(&p)?
             } else {
@@ -424,6 +708,20 @@ impl Store {
         }
         Ok(n)
     }
+}
+
+fn short(h: &str) -> &str {
+    &h[..h.len().min(12)]
+}
+
+/// What `Store::verify` found and did.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub objects: usize,
+    /// Objects whose content no longer matches their hash (moved aside).
+    pub corrupted: Vec<Hash>,
+    /// One line per damaged record, saying what was wrong and what was done.
+    pub damaged: Vec<String>,
 }
 
 #[cfg(test)]
@@ -438,12 +736,55 @@ mod tests {
         assert_eq!(h, hash_bytes(b"hello"));
         assert_eq!(s.get(&h).unwrap(), b"hello");
         assert_eq!(s.put(b"hello").unwrap(), h);
-        fs::write(s.object_path(&h), b"hellO").unwrap();
+        let path = s.object_path(&h);
+        assert!(fs::metadata(&path).unwrap().permissions().readonly());
+        let mut perm = fs::metadata(&path).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perm.set_readonly(false);
+        fs::set_permissions(&path, perm).unwrap();
+        fs::write(&path, b"hellO").unwrap();
         let err = s.get(&h).unwrap_err().to_string();
         assert!(err.contains("corrupted"), "{err}");
-        let (n, bad) = s.verify().unwrap();
-        assert_eq!((n, bad), (1, vec![h.clone()]));
+        let r = s.verify().unwrap();
+        assert_eq!((r.objects, r.corrupted), (1, vec![h.clone()]));
         assert!(!s.has(&h));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn put_file_streams_objects_larger_than_its_buffer() {
+        let dir = std::env::temp_dir().join(format!("pipe-store-stream-{}", unique_suffix()));
+        let s = Store::open(&dir).unwrap();
+        let bytes: Vec<u8> = (0..3 * (1 << 20) + 17).map(|i| (i % 251) as u8).collect();
+        let src = dir.join("big.bin");
+        fs::write(&src, &bytes).unwrap();
+        let h = s.put_file(&src).unwrap();
+        assert_eq!(h, hash_bytes(&bytes));
+        assert_eq!(s.get(&h).unwrap(), bytes);
+        assert_eq!(Store::hash_file(&s.object_path(&h)).unwrap(), h);
+        let copy = dir.join("copy.bin");
+        s.copy_out(&h, &copy).unwrap();
+        assert_eq!(fs::read(&copy).unwrap(), bytes);
+        let r = s.verify().unwrap();
+        assert_eq!((r.objects, r.corrupted.len(), r.damaged.len()), (1, 0, 0));
+        // Nothing is left in tmp/ by a completed put.
+        assert_eq!(fs::read_dir(s.tmp()).unwrap().count(), 0);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn clean_tmp_spares_the_files_of_live_processes() {
+        let dir = std::env::temp_dir().join(format!("pipe-store-tmp-{}", unique_suffix()));
+        let s = Store::open(&dir).unwrap();
+        let mine = s.tmp().join(temp_name("tmp"));
+        fs::write(&mine, b"in progress").unwrap();
+        // pid 0x7fffffff does not exist: its file is a leftover.
+        let dead = s.tmp().join("2147483647.abc.tmp");
+        fs::write(&dead, b"left over").unwrap();
+        let unnamed = s.tmp().join("download-xyz");
+        fs::write(&unnamed, b"old layout").unwrap();
+        assert_eq!(s.clean_tmp().unwrap(), 2);
+        assert!(mine.exists() && !dead.exists() && !unnamed.exists());
         fs::remove_dir_all(dir).unwrap();
     }
 }

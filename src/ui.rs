@@ -22,8 +22,9 @@ impl Ui {
         eprintln!("{msg}");
     }
 
-    /// A progress bar over `len` steps (hidden when stderr is not a terminal).
-    pub fn bar(&self, len: u64, prefix: &str) -> ProgressBar {
+    /// A progress bar over `len` steps that starts at step `start` (a resumed run), hidden when
+    /// stderr is not a terminal. Its rate and ETA count only the steps made in this process.
+    pub fn bar(&self, start: u64, len: u64, prefix: &str) -> ProgressBar {
         let pb = if self.tty {
             ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr())
         } else {
@@ -37,6 +38,11 @@ impl Ui {
             .progress_chars("=> "),
         );
         pb.set_prefix(prefix.to_string());
+        // indicatif's estimator takes the jump to `start` as steps done in no time. Setting the
+        // position records it (the bar's first update is never rate-limited), and `reset_eta`
+        // then forgets the rate while keeping that position as its base.
+        pb.set_position(start);
+        pb.reset_eta();
         pb
     }
 

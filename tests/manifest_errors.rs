@@ -200,6 +200,20 @@ fn cases() -> Vec<Case> {
                 "stages in this manifest: data",
             ],
         },
+        case(
+            "nan parameter",
+            &train("    learning_rate: .nan\n"),
+            &["bad.yaml:18:", "`learning_rate` is not a finite number"],
+        ),
+        Case {
+            name: "set infinite",
+            manifest: train(""),
+            args: &["--set", "train.learning_rate=.inf"],
+            expect: &[
+                "--set train.learning_rate=.inf",
+                "`learning_rate` is not a finite number",
+            ],
+        },
         Case {
             name: "set malformed",
             manifest: GOOD_HEAD.to_string(),

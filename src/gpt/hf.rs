@@ -6,6 +6,8 @@
 
 use super::checkpoint::{f32_bytes, tensor_f32, write_safetensors};
 use super::config::{Gelu, GptConfig};
+use super::device::Device;
+use super::memory::{Work, check_host};
 use super::model::Gpt;
 use super::params::ParamLayout;
 use anyhow::{Context, Result, bail, ensure};
@@ -83,6 +85,7 @@ pub fn load_hf_dir(dir: &Path) -> Result<Gpt> {
     let v: Value = serde_json::from_str(&text)
         .with_context(|| format!("{} is not valid JSON", cfg_path.display()))?;
     let config = config_from_hf(&v, &cfg_path)?;
+    check_host(&config, Work::Load, Device::Cpu)?;
     let st_path = dir.join("model.safetensors");
     let bytes = std::fs::read(&st_path).with_context(|| {
         format!(

@@ -15,6 +15,7 @@ pub mod device;
 pub mod hf;
 pub mod math;
 pub mod matmul;
+pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod optim;

@@ -602,3 +602,69 @@ impl Gpt {
         self.last = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpt::Gelu;
+
+    impl Activations {
+        fn floats(&self) -> usize {
+            [
+                &self.encoded,
+                &self.ln1,
+                &self.ln1_mean,
+                &self.ln1_rstd,
+                &self.qkv,
+                &self.att,
+                &self.att_drop,
+                &self.atty,
+                &self.residual2,
+                &self.ln2,
+                &self.ln2_mean,
+                &self.ln2_rstd,
+                &self.fch,
+                &self.fch_gelu,
+                &self.residual3,
+                &self.lnf,
+                &self.lnf_mean,
+                &self.lnf_rstd,
+                &self.probs,
+                &self.losses,
+                &self.proj,
+                &self.dres,
+                &self.dtmp,
+                &self.dln,
+                &self.datty,
+                &self.dqkv,
+                &self.datt,
+                &self.dfc,
+                &self.dfc2,
+            ]
+            .iter()
+            .map(|v| v.len())
+            .sum()
+        }
+    }
+
+    #[test]
+    fn the_memory_estimate_counts_every_activation() {
+        let cfg = GptConfig {
+            n_layer: 3,
+            n_head: 2,
+            n_embd: 16,
+            block_size: 8,
+            vocab_size: 65,
+            bias: false,
+            dropout: 0.1,
+            gelu: Gelu::Erf,
+        };
+        for (b, t, dropout, layers) in [(2, 8, true, 3), (3, 5, false, 1)] {
+            let a = Activations::new(&cfg, b, t, dropout, layers);
+            assert_eq!(
+                cfg.activation_floats(b, t, layers, dropout),
+                a.floats() as f64
+            );
+        }
+    }
+}

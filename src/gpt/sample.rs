@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SampleConfig {
     pub max_new_tokens: usize,
-    /// 1.0 = no change; lower is more conservative. 0 means greedy (argmax).
+    /// 1.0 = no change; lower is more conservative. 0 (or less) means greedy (argmax); a tiny positive
+    /// temperature approaches greedy.
     pub temperature: f32,
     /// Keep only the k most likely tokens (`None`: all).
     pub top_k: Option<usize>,
@@ -236,7 +237,7 @@ pub fn sample_token(logits: &[f32], cfg: &SampleConfig, rng: &mut Rng) -> u32 {
     if cfg.temperature <= 0.0 {
         return argmax(logits);
     }
-    let mut probs: Vec<f32> = logits.iter().map(|l| l / cfg.temperature).collect();
+    let mut probs = scaled_logits(logits, cfg.temperature);
     if let Some(k) = cfg.top_k.filter(|&k| k > 0 && k < probs.len()) {
         let mut sorted = probs.clone();
         sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
@@ -257,6 +258,19 @@ pub fn sample_token(logits: &[f32], cfg: &SampleConfig, rng: &mut Rng) -> u32 {
     }
     // Rounding left r above the total: take the most likely token.
     argmax(&probs)
+}
+
+/// Logits divided by the temperature. A tiny temperature overflows the plain quotients to infinity
+/// (and the softmax to NaN); then the largest logit is subtracted first, so it becomes 0 and the rest
+/// large negatives: the near one-hot distribution that a temperature approaching 0 means. Every
+/// temperature that did not overflow keeps the plain quotient, so its samples are unchanged.
+fn scaled_logits(logits: &[f32], temperature: f32) -> Vec<f32> {
+    let plain: Vec<f32> = logits.iter().map(|l| l / temperature).collect();
+    if plain.iter().all(|x| x.is_finite()) {
+        return plain;
+    }
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    logits.iter().map(|l| (l - max) / temperature).collect()
 }
 
 fn argmax(x: &[f32]) -> u32 {
@@ -313,4 +327,65 @@ pub fn generate_many(
             generate(model, prompt, cfg, &mut rng)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpt::{Gelu, GptConfig};
+
+    fn cfg(temperature: f32, top_k: Option<usize>) -> SampleConfig {
+        SampleConfig {
+            max_new_tokens: 1,
+            temperature,
+            top_k,
+            seed: 1,
+        }
+    }
+
+    #[test]
+    fn a_tiny_temperature_picks_the_most_likely_token() {
+        let logits = [1.5f32, 3.25, -2.0, 3.0];
+        for t in [1e-45, 1e-30, 1e-6] {
+            for top_k in [None, Some(2)] {
+                assert!(scaled_logits(&logits, t).iter().all(|x| !x.is_nan()));
+                for seed in 0..20 {
+                    let token = sample_token(&logits, &cfg(t, top_k), &mut Rng::new(seed));
+                    assert_eq!(token, 1, "temperature {t}, top_k {top_k:?}");
+                }
+            }
+        }
+        assert_eq!(sample_token(&logits, &cfg(0.0, None), &mut Rng::new(0)), 1);
+    }
+
+    #[test]
+    fn ordinary_temperatures_keep_the_plain_quotient() {
+        let logits = [1.5f32, 3.25, -2.0, 3.0];
+        let want: Vec<f32> = logits.iter().map(|l| l / 0.8).collect();
+        assert_eq!(scaled_logits(&logits, 0.8), want);
+    }
+
+    #[test]
+    fn the_memory_estimate_counts_a_decoder() {
+        let config = GptConfig {
+            n_layer: 2,
+            n_head: 2,
+            n_embd: 8,
+            block_size: 6,
+            vocab_size: 11,
+            bias: true,
+            dropout: 0.0,
+            gelu: Gelu::Erf,
+        };
+        let model = Gpt::new_random(config.clone(), 1).unwrap();
+        let d = Decoder::new(&model);
+        let floats = [
+            &d.k, &d.v, &d.x, &d.ln, &d.mean, &d.rstd, &d.qkv, &d.atty, &d.proj, &d.fc, &d.fcg,
+            &d.logits, &d.scores,
+        ]
+        .iter()
+        .map(|b| b.len())
+        .sum::<usize>();
+        assert_eq!(config.decoder_floats(), floats as f64);
+    }
 }

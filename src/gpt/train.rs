@@ -3,6 +3,7 @@
 //!
 //! Resume is bit-identical: a checkpoint holds the state *after* the evaluation of its iteration
 //! (weights, moments, RNG, best_val_loss), and a resumed trainer skips that one evaluation.
+//! [`DivergenceGuard`] turns a run whose loss blows up into an error naming the likely cause.
 
 use super::checkpoint::{Checkpoint, TrainProgress};
 use super::cuda::GpuGpt;
@@ -82,18 +83,45 @@ impl TrainConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        ensure!(self.batch_size > 0, "batch_size must be positive");
-        ensure!(
-            self.gradient_accumulation_steps > 0,
-            "gradient_accumulation_steps must be positive"
-        );
-        ensure!(self.eval_interval > 0, "eval_interval must be positive");
-        ensure!(self.eval_iters > 0, "eval_iters must be positive");
-        ensure!(
-            self.learning_rate >= 0.0 && self.min_lr >= 0.0,
-            "learning rates must be non-negative"
-        );
-        Ok(())
+        match self.invalid_field() {
+            Some((field, why)) => anyhow::bail!("{field} {why}"),
+            None => Ok(()),
+        }
+    }
+
+    /// The first knob whose value the arithmetic cannot use, and why (for errors located in a
+    /// manifest): betas in [0, 1) (at 1 AdamW's bias corrections divide by zero), rates, weight
+    /// decay and the clip norm finite and not negative, counts at least 1.
+    pub fn invalid_field(&self) -> Option<(&'static str, String)> {
+        let counts = [
+            ("batch_size", self.batch_size as u64),
+            (
+                "gradient_accumulation_steps",
+                self.gradient_accumulation_steps as u64,
+            ),
+            ("eval_interval", self.eval_interval),
+            ("eval_iters", self.eval_iters as u64),
+        ];
+        if let Some((field, _)) = counts.iter().find(|(_, v)| *v == 0) {
+            return Some((*field, "must be at least 1, found 0".into()));
+        }
+        for (field, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return Some((field, format!("must be in [0, 1), found {v}")));
+            }
+        }
+        let non_negative = [
+            ("learning_rate", self.learning_rate),
+            ("min_lr", self.min_lr),
+            ("weight_decay", self.weight_decay),
+            ("grad_clip", self.grad_clip),
+        ];
+        for (field, v) in non_negative {
+            if !(v.is_finite() && v >= 0.0) {
+                return Some((field, format!("must be a finite number >= 0, found {v}")));
+            }
+        }
+        None
     }
 }
 
@@ -156,6 +184,65 @@ pub enum Event {
         grad_norm: f32,
         ms: f64,
     },
+}
+
+/// Stops training that has gone wrong, with the likely cause, instead of finishing with a useless
+/// model (or writing NaN into records). The rule: a non-finite training loss or gradient norm, a
+/// non-finite evaluation, or a val loss above [`DIVERGED`] times the stage's first evaluated one
+/// (for a new model that is about ln(vocab), what guessing gives).
+pub struct DivergenceGuard {
+    first_val_loss: Option<f32>,
+    /// Whether gradient norms are computed (grad_clip > 0); otherwise they are reported as NaN.
+    clipping: bool,
+}
+
+/// How many times the first val loss counts as diverged.
+pub const DIVERGED: f32 = 3.0;
+
+const CAUSE: &str = "the learning rate is probably too high (lower learning_rate, keep warmup_iters, \
+                     set grad_clip), or beta1/beta2 too close to 1";
+
+impl DivergenceGuard {
+    /// `first_val_loss`: the stage's first evaluation, when it happened before (a resumed stage).
+    pub fn new(cfg: &TrainConfig, first_val_loss: Option<f32>) -> Self {
+        DivergenceGuard {
+            first_val_loss,
+            clipping: cfg.grad_clip > 0.0,
+        }
+    }
+
+    /// An error when `ev` shows that training has diverged.
+    pub fn check(&mut self, ev: &Event) -> Result<()> {
+        match *ev {
+            Event::Log {
+                iter,
+                loss,
+                grad_norm,
+                ..
+            } => ensure!(
+                loss.is_finite() && (grad_norm.is_finite() || !self.clipping),
+                "training diverged at iter {iter}: the loss is {loss}, the gradient norm {grad_norm}; {CAUSE}"
+            ),
+            Event::Eval {
+                iter,
+                train_loss,
+                val_loss,
+                ..
+            } => {
+                ensure!(
+                    train_loss.is_finite() && val_loss.is_finite(),
+                    "training diverged at iter {iter}: train loss {train_loss}, val loss {val_loss}; {CAUSE}"
+                );
+                let first = *self.first_val_loss.get_or_insert(val_loss);
+                ensure!(
+                    val_loss <= DIVERGED * first,
+                    "training diverged at iter {iter}: val loss {val_loss:.4} is more than {DIVERGED}x the first evaluation's ({first:.4}); {CAUSE}"
+                );
+            }
+            Event::Checkpoint { .. } => {}
+        }
+        Ok(())
+    }
 }
 
 pub struct Trainer<'d> {
@@ -348,5 +435,78 @@ impl<'d> Trainer<'d> {
             }
             self.iter_num += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval(iter: u64, val_loss: f32) -> Event {
+        Event::Eval {
+            iter,
+            train_loss: val_loss,
+            val_loss,
+            lr: 1e-3,
+        }
+    }
+
+    fn log(loss: f32, grad_norm: f32) -> Event {
+        Event::Log {
+            iter: 3,
+            loss,
+            lr: 1e-3,
+            grad_norm,
+            ms: 1.0,
+        }
+    }
+
+    #[test]
+    fn divergence_is_a_loss_far_above_the_first_or_not_finite() {
+        let cfg = TrainConfig::default();
+        let mut g = DivergenceGuard::new(&cfg, None);
+        g.check(&eval(0, 4.0)).unwrap();
+        g.check(&eval(10, 11.9)).unwrap();
+        let e = g.check(&eval(20, 12.5)).unwrap_err().to_string();
+        assert!(e.contains("diverged") && e.contains("learning rate"), "{e}");
+        // A resumed stage compares with the first evaluation before the interruption.
+        assert!(
+            DivergenceGuard::new(&cfg, Some(2.0))
+                .check(&eval(30, 6.5))
+                .is_err()
+        );
+        assert!(g.check(&eval(30, f32::NAN)).is_err());
+        g.check(&log(3.0, 0.5)).unwrap();
+        assert!(g.check(&log(f32::INFINITY, 0.5)).is_err());
+        assert!(g.check(&log(3.0, f32::NAN)).is_err());
+        // Without clipping the norm is not computed (NaN): that is fine.
+        let no_clip = TrainConfig {
+            grad_clip: 0.0,
+            ..cfg
+        };
+        DivergenceGuard::new(&no_clip, None)
+            .check(&log(3.0, f32::NAN))
+            .unwrap();
+    }
+
+    #[test]
+    fn knobs_the_arithmetic_cannot_use_are_named() {
+        let bad = |f: fn(&mut TrainConfig)| {
+            let mut c = TrainConfig::default();
+            f(&mut c);
+            c.invalid_field().map(|x| x.0)
+        };
+        assert_eq!(bad(|_| {}), None);
+        assert_eq!(bad(|c| c.beta1 = 1.0), Some("beta1"));
+        assert_eq!(bad(|c| c.beta2 = -0.1), Some("beta2"));
+        assert_eq!(
+            bad(|c| c.learning_rate = f64::INFINITY),
+            Some("learning_rate")
+        );
+        assert_eq!(bad(|c| c.min_lr = -1e-4), Some("min_lr"));
+        assert_eq!(bad(|c| c.weight_decay = f64::NAN), Some("weight_decay"));
+        assert_eq!(bad(|c| c.grad_clip = -1.0), Some("grad_clip"));
+        assert_eq!(bad(|c| c.batch_size = 0), Some("batch_size"));
+        assert_eq!(bad(|c| c.beta1 = 0.0), None);
     }
 }

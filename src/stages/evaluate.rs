@@ -8,6 +8,7 @@ use super::{Ctx, Produced, load_model, read_meta, read_tokens, resolve_path, typ
 use crate::gpt::Gelu;
 use crate::gpt::GptConfig;
 use crate::gpt::device::{EvalLoss, Model};
+use crate::gpt::memory::{Work, check_host};
 use crate::gpt::rng::Rng;
 use crate::gpt::train::estimate_loss;
 use crate::manifest::StageSpec;
@@ -106,7 +107,15 @@ pub fn text_loss<M: EvalLoss + ?Sized>(model: &mut M, ids: &[u32]) -> Result<f64
 pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let ck = load_model(ctx)?;
     let config = ck.config.clone();
-    let mut model = Model::new(ctx.device()?, ck.config, ck.params)?;
+    let device = ctx.device()?;
+    // `text` is scored one window of up to block_size at a time.
+    let batch = if p.text.is_some() { 1 } else { p.batch_size };
+    let work = Work::Eval {
+        batch,
+        t: config.block_size,
+    };
+    check_host(&config, work, device)?;
+    let mut model = Model::new(device, ck.config, ck.params)?;
     let metrics = match &p.text {
         Some(t) => {
             let text = text_arg(ctx, t)?;

@@ -4,11 +4,12 @@
 
 use super::{Ctx, Produced, load_model, resolve_path, typed};
 use crate::gpt::{Gpt, hf};
-use crate::manifest::StageSpec;
-use anyhow::Result;
+use crate::manifest::{StageSpec, err};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +33,57 @@ pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Pa
     )
 }
 
+/// A manifest is code: `to` may only name a folder inside the manifest's folder or the current
+/// directory, unless the user passes `--allow-outside`.
+pub fn check_destination(m: &crate::manifest::Manifest, spec: &StageSpec) -> Result<()> {
+    let p = params(spec, &spec.params)?;
+    let Some(to) = &p.to else { return Ok(()) };
+    let dest = normalize(&resolve_path(&m.base_dir, to));
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let inside = [&m.base_dir, &cwd].iter().any(|root| {
+        dest.starts_with(normalize(
+            &root.canonicalize().unwrap_or(root.to_path_buf()),
+        ))
+    });
+    if inside {
+        return Ok(());
+    }
+    Err(err(
+        spec.origin_of("to").clone(),
+        format!(
+            "export `to` {} is outside the manifest's folder ({}) and the current directory",
+            dest.display(),
+            m.base_dir.display()
+        ),
+        Some(
+            "a manifest may only write inside its own folder or the current directory; pass --allow-outside if you trust it",
+        ),
+    ))
+}
+
+/// `a/./b/../c` -> `a/c`, without touching the file system (the folder may not exist yet).
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Writes one exported file into the `to` folder, naming the path on failure.
+fn write_copy(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the folder {}", dir.display()))?;
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
 /// On a cache hit, the copy in `to` may have been deleted since: write it again from the store.
 pub fn restore_copy(
     store: &crate::store::Store,
@@ -45,8 +97,7 @@ pub fn restore_copy(
     for (name, hash) in outputs {
         let path = dir.join(name);
         if !path.exists() {
-            std::fs::create_dir_all(&dir)?;
-            std::fs::write(&path, store.get(hash)?)?;
+            write_copy(&dir, name, &store.get(hash)?)?;
         }
     }
     Ok(())
@@ -58,9 +109,14 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let (config, weights) = hf::export_hf_bytes(&model)?;
     if let Some(to) = &p.to {
         let dir = resolve_path(&ctx.base_dir, to);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("config.json"), &config)?;
-        std::fs::write(dir.join("model.safetensors"), &weights)?;
+        if dir.exists() && !dir.is_dir() {
+            anyhow::bail!(
+                "export `to` {} is an existing file, not a folder: give a folder path (it is created if missing)",
+                dir.display()
+            );
+        }
+        write_copy(&dir, "config.json", &config)?;
+        write_copy(&dir, "model.safetensors", &weights)?;
         ctx.ui
             .say(&format!("{}: wrote {}", ctx.spec.name, dir.display()));
     }

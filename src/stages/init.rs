@@ -6,6 +6,8 @@
 //!   `hf_dir` or the Hugging Face cache; `block_size` may crop, `dropout` may override.
 
 use super::{Ctx, Produced, read_meta, resolve_path, typed};
+use crate::gpt::device::Device;
+use crate::gpt::memory::{Work, check_host};
 use crate::gpt::{Checkpoint, Gelu, Gpt, GptConfig, hf};
 use crate::manifest::{StageSpec, err};
 use crate::run::{RunEvent, RunRecord};
@@ -90,8 +92,27 @@ pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Pa
             Some("give an object hash (see `pipe show RUN_ID`) or RUN_ID/STAGE"),
         ));
     }
+    if let Some(d) = params.dropout.filter(|d| !(0.0..1.0).contains(d)) {
+        return Err(err(
+            spec.origin_of("dropout").clone(),
+            format!(
+                "stage `{}`, field `dropout`: must be in [0, 1), found {d}",
+                spec.name
+            ),
+            Some(HELP),
+        ));
+    }
     if from == "scratch" {
-        cfg_from(&params, 1).map_err(|e| {
+        let config = scratch_config(&params, 1);
+        if let Some((field, why)) = config.invalid_field() {
+            return Err(err(
+                spec.origin_of(field).clone(),
+                format!("stage `{}`, field `{field}`: {why}", spec.name),
+                Some(HELP),
+            ));
+        }
+        // What remains is how fields go together (n_embd and n_head): located at the stage.
+        config.validate().map_err(|e| {
             err(
                 spec.origin.clone(),
                 format!("stage `{}`: {e}", spec.name),
@@ -102,8 +123,16 @@ pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Pa
     Ok(params)
 }
 
+/// A `from: scratch` model's config, validated.
 fn cfg_from(p: &Params, vocab: usize) -> Result<GptConfig> {
-    let c = GptConfig {
+    let c = scratch_config(p, vocab);
+    c.validate()?;
+    Ok(c)
+}
+
+/// The model args with nanoGPT's defaults for those not given.
+fn scratch_config(p: &Params, vocab: usize) -> GptConfig {
+    GptConfig {
         n_layer: p.n_layer.unwrap_or(12),
         n_head: p.n_head.unwrap_or(12),
         n_embd: p.n_embd.unwrap_or(768),
@@ -112,9 +141,7 @@ fn cfg_from(p: &Params, vocab: usize) -> Result<GptConfig> {
         bias: p.bias.unwrap_or(false),
         dropout: p.dropout.unwrap_or(0.0),
         gelu: p.gelu.unwrap_or(Gelu::Erf),
-    };
-    c.validate()?;
-    Ok(c)
+    }
 }
 
 /// The folder holding `name`'s config.json and model.safetensors.
@@ -305,7 +332,10 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
                 (None, Some(d)) => read_meta(ctx.store, d)?.vocab_size,
                 (None, None) => 50304, // nanoGPT's default: GPT-2's 50257 padded up
             };
-            let model = Gpt::new_random(cfg_from(p, vocab)?, p.seed)?;
+            let config = cfg_from(p, vocab)?;
+            // Refuse sizes this machine cannot hold before allocating them.
+            check_host(&config, Work::Load, Device::Cpu)?;
+            let model = Gpt::new_random(config, p.seed)?;
             ctx.ui.say(&format!(
                 "{}: new model, {:.2}M parameters",
                 ctx.spec.name,

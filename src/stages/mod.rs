@@ -203,6 +203,24 @@ pub fn check_needs(m: &Manifest, spec: &StageSpec) -> Result<()> {
     }
 }
 
+/// The names of the outputs a stage produces (what `needs` consumers see).
+pub fn output_names(spec: &StageSpec) -> Vec<String> {
+    let fixed: &[&str] = match spec.kind {
+        StageKind::Prepare => &["meta.json", "train.bin", "val.bin"],
+        StageKind::Init => &["ckpt"],
+        StageKind::Train => &["ckpt", "loss.svg", "metrics.json"],
+        StageKind::Evaluate => &["metrics.json"],
+        StageKind::Sample => &["samples.txt"],
+        StageKind::Export => &["config.json", "model.safetensors"],
+        StageKind::Command => {
+            return command::params(spec, &spec.params)
+                .map(|p| p.outs)
+                .unwrap_or_default();
+        }
+    };
+    fixed.iter().map(|s| s.to_string()).collect()
+}
+
 /// Validates parameters (no I/O).
 pub fn validate(m: &Manifest, spec: &StageSpec) -> Result<()> {
     check_needs(m, spec)?;
@@ -214,7 +232,10 @@ pub fn validate(m: &Manifest, spec: &StageSpec) -> Result<()> {
         StageKind::Evaluate => evaluate::params(spec, &p).map(drop),
         StageKind::Sample => sample::params(spec, &p).map(drop),
         StageKind::Export => export::params(spec, &p).map(drop),
-        StageKind::Command => command::params(spec, &p).map(drop),
+        StageKind::Command => {
+            command::params(spec, &p)?;
+            command::check_input_names(m, spec)
+        }
     }
 }
 

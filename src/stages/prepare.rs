@@ -112,6 +112,13 @@ pub fn key_parts(
                     None,
                 )
             })?;
+            if bytes.is_empty() {
+                return Err(err(
+                    spec.origin_of("path").clone(),
+                    format!("the text {} is empty", full.display()),
+                    Some("prepare needs some text to make training and validation tokens from"),
+                ));
+            }
             json!({ "text_sha256": sha256_hex(&bytes) })
         }
         (Some(_), Some(pinned)) if params.url.is_some() => json!({ "text_sha256": pinned }),
@@ -190,7 +197,10 @@ fn fetch_pinned(store: &Store, url: &str, sha256: &str, stage: &str, ctx: &Ctx) 
         return store.get(&rec.outputs["content"]);
     }
     ctx.ui.say(&format!("downloading {url}"));
-    let tmp = store.root.join("tmp").join(format!("download-{sha256}"));
+    let tmp = store
+        .root
+        .join("tmp")
+        .join(crate::store::temp_name(&format!("download-{sha256}")));
     let status = std::process::Command::new("curl")
         .args(["-fsSL", "--retry", "2", "-o"])
         .arg(&tmp)
@@ -233,6 +243,11 @@ fn u16_bytes(ids: &[u32]) -> Result<Vec<u8>> {
 
 pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let text = read_text(ctx, p)?;
+    if text.is_empty() {
+        bail!(
+            "the text is empty: prepare needs some text to make training and validation tokens from"
+        );
+    }
     let tok = match p.tokenizer {
         TokenizerKind::Char => Tokenizer::char_from_text(&text),
         TokenizerKind::Gpt2 => Tokenizer::Gpt2,

@@ -1,11 +1,15 @@
 //! `sample`: nanoGPT's sample.py. `start` is the prompt (or `FILE:prompt.txt`); writes
-//! `samples.txt` (samples separated by nanoGPT's dashed line) and prints them.
+//! `samples.txt` (samples separated by nanoGPT's dashed line) and prints them. `temperature` divides
+//! the logits (1 keeps them; lower is more conservative); `temperature: 0` samples greedily, always
+//! the most likely token (argmax), and a negative one is refused. `top_k` keeps the k most likely
+//! tokens (leave it out, or null, for all).
 
 use super::evaluate::{text_arg, tokenizer_for};
 use super::{Ctx, Produced, load_model, typed};
 use crate::gpt::device::Model;
+use crate::gpt::memory::{Work, check_host};
 use crate::gpt::sample::SampleConfig;
-use crate::manifest::StageSpec;
+use crate::manifest::{StageSpec, err};
 use anyhow::{Result, ensure};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -49,7 +53,34 @@ const HELP: &str =
     "sample takes start (text or FILE:path), num_samples, max_new_tokens, temperature, top_k, seed";
 
 pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Params> {
-    typed(spec, p, HELP)
+    let params: Params = typed(spec, p, HELP)?;
+    match invalid_field(&params) {
+        Some((field, why)) => Err(err(
+            spec.origin_of(field).clone(),
+            format!("stage `{}`, field `{field}`: {why}", spec.name),
+            Some(HELP),
+        )),
+        None => Ok(params),
+    }
+}
+
+/// The first parameter that sampling cannot use, and why.
+fn invalid_field(p: &Params) -> Option<(&'static str, String)> {
+    if !(p.temperature.is_finite() && p.temperature >= 0.0) {
+        let why = format!(
+            "must be a finite number >= 0 (0 samples greedily), found {}",
+            p.temperature
+        );
+        return Some(("temperature", why));
+    }
+    if p.top_k == Some(0) {
+        let why = "must be at least 1 (leave it out, or null, to keep every token)";
+        return Some(("top_k", why.into()));
+    }
+    if p.num_samples == 0 {
+        return Some(("num_samples", "must be at least 1".into()));
+    }
+    None
 }
 
 /// A prompt file is part of the key by content.
@@ -68,7 +99,11 @@ pub const SEPARATOR: &str = "\n---------------\n";
 pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let ck = load_model(ctx)?;
     let config = ck.config.clone();
-    let mut model = Model::new(ctx.device()?, ck.config, ck.params)?;
+    let device = ctx.device()?;
+    // The CPU runs a sample per thread at a time, each with its own KV cache.
+    let parallel = p.num_samples.min(rayon::current_num_threads());
+    check_host(&config, Work::Sample { parallel }, device)?;
+    let mut model = Model::new(device, ck.config, ck.params)?;
     let tok = tokenizer_for(ctx, &config)?;
     let start = text_arg(ctx, &p.start)?;
     let prompt = tok.encode(&start)?;

@@ -6,7 +6,8 @@
 //! `loss.svg` (the loss curves).
 
 use super::{Ctx, Produced, load_model, read_tokens, typed};
-use crate::gpt::train::Event;
+use crate::gpt::memory::{Work, check_host};
+use crate::gpt::train::{DivergenceGuard, Event};
 use crate::gpt::{Checkpoint, Gpt, TrainConfig, Trainer};
 use crate::manifest::{StageSpec, err};
 use crate::plot::{Series, loss_svg};
@@ -48,14 +49,21 @@ pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Pa
         ),
     };
     let cfg: TrainConfig = typed(spec, &rest, HELP)?;
-    cfg.validate().map_err(|e| {
-        err(
-            spec.origin.clone(),
-            format!("stage `{}`: {e}", spec.name),
+    if let Some((field, why)) = cfg.invalid_field() {
+        return Err(err(
+            spec.origin_of(field).clone(),
+            format!("stage `{}`, field `{field}`: {why}", spec.name),
             Some(HELP),
-        )
-    })?;
+        ));
+    }
     Ok(Params { cfg, dropout })
+}
+
+/// What training holds: the model, its gradients and moments, and activations for the batch.
+fn train_work(p: &Params) -> Work {
+    Work::Train {
+        batch: p.cfg.batch_size,
+    }
 }
 
 pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
@@ -67,6 +75,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
 
     // Continue from the last checkpoint of an interrupted attempt at this same key, if any.
     let resumed_from = progress.checkpoints.last().cloned();
+    let device = ctx.device()?;
     let mut trainer = match &resumed_from {
         Some(c) => {
             let ck = Checkpoint::from_bytes(&ctx.store.get(&c.hash)?)?;
@@ -75,6 +84,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
                 c.iter,
                 &c.hash[..12]
             ));
+            check_host(&ck.config, train_work(p), device)?;
             Trainer::resume(&ck, p.cfg.clone(), &train, &val)?
         }
         None => {
@@ -89,6 +99,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
                 "the data's vocabulary ({vocab}) is larger than the model's ({}): use the same tokenizer for both",
                 config.vocab_size
             );
+            check_host(&config, train_work(p), device)?;
             let model = Gpt::from_params(config, ck.params.clone())?;
             if ck.progress.is_some() {
                 // init from: resume — continue that training state.
@@ -100,26 +111,19 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
             }
         }
     };
-    trainer.use_device(ctx.device()?)?;
+    trainer.use_device(device)?;
     if let Some(gpu) = trainer.device_name() {
         ctx.ui.say(&format!("{name}: training on {gpu}"));
     }
     let start_iter = trainer.iter_num;
     let max_iters = p.cfg.max_iters;
-    let pb = ctx.ui.bar(max_iters, &name);
-    pb.set_position(start_iter);
+    let pb = ctx.ui.bar(start_iter, max_iters, &name);
     let started = Instant::now();
     let mut last_ms = 0.0;
+    let mut guard = DivergenceGuard::new(&p.cfg, progress.evals.first().map(|e| e.2));
     trainer.run(&mut |ev| {
-        // A diverged run stops with a clear error (and never writes NaN into records).
-        let diverged = match &ev {
-            Event::Log { loss, .. } => !loss.is_finite(),
-            Event::Eval { train_loss, val_loss, .. } => !(train_loss.is_finite() && val_loss.is_finite()),
-            Event::Checkpoint { .. } => false,
-        };
-        if diverged {
-            anyhow::bail!("training diverged (the loss is not finite): {ev:?}; lower learning_rate or set grad_clip");
-        }
+        // Checked first, so a diverged run never writes NaN into records.
+        guard.check(&ev)?;
         match ev {
             Event::Log {
                 iter, loss, lr, ms, ..

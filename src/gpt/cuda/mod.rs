@@ -12,6 +12,7 @@
 
 use super::config::{Gelu, GptConfig};
 use super::device::Precision;
+use super::memory::{self, Footprint};
 use super::model::DropoutPlan;
 use super::optim::{AdamW, clip_coef};
 use super::params::ParamLayout;
@@ -187,6 +188,15 @@ impl Gpu {
     fn func(&self, name: &str) -> &CudaFunction {
         &self.kernels[name]
     }
+}
+
+/// Refuses `need` when it is more than the GPU's free memory (the rule of `memory::ensure_fits`), so
+/// absurd sizes get the numbers rather than an allocation error.
+fn check_gpu_memory(gpu: &Gpu, need: &Footprint) -> Result<()> {
+    gpu.ctx.bind_to_thread()?;
+    let (free, total) = cudarc::driver::result::mem_get_info()
+        .map_err(|e| anyhow!("reading the GPU's free memory: {e:?}"))?;
+    memory::check_gpu(need, free, total)
 }
 
 /// A device buffer and its raw address (kernels and cuBLAS take addresses; offsets are arithmetic).
@@ -448,6 +458,12 @@ impl GpuGpt {
             Precision::F32 | Precision::Bf16 => CUBLAS_COMPUTE_32F,
             Precision::Tf32 => CUBLAS_COMPUTE_32F_FAST_TF32,
         };
+        // Every GPU model holds all four buffers, whatever it is used for.
+        let need = Footprint {
+            model: config.training_buffers(),
+            activations: None,
+        };
+        check_gpu_memory(&gpu, &need)?;
         let n = layout.total;
         Ok(GpuGpt {
             params: Buf::from_host(s, params)?,
@@ -527,6 +543,14 @@ impl GpuGpt {
         });
         if !fits {
             self.acts = None;
+            let need = Footprint {
+                model: Vec::new(),
+                activations: Some((
+                    4.0 * self.config.activation_floats(b, t, layers, with_dropout),
+                    format!("batch {b} x block {t}, {layers} layer(s)"),
+                )),
+            };
+            check_gpu_memory(&self.gpu, &need)?;
             self.acts = Some(Acts::new(
                 &self.gpu.stream,
                 &self.config,

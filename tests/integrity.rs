@@ -1,0 +1,443 @@
+//! The store under hostile stages, damaged records, races and misleading input (issue 14): one
+//! test per class of failure. Most pipelines here are command stages, so the tests stay fast.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+
+/// A chain of command stages: `make` writes a file, `upper` reads it, `count` reads `upper`'s.
+const CHAIN: &str = r#"name: chain
+stages:
+  make:
+    kind: command
+    cmd: printf 'hello store\n' > "$PIPE_OUT/a.txt"
+    outs: [a.txt]
+  upper:
+    kind: command
+    needs: [make]
+    cmd: tr a-z A-Z < "$PIPE_IN_MAKE_A_TXT" > "$PIPE_OUT/b.txt"
+    outs: [b.txt]
+  count:
+    kind: command
+    needs: [upper]
+    cmd: wc -c < "$PIPE_IN_UPPER_B_TXT" | tr -d ' ' > "$PIPE_OUT/n.txt"
+    outs: [n.txt]
+"#;
+
+fn object_path(sb: &Sandbox, hash: &str) -> PathBuf {
+    sb.cache().join("objects").join(&hash[..2]).join(&hash[2..])
+}
+
+fn output(doc: &serde_json::Value, stage_name: &str, name: &str) -> String {
+    stage(doc, stage_name)["outputs"][name]
+        .as_str()
+        .unwrap_or_else(|| panic!("no output {stage_name}/{name} in {doc}"))
+        .to_string()
+}
+
+fn statuses(doc: &serde_json::Value) -> Vec<String> {
+    doc["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Overwrites a store object by hand (objects are read-only, so make it writable first).
+fn damage(path: &Path, bytes: &[u8]) {
+    let mut perm = std::fs::metadata(path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    std::fs::set_permissions(path, perm).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn a_command_cannot_change_its_inputs_in_the_store() {
+    let sb = Sandbox::new("tamper");
+    let m = CHAIN.replace(
+        r#"cmd: tr a-z A-Z < "$PIPE_IN_MAKE_A_TXT" > "$PIPE_OUT/b.txt""#,
+        r#"cmd: echo tampered >> "$PIPE_IN_MAKE_A_TXT"; sed -i s/hello/HELLO/ "$PIPE_IN_MAKE_A_TXT"; cp "$PIPE_IN_MAKE_A_TXT" "$PIPE_OUT/b.txt""#,
+    );
+    sb.write("m.yaml", &m);
+    let out = sb.pipe(&["run", "m.yaml", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(statuses(&doc), ["executed", "failed", "skipped"]);
+    let err = stage(&doc, "upper")["error"].as_str().unwrap().to_string();
+    assert!(
+        err.contains("changed its input $PIPE_IN_MAKE_A_TXT"),
+        "{err}"
+    );
+    // The stored object is untouched and read-only; verify finds nothing wrong.
+    let h = output(&doc, "make", "a.txt");
+    let path = object_path(&sb, &h);
+    assert_eq!(std::fs::read(&path).unwrap(), b"hello store\n");
+    assert!(std::fs::metadata(&path).unwrap().permissions().readonly());
+    let v = sb.pipe(&["verify"]);
+    assert_eq!(
+        v.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&v.stdout)
+    );
+}
+
+#[test]
+fn verify_sets_aside_every_record_built_from_a_damaged_object() {
+    let sb = Sandbox::new("taint");
+    sb.write("m.yaml", CHAIN);
+    let first = sb.json(&["run", "m.yaml", "--json"]);
+    assert_eq!(statuses(&first), ["executed"; 3]);
+    // Damage `make`'s output behind pipe's back.
+    damage(
+        &object_path(&sb, &output(&first, "make", "a.txt")),
+        b"HACKED\n",
+    );
+    let v = sb.pipe(&["verify"]);
+    let report = String::from_utf8_lossy(&v.stdout).to_string();
+    assert_eq!(v.status.code(), Some(1), "{report}");
+    assert!(report.contains("CORRUPTED object"), "{report}");
+    // make's record (damaged output), upper's (damaged input) and count's (built from upper).
+    assert_eq!(
+        report.matches("DAMAGED action record").count(),
+        3,
+        "{report}"
+    );
+    // Nothing built from the damaged bytes stays cached: every stage runs again, and gives the
+    // same bytes as the first time.
+    let again = sb.json(&["run", "m.yaml", "--json"]);
+    assert_eq!(statuses(&again), ["executed"; 3]);
+    assert_eq!(
+        output(&again, "count", "n.txt"),
+        output(&first, "count", "n.txt")
+    );
+    let v = sb.pipe(&["verify"]);
+    assert_eq!(
+        v.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&v.stdout)
+    );
+}
+
+#[test]
+fn damaged_records_are_set_aside_and_never_block_a_run() {
+    let sb = Sandbox::new("records");
+    sb.write("m.yaml", CHAIN);
+    let first = sb.json(&["run", "m.yaml", "--json"]);
+    // A truncated action record: the next run warns, reruns that stage, and succeeds.
+    let key = stage(&first, "upper")["key"].as_str().unwrap().to_string();
+    let record = sb.cache().join("actions").join(format!("{key}.json"));
+    std::fs::write(&record, b"{\"key\": \"trunc").unwrap();
+    let out = sb.pipe(&["run", "m.yaml", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is damaged"), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(statuses(&doc), ["cached", "executed", "cached"]);
+    assert!(sb.cache().join("damaged").read_dir().unwrap().count() >= 1);
+    // An empty record, found by verify (exit 1), then fine.
+    std::fs::write(&record, b"").unwrap();
+    let v = sb.pipe(&["verify"]);
+    let report = String::from_utf8_lossy(&v.stdout).to_string();
+    assert_eq!(v.status.code(), Some(1), "{report}");
+    assert!(report.contains("not a valid action record"), "{report}");
+    // A damaged progress record too.
+    std::fs::write(sb.cache().join("progress").join("0123.json"), b"[").unwrap();
+    let v = sb.pipe(&["verify"]);
+    let report = String::from_utf8_lossy(&v.stdout).to_string();
+    assert!(report.contains("not a valid progress record"), "{report}");
+    assert_eq!(sb.pipe(&["verify"]).status.code(), Some(0));
+}
+
+#[test]
+fn a_damaged_run_record_hides_no_other_run() {
+    let sb = Sandbox::new("runrecord");
+    sb.write("m.yaml", CHAIN);
+    let a = sb.json(&["run", "m.yaml", "--json"]);
+    let b = sb.json(&["run", "m.yaml", "--json"]);
+    let bad = a["run_id"].as_str().unwrap();
+    let plan = sb.cache().join("runs").join(bad).join("plan.json");
+    let text = std::fs::read(&plan).unwrap();
+    std::fs::write(&plan, &text[..text.len() / 2]).unwrap();
+    let runs = sb.json(&["show", "--json"]);
+    let list = runs["runs"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{runs}");
+    let status_of = |id: &str| list.iter().find(|r| r["run_id"] == id).unwrap()["status"].clone();
+    assert_eq!(status_of(bad), "damaged");
+    assert_eq!(status_of(b["run_id"].as_str().unwrap()), "succeeded");
+    let out = sb.pipe(&["show", bad]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is damaged"), "{}", stderr(&out));
+    let out = sb.pipe(&["resume", bad]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot be resumed"),
+        "{}",
+        stderr(&out)
+    );
+    sb.json(&["show", b["run_id"].as_str().unwrap(), "--json"]);
+    let gc = sb.pipe(&["gc"]);
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    let v = sb.pipe(&["verify"]);
+    assert!(String::from_utf8_lossy(&v.stdout).contains("run ") && v.status.code() == Some(1));
+    assert!(sb.pipe(&["forget", bad]).status.success());
+    assert_eq!(
+        sb.json(&["show", "--json"])["runs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn gc_in_a_loop_never_breaks_a_starting_run() {
+    let sb = Sandbox::new("gcrace");
+    sb.write("m.yaml", CHAIN);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let gc = s.spawn(|| {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 2000 {
+                let _ = sb.pipe(&["gc"]);
+                n += 1;
+            }
+        });
+        let mut failures = Vec::new();
+        for i in 0..12 {
+            // A new key each time, so every run writes objects and records.
+            let m = CHAIN.replace("hello store", &format!("hello store {i}"));
+            sb.write("m.yaml", &m);
+            let out = sb.pipe(&["run", "m.yaml"]);
+            if !out.status.success() {
+                failures.push(stderr(&out));
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        gc.join().unwrap();
+        failures
+    });
+    assert!(
+        failures.is_empty(),
+        "runs failed while gc ran:\n{failures:#?}"
+    );
+}
+
+#[test]
+fn inputs_whose_variables_collide_are_refused_at_plan_time() {
+    let sb = Sandbox::new("collide");
+    sb.write(
+        "m.yaml",
+        "name: c\nstages:\n  a-b:\n    kind: command\n    cmd: echo 1 > $PIPE_OUT/x\n    outs: [x]\n  a_b:\n    kind: command\n    cmd: echo 2 > $PIPE_OUT/x\n    outs: [x]\n  both:\n    kind: command\n    needs: [a-b, a_b]\n    cmd: cat $PIPE_IN_A_B_X\n",
+    );
+    for cmd in ["run", "status"] {
+        let out = sb.pipe(&[cmd, "m.yaml"]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("m.yaml:13:"), "{err}");
+        assert!(err.contains("would both be $PIPE_IN_A_B_X"), "{err}");
+    }
+    assert!(!sb.cache().join("runs").exists());
+}
+
+#[test]
+fn json_errors_are_json_documents_with_the_same_exit_code() {
+    let sb = Sandbox::new("jsonerr");
+    sb.write(
+        "m.yaml",
+        "name: j\nstages:\n  make:\n    kind: command\n    cmd: echo hi\n    outz: []\n",
+    );
+    let out = sb.pipe(&["run", "m.yaml", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let e = &doc["error"];
+    assert!(e["message"].as_str().unwrap().contains("outz"), "{doc}");
+    assert!(e["file"].as_str().unwrap().ends_with("m.yaml"), "{doc}");
+    assert!(e["line"].as_u64().is_some_and(|l| l >= 3), "{doc}");
+    assert!(e["column"].as_u64().is_some(), "{doc}");
+    // A failure that is not bad input: exit 1, and still a document.
+    let out = sb.pipe(&["show", "20990101", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("neither a run id")
+    );
+    assert!(doc["error"]["line"].is_null());
+}
+
+#[test]
+fn export_outside_the_manifest_folder_needs_allow_outside() {
+    let sb = Sandbox::new("outside");
+    let elsewhere = std::env::temp_dir().join(format!("pipe-outside-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&elsewhere);
+    sb.write("text.txt", &corpus(2_000));
+    let m = format!(
+        "name: o\nstages:\n  data:\n    kind: prepare\n    path: text.txt\n    tokenizer: char\n  model:\n    kind: init\n    needs: [data]\n    from: scratch\n    n_layer: 1\n    n_head: 1\n    n_embd: 8\n    block_size: 8\n  hf:\n    kind: export\n    needs: [model]\n    to: {}\n",
+        elsewhere.display()
+    );
+    sb.write("m.yaml", &m);
+    let out = sb.pipe(&["run", "m.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("m.yaml:18:") && err.contains("--allow-outside"),
+        "{err}"
+    );
+    assert!(!elsewhere.exists());
+    // Inside the manifest's folder is fine; outside with the flag too.
+    let out = sb.pipe(&["run", "m.yaml", "--allow-outside"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(elsewhere.join("config.json").exists());
+    std::fs::remove_dir_all(&elsewhere).unwrap();
+    sb.write(
+        "m.yaml",
+        &m.replace(&elsewhere.display().to_string(), "out/hf"),
+    );
+    assert!(sb.pipe(&["run", "m.yaml"]).status.success());
+    assert!(sb.dir.join("out/hf/model.safetensors").exists());
+    // `to` naming an existing file: the error names it.
+    sb.write("file.txt", "x");
+    sb.write(
+        "m.yaml",
+        &m.replace(&elsewhere.display().to_string(), "file.txt"),
+    );
+    let out = sb.pipe(&["run", "m.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("file.txt is an existing file"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn misleading_inputs_get_messages_that_say_what_is_wrong() {
+    let sb = Sandbox::new("messages");
+    // A byte-order mark is not part of the YAML.
+    sb.write("bom.yaml", &format!("\u{feff}{CHAIN}"));
+    let out = sb.pipe(&["status", "bom.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // An empty text fails at prepare, located.
+    sb.write("empty.txt", "");
+    sb.write(
+        "empty.yaml",
+        "name: e\nstages:\n  data:\n    kind: prepare\n    path: empty.txt\n    tokenizer: char\n",
+    );
+    let out = sb.pipe(&["run", "empty.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("empty.yaml:5:") && stderr(&out).contains("is empty"),
+        "{}",
+        stderr(&out)
+    );
+    // `use:` naming a folder: located, exit 2.
+    std::fs::create_dir_all(sb.dir.join("stages/folder.yaml")).unwrap();
+    sb.write("use.yaml", "name: u\nstages:\n  data:\n    use: folder\n");
+    let out = sb.pipe(&["run", "use.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("use.yaml:4:")
+            && stderr(&out).contains("cannot read the stage definition"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_cached_sample_stage_prints_its_samples_again() {
+    let sb = Sandbox::new("cachedsample");
+    sb.write("text.txt", &corpus(5_000));
+    sb.write("tiny.yaml", &tiny_manifest(4, 2));
+    let first = sb.pipe(&["run", "tiny.yaml"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let second = sb.pipe(&["run", "tiny.yaml"]);
+    assert!(second.status.success());
+    assert!(stderr(&second).contains("sample: cached"));
+    let samples = |o: &std::process::Output| {
+        let s = String::from_utf8_lossy(&o.stdout).to_string();
+        s[..s.find("\nrun ").unwrap_or(s.len())].to_string()
+    };
+    assert!(
+        samples(&first).contains("---------------"),
+        "{}",
+        samples(&first)
+    );
+    assert_eq!(samples(&first), samples(&second));
+}
+
+#[test]
+fn lineage_prints_a_shared_input_once() {
+    let sb = Sandbox::new("lineage");
+    sb.write("text.txt", &corpus(5_000));
+    sb.write("tiny.yaml", &tiny_manifest(2, 2));
+    let doc = sb.json(&["run", "tiny.yaml", "--json"]);
+    // train needs model and data, and model needs data: data is shared.
+    let ckpt = output(&doc, "train", "ckpt");
+    let out = sb.pipe(&["show", &ckpt]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(text.matches("<- prepare `data`").count(), 2, "{text}");
+    assert_eq!(text.matches("(shown above)").count(), 1, "{text}");
+    assert_eq!(text.matches("tokenizer=").count(), 1, "{text}");
+}
+
+/// A small tmpfs, unmounted when dropped (mounting needs root, as in CI).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(at: PathBuf, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(&at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk(at))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_stage_and_leaves_nothing_partial() {
+    let sb = Sandbox::new("diskfull");
+    let Some(disk) = SmallDisk::mount(sb.dir.join("small"), "1m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    sb.write("text.txt", &corpus(700_000));
+    sb.write(
+        "m.yaml",
+        "name: full\nstages:\n  data:\n    kind: prepare\n    path: text.txt\n    tokenizer: char\n",
+    );
+    let store = disk.0.join("cache");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipe"))
+        .arg("--cache")
+        .arg(&store)
+        .args(["run", "m.yaml"])
+        .current_dir(&sb.dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("No space left on device") && err.contains(&store.display().to_string()),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(std::fs::read_dir(store.join("tmp")).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(store.join("actions")).unwrap().count(), 0);
+}
