@@ -290,6 +290,42 @@ impl Store {
         Ok(hash)
     }
 
+    /// A writer for a new object: bytes are hashed as they are written to a temp file, and
+    /// `commit` moves the file into place under its hash. Dropped uncommitted, it leaves nothing.
+    pub fn writer(&self) -> Result<ObjectWriter<'_>> {
+        Ok(ObjectWriter {
+            store: self,
+            temp: TempFile::create(&self.tmp())?,
+            hasher: blake3::Hasher::new(),
+            buf: Vec::with_capacity(WRITE_BUFFER),
+            len: 0,
+        })
+    }
+
+    /// Maps an object into memory, read-only, after checking its hash once (blake3 on all cores).
+    /// The bytes stay in the page cache, not in this process's heap: memory does not grow with
+    /// the object's size.
+    pub fn map(&self, hash: &str) -> Result<Mapped> {
+        let path = self.object_path(hash);
+        let file = File::open(&path).with_context(|| format!("object {hash} is missing from the store {} (was it removed by hand? rerun the stage that made it)", self.root.display()))?;
+        // SAFETY: objects are read-only once committed and never rewritten in place (a new
+        // version is a new file, renamed over the old name), so the mapped bytes do not change.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .with_context(|| format!("mapping {}", path.display()))?;
+        let actual = blake3::Hasher::new()
+            .update_rayon(&map)
+            .finalize()
+            .to_hex()
+            .to_string();
+        if actual != hash {
+            bail!(
+                "object {hash} in {} is corrupted (its content hashes to {actual}); run `pipe verify`, which removes it, then rerun",
+                self.root.display()
+            );
+        }
+        Ok(Mapped { map })
+    }
+
     /// Reads a blob and checks its hash.
     pub fn get(&self, hash: &str) -> Result<Vec<u8>> {
         let path = self.object_path(hash);
@@ -710,6 +746,100 @@ impl Store {
     }
 }
 
+/// How much an `ObjectWriter` gathers before writing to its file.
+const WRITE_BUFFER: usize = 1 << 20;
+
+/// A new object being written (see `Store::writer`).
+pub struct ObjectWriter<'s> {
+    store: &'s Store,
+    temp: TempFile,
+    hasher: blake3::Hasher,
+    buf: Vec<u8>,
+    len: u64,
+}
+
+impl ObjectWriter<'_> {
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Finishes the object: fsync, read-only, rename into place (unless the store already has
+    /// it). Returns its hash.
+    pub fn commit(mut self) -> Result<Hash> {
+        self.flush_buf()?;
+        let hash = self.hasher.finalize().to_hex().to_string();
+        let dest = self.store.object_path(&hash);
+        if !dest.exists() {
+            tracing::debug!(%hash, bytes = self.len, "store object (streamed)");
+            self.temp.commit(&dest, true)?;
+        }
+        Ok(hash)
+    }
+
+    fn flush_buf(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            self.hasher.update(&self.buf);
+            self.temp.write(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+impl Write for ObjectWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + bytes.len() > WRITE_BUFFER {
+            self.flush_buf().map_err(std::io::Error::other)?;
+        }
+        if bytes.len() >= WRITE_BUFFER {
+            self.hasher.update(bytes);
+            self.temp.write(bytes).map_err(std::io::Error::other)?;
+        } else {
+            self.buf.extend_from_slice(bytes);
+        }
+        self.len += bytes.len() as u64;
+        Ok(bytes.len())
+    }
+
+    /// Buffered bytes go to the file at `commit`; flushing early is not needed for atomicity.
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An object mapped into memory, its hash checked (see `Store::map`).
+pub struct Mapped {
+    map: memmap2::Mmap,
+}
+
+impl Mapped {
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// The bytes as little-endian u16 tokens (nanoGPT's .bin), without copying.
+    pub fn tokens(&self) -> Result<&[u16]> {
+        if self.map.len() % 2 != 0 {
+            bail!("a token file has an odd number of bytes: not a uint16 stream");
+        }
+        // SAFETY: any two bytes are a valid u16; a page-aligned map has no unaligned prefix
+        // (checked below rather than assumed).
+        let (prefix, tokens, suffix) = unsafe { self.map.align_to::<u16>() };
+        if !prefix.is_empty() || !suffix.is_empty() {
+            bail!("a token file's memory map is not aligned for u16");
+        }
+        Ok(tokens)
+    }
+}
+
+#[cfg(not(target_endian = "little"))]
+compile_error!("pipe reads token files and checkpoints as little-endian memory maps");
+
 fn short(h: &str) -> &str {
     &h[..h.len().min(12)]
 }
@@ -785,6 +915,45 @@ mod tests {
         fs::write(&unnamed, b"old layout").unwrap();
         assert_eq!(s.clean_tmp().unwrap(), 2);
         assert!(mine.exists() && !dead.exists() && !unnamed.exists());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_streamed_object_larger_than_the_buffer_is_hashed_mapped_and_verified() {
+        let dir = std::env::temp_dir().join(format!("pipe-store-writer-{}", unique_suffix()));
+        let s = Store::open(&dir).unwrap();
+        let tokens: Vec<u16> = (0..(3 * WRITE_BUFFER / 2 + 5) as u32)
+            .map(|i| (i % 50257) as u16)
+            .collect();
+        let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
+        let mut w = s.writer().unwrap();
+        // Small writes and one larger than the buffer.
+        w.write_all(&bytes[..10]).unwrap();
+        w.write_all(&bytes[10..WRITE_BUFFER + 20]).unwrap();
+        for c in bytes[WRITE_BUFFER + 20..].chunks(4097) {
+            w.write_all(c).unwrap();
+        }
+        assert_eq!(w.len(), bytes.len() as u64);
+        let h = w.commit().unwrap();
+        assert_eq!(h, hash_bytes(&bytes));
+        let m = s.map(&h).unwrap();
+        assert_eq!(m.bytes(), &bytes[..]);
+        assert_eq!(m.tokens().unwrap(), &tokens[..]);
+        drop(m);
+        // An abandoned writer leaves nothing behind.
+        let mut w = s.writer().unwrap();
+        w.write_all(b"half").unwrap();
+        drop(w);
+        assert_eq!(fs::read_dir(s.tmp()).unwrap().count(), 0);
+        // A damaged object is refused by map.
+        let path = s.object_path(&h);
+        let mut perm = fs::metadata(&path).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perm.set_readonly(false);
+        fs::set_permissions(&path, perm).unwrap();
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(bytes.len() as u64 - 2).unwrap();
+        assert!(s.map(&h).err().unwrap().to_string().contains("corrupted"));
         fs::remove_dir_all(dir).unwrap();
     }
 }
