@@ -824,7 +824,7 @@ impl Mapped {
 
     /// The bytes as little-endian u16 tokens (nanoGPT's .bin), without copying.
     pub fn tokens(&self) -> Result<&[u16]> {
-        if self.map.len() % 2 != 0 {
+        if !self.map.len().is_multiple_of(2) {
             bail!("a token file has an odd number of bytes: not a uint16 stream");
         }
         // SAFETY: any two bytes are a valid u16; a page-aligned map has no unaligned prefix
