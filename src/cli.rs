@@ -337,14 +337,18 @@ pub fn run(cli: Cli) -> Result<i32> {
             let h = store
                 .resolve_object(&hash)?
                 .with_context(|| format!("no object {hash:?} in {}", store.root.display()))?;
-            let bytes = store.get(&h)?;
+            // Streamed: a multi-GB checkpoint is never read into memory.
             match output {
-                Some(p) => {
-                    std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?
-                }
+                Some(p) => store.copy_out(&h, &p)?,
                 None => {
                     use std::io::Write;
-                    std::io::stdout().write_all(&bytes)?;
+                    let m = store.map(&h)?;
+                    let mut out = std::io::stdout().lock();
+                    for (i, chunk) in m.bytes().chunks(1 << 20).enumerate() {
+                        out.write_all(chunk)?;
+                        m.release(i << 20..(i + 1) << 20);
+                    }
+                    out.flush()?;
                 }
             }
             Ok(0)

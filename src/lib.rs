@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod data;
 pub mod exec;
 pub mod gpt;
 pub mod key;

@@ -312,18 +312,24 @@ impl Store {
         // version is a new file, renamed over the old name), so the mapped bytes do not change.
         let map = unsafe { memmap2::Mmap::map(&file) }
             .with_context(|| format!("mapping {}", path.display()))?;
-        let actual = blake3::Hasher::new()
-            .update_rayon(&map)
-            .finalize()
-            .to_hex()
-            .to_string();
+        let mapped = Mapped { map };
+        // Hashed in windows whose pages are dropped once hashed: checking a file larger than
+        // memory never holds it all (the pages stay in the page cache, not in this process).
+        let mut hasher = blake3::Hasher::new();
+        let len = mapped.map.len();
+        for start in (0..len).step_by(MAP_HASH_WINDOW) {
+            let r = start..(start + MAP_HASH_WINDOW).min(len);
+            hasher.update_rayon(&mapped.map[r.clone()]);
+            mapped.release(r);
+        }
+        let actual = hasher.finalize().to_hex().to_string();
         if actual != hash {
             bail!(
                 "object {hash} in {} is corrupted (its content hashes to {actual}); run `pipe verify`, which removes it, then rerun",
                 self.root.display()
             );
         }
-        Ok(Mapped { map })
+        Ok(mapped)
     }
 
     /// Reads a blob and checks its hash.
@@ -817,9 +823,36 @@ pub struct Mapped {
     map: memmap2::Mmap,
 }
 
+/// `Store::map` checks an object's hash this many bytes at a time.
+const MAP_HASH_WINDOW: usize = 16 << 20;
+
 impl Mapped {
     pub fn bytes(&self) -> &[u8] {
         &self.map
+    }
+
+    /// Drops this process's pages of `range` (bytes of the map) once they have been read, so a
+    /// large object read from start to end does not stay resident: the bytes stay valid and are
+    /// read back from the file (the page cache) if touched again. Pages are whole, so a page that
+    /// `range` shares with its neighbours is dropped too; that costs a re-read, nothing more.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        let end = range.end.min(self.map.len());
+        if range.start >= end {
+            return;
+        }
+        // SAFETY: a read-only shared map of a file that is never written in place (objects are
+        // immutable): MADV_DONTNEED only unmaps pages, and reading them again faults the same
+        // bytes back in from the file.
+        let r = unsafe {
+            self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                range.start,
+                end - range.start,
+            )
+        };
+        if let Err(e) = r {
+            tracing::debug!("madvise(DONTNEED) failed: {e}");
+        }
     }
 
     /// The bytes as little-endian u16 tokens (nanoGPT's .bin), without copying.

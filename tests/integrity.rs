@@ -389,28 +389,6 @@ fn lineage_prints_a_shared_input_once() {
     assert_eq!(text.matches("tokenizer=").count(), 1, "{text}");
 }
 
-/// A small tmpfs, unmounted when dropped (mounting needs root, as in CI).
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(at: PathBuf, size: &str) -> Option<SmallDisk> {
-        std::fs::create_dir_all(&at).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&at)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(SmallDisk(at))
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_full_disk_fails_the_stage_and_leaves_nothing_partial() {
     let sb = Sandbox::new("diskfull");

@@ -1,6 +1,7 @@
 //! Where a stage's model runs: the manifest's `device` (cpu, cuda) and `dtype` (float32, tf32, bf16),
 //! and a model for evaluation and sampling on either. Training picks its device in `train.rs`.
 
+use super::checkpoint::CheckpointFile;
 use super::config::GptConfig;
 use super::cuda::GpuGpt;
 use super::model::Gpt;
@@ -106,6 +107,22 @@ impl Model {
             Device::Cpu => Model::Cpu(Box::new(Gpt::from_params(config, params)?)),
             Device::Cuda(precision) => {
                 Model::Cuda(Box::new(GpuGpt::new(&config, &params, precision)?))
+            }
+        })
+    }
+
+    /// The model of a checkpoint file, read straight into the device's parameter buffer: on the
+    /// CPU the one host buffer, on a GPU tensor by tensor from the file (no host copy at all).
+    pub fn load(device: Device, file: &CheckpointFile) -> Result<Model> {
+        Ok(match device {
+            Device::Cpu => Model::Cpu(Box::new(Gpt::from_params(
+                file.config.clone(),
+                file.params()?,
+            )?)),
+            Device::Cuda(precision) => {
+                let mut g = GpuGpt::new_zeroed(&file.config, precision)?;
+                file.for_each_param(&mut |range, x| g.upload_params(range.start, x))?;
+                Model::Cuda(Box::new(g))
             }
         })
     }

@@ -5,7 +5,7 @@
 //! (weights, moments, RNG, best_val_loss), and a resumed trainer skips that one evaluation.
 //! [`DivergenceGuard`] turns a run whose loss blows up into an error naming the likely cause.
 
-use super::checkpoint::{Checkpoint, TrainProgress};
+use super::checkpoint::{Checkpoint, CheckpointRef, TrainProgress};
 use super::cuda::GpuGpt;
 use super::device::{Device, EvalLoss};
 use super::model::{DropoutPlan, Gpt};
@@ -144,18 +144,22 @@ pub fn get_batch(
 }
 
 /// Mean loss over `eval_iters` batches per split, in evaluation mode (nanoGPT's estimate_loss).
+/// `after_batch` runs once each batch has been copied out of `data` (see
+/// [`Trainer::after_each_batch`]).
 pub fn estimate_loss<M: EvalLoss + ?Sized>(
     model: &mut M,
     data: &[u16],
     batch_size: usize,
     eval_iters: usize,
     rng: &mut Rng,
+    after_batch: &dyn Fn(),
 ) -> Result<f32> {
     let t = model.block_size();
     let (mut x, mut y) = (Vec::new(), Vec::new());
     let mut total = 0.0f64;
     for _ in 0..eval_iters {
         get_batch(data, batch_size, t, rng, &mut x, &mut y);
+        after_batch();
         total += model.eval_loss(&x, &y, batch_size, t)? as f64;
     }
     Ok((total / eval_iters as f64) as f32)
@@ -183,6 +187,19 @@ pub enum Event {
         lr: f64,
         grad_norm: f32,
         ms: f64,
+    },
+}
+
+/// What [`Trainer::run_streaming`] reports: the events, and each checkpoint as a view of the live
+/// state (weights, moments, progress) for the caller to write out, streaming, before training goes
+/// on. [`Trainer::run`] turns the latter into [`Event::Checkpoint`] with the file's bytes.
+pub enum Report<'a> {
+    Event(Event),
+    Checkpoint {
+        iter: u64,
+        /// As in [`Event::Checkpoint`].
+        keep: bool,
+        state: CheckpointRef<'a>,
     },
 }
 
@@ -259,6 +276,8 @@ pub struct Trainer<'d> {
     /// On a GPU, the live weights and moments; `model.params` and `opt.m/v` are then host copies,
     /// refreshed before each checkpoint and at the end.
     gpu: Option<GpuGpt>,
+    /// See [`Trainer::after_each_batch`].
+    after_batch: Option<Box<dyn Fn() + 'd>>,
 }
 
 impl<'d> Trainer<'d> {
@@ -284,6 +303,7 @@ impl<'d> Trainer<'d> {
             val,
             skip_eval: false,
             gpu: None,
+            after_batch: None,
         })
     }
 
@@ -295,6 +315,14 @@ impl<'d> Trainer<'d> {
             self.gpu = Some(g);
         }
         Ok(())
+    }
+
+    /// Runs `f` each time a batch has been copied out of the token streams (training and
+    /// evaluation). Memory-mapped streams drop their pages there: the kernel maps a whole page-cache
+    /// folio (here ~1.6 MB) on each fault, so random windows would otherwise make a large token
+    /// file resident bit by bit (nanoGPT recreates its np.memmap every batch for the same reason).
+    pub fn after_each_batch(&mut self, f: impl Fn() + 'd) {
+        self.after_batch = Some(Box::new(f));
     }
 
     /// The GPU's name when training on one.
@@ -313,10 +341,34 @@ impl<'d> Trainer<'d> {
     fn eval_split(&mut self, train: bool) -> Result<f32> {
         let data = if train { self.train } else { self.val };
         let (b, n) = (self.cfg.batch_size, self.cfg.eval_iters);
+        let after: &dyn Fn() = match &self.after_batch {
+            Some(f) => f.as_ref(),
+            None => &|| {},
+        };
         match &mut self.gpu {
-            Some(g) => estimate_loss(g, data, b, n, &mut self.rng),
-            None => estimate_loss(&mut self.model, data, b, n, &mut self.rng),
+            Some(g) => estimate_loss(g, data, b, n, &mut self.rng, after),
+            None => estimate_loss(&mut self.model, data, b, n, &mut self.rng, after),
         }
+    }
+
+    /// Like [`Trainer::resume`], taking the checkpoint's buffers instead of copying them.
+    pub fn from_checkpoint(
+        mut ckpt: Checkpoint,
+        cfg: TrainConfig,
+        train: &'d [u16],
+        val: &'d [u16],
+    ) -> Result<Self> {
+        let opt = ckpt.take_optimizer(cfg.adamw());
+        let model = Gpt::from_params(ckpt.config, ckpt.params)?;
+        let mut tr = Trainer::new(model, cfg, train, val)?;
+        if let Some(p) = ckpt.progress {
+            tr.opt = opt;
+            tr.rng = p.rng;
+            tr.iter_num = p.iter_num;
+            tr.best_val_loss = p.best_val_loss;
+            tr.skip_eval = true;
+        }
+        Ok(tr)
     }
 
     /// Continues from a checkpoint with training progress (nanoGPT's `init_from='resume'`).
@@ -338,11 +390,24 @@ impl<'d> Trainer<'d> {
         Ok(tr)
     }
 
+    /// The training state as a checkpoint (a copy; see [`Trainer::checkpoint_view`]).
     pub fn checkpoint(&self) -> Checkpoint {
+        let v = self.checkpoint_view();
         Checkpoint {
-            config: self.model.config.clone(),
-            params: self.model.params.clone(),
-            optimizer: Some((self.opt.m.clone(), self.opt.v.clone())),
+            config: v.config.clone(),
+            params: v.params.to_vec(),
+            optimizer: v.optimizer.map(|(m, v)| (m.to_vec(), v.to_vec())),
+            progress: v.progress,
+        }
+    }
+
+    /// The training state as a checkpoint that borrows the host buffers (on a GPU, as of the
+    /// last download: every checkpoint event and the end of `run`).
+    pub fn checkpoint_view(&self) -> CheckpointRef<'_> {
+        CheckpointRef {
+            config: &self.model.config,
+            params: &self.model.params,
+            optimizer: Some((&self.opt.m, &self.opt.v)),
             progress: Some(TrainProgress {
                 iter_num: self.iter_num,
                 best_val_loss: self.best_val_loss,
@@ -355,7 +420,24 @@ impl<'d> Trainer<'d> {
     }
 
     /// Runs until `max_iters`, reporting through `on_event`; an error from it stops training.
+    /// Checkpoints arrive as [`Event::Checkpoint`] with the file's bytes in memory; stages use
+    /// [`Trainer::run_streaming`], which does not copy the state.
     pub fn run(&mut self, on_event: &mut dyn FnMut(Event) -> Result<()>) -> Result<()> {
+        self.run_streaming(&mut |r| match r {
+            Report::Event(e) => on_event(e),
+            Report::Checkpoint { iter, keep, state } => on_event(Event::Checkpoint {
+                iter,
+                keep,
+                bytes: state.to_bytes()?,
+            }),
+        })
+    }
+
+    /// Runs until `max_iters`, reporting through `on_report`; an error from it stops training.
+    pub fn run_streaming(
+        &mut self,
+        on_report: &mut dyn FnMut(Report<'_>) -> Result<()>,
+    ) -> Result<()> {
         let (b, t) = (self.cfg.batch_size, self.model.config.block_size);
         let gas = self.cfg.gradient_accumulation_steps;
         let sched = self.cfg.schedule();
@@ -367,22 +449,22 @@ impl<'d> Trainer<'d> {
             if (it.is_multiple_of(self.cfg.eval_interval) || last) && !self.skip_eval {
                 let train_loss = self.eval_split(true)?;
                 let val_loss = self.eval_split(false)?;
-                on_event(Event::Eval {
+                on_report(Report::Event(Event::Eval {
                     iter: it,
                     train_loss,
                     val_loss,
                     lr,
-                })?;
+                }))?;
                 let keep = val_loss < self.best_val_loss || self.cfg.always_save_checkpoint;
                 if val_loss < self.best_val_loss {
                     self.best_val_loss = val_loss;
                 }
                 if it > 0 {
                     self.sync_host()?;
-                    on_event(Event::Checkpoint {
+                    on_report(Report::Checkpoint {
                         iter: it,
                         keep,
-                        bytes: self.checkpoint().to_bytes()?,
+                        state: self.checkpoint_view(),
                     })?;
                 }
             }
@@ -394,6 +476,9 @@ impl<'d> Trainer<'d> {
             let mut loss = 0.0;
             for micro in 0..gas {
                 get_batch(self.train, b, t, &mut self.rng, &mut x, &mut y);
+                if let Some(f) = &self.after_batch {
+                    f();
+                }
                 let dropout = DropoutPlan {
                     p: self.model.config.dropout,
                     seed: mix64(self.cfg.seed ^ mix64(it * 1_000_003 + micro as u64)),
@@ -425,13 +510,13 @@ impl<'d> Trainer<'d> {
             };
             let ms = start.elapsed().as_secs_f64() * 1e3;
             if it.is_multiple_of(self.cfg.log_interval.max(1)) {
-                on_event(Event::Log {
+                on_report(Report::Event(Event::Log {
                     iter: it,
                     loss,
                     lr,
                     grad_norm,
                     ms,
-                })?;
+                }))?;
             }
             self.iter_num += 1;
         }

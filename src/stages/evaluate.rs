@@ -4,7 +4,9 @@
 //! transformers reports for `labels=input_ids` and so can be compared with it directly.
 //! Output: `metrics.json` (losses and perplexities).
 
-use super::{Ctx, Produced, load_model, read_meta, read_tokens, resolve_path, typed};
+use super::{
+    Ctx, Produced, map_tokens, model_checkpoint, read_meta, resolve_path, typed, with_checkpoint,
+};
 use crate::gpt::Gelu;
 use crate::gpt::GptConfig;
 use crate::gpt::device::{EvalLoss, Model};
@@ -105,17 +107,21 @@ pub fn text_loss<M: EvalLoss + ?Sized>(model: &mut M, ids: &[u32]) -> Result<f64
 }
 
 pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
-    let ck = load_model(ctx)?;
-    let config = ck.config.clone();
     let device = ctx.device()?;
     // `text` is scored one window of up to block_size at a time.
     let batch = if p.text.is_some() { 1 } else { p.batch_size };
-    let work = Work::Eval {
-        batch,
-        t: config.block_size,
-    };
-    check_host(&config, work, device)?;
-    let mut model = Model::new(device, ck.config, ck.params)?;
+    let (input, hash) = model_checkpoint(ctx)?;
+    // The weights only, straight from the checkpoint's memory map into the device's buffer.
+    let (config, mut model) = with_checkpoint(ctx.store, hash, |f| {
+        let work = Work::Eval {
+            batch,
+            t: f.config.block_size,
+        };
+        check_host(&f.config, work, device)?;
+        let model = Model::load(device, f)
+            .with_context(|| format!("reading the checkpoint from stage `{}`", input.stage))?;
+        Ok((f.config.clone(), model))
+    })?;
     let metrics = match &p.text {
         Some(t) => {
             let text = text_arg(ctx, t)?;
@@ -143,14 +149,23 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
             let mut rng = Rng::new(p.seed);
             let mut out = serde_json::Map::new();
             for split in ["train", "val"] {
-                let tokens = read_tokens(ctx.store, data.output(&format!("{split}.bin"))?)?;
+                let map = map_tokens(ctx.store, data.output(&format!("{split}.bin"))?)?;
+                let tokens = map.tokens()?;
                 ensure!(
                     tokens.len() > bs + 1,
                     "the {split} split has {} tokens, fewer than block_size + 1",
                     tokens.len()
                 );
-                let loss = estimate_loss(&mut model, &tokens, p.batch_size, p.eval_iters, &mut rng)?
-                    as f64;
+                // The map's pages are dropped after each batch (see Trainer::after_each_batch).
+                let release = || map.release(0..usize::MAX);
+                let loss = estimate_loss(
+                    &mut model,
+                    tokens,
+                    p.batch_size,
+                    p.eval_iters,
+                    &mut rng,
+                    &release,
+                )? as f64;
                 ctx.ui.say(&format!(
                     "{}: {split} loss {loss:.4} (perplexity {:.3})",
                     ctx.spec.name,

@@ -3,7 +3,8 @@
 //! `to: DIR` they are also written there.
 
 use super::{Ctx, Produced, load_model, resolve_path, typed};
-use crate::gpt::{Gpt, hf};
+use crate::gpt::checkpoint::Parts;
+use crate::gpt::hf;
 use crate::manifest::{StageSpec, err};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -76,12 +77,15 @@ fn normalize(p: &Path) -> PathBuf {
     out
 }
 
-/// Writes one exported file into the `to` folder, naming the path on failure.
-fn write_copy(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+/// Writes one exported file (a store object) into the `to` folder, streaming, naming the path on
+/// failure.
+fn write_copy(store: &crate::store::Store, dir: &Path, name: &str, hash: &str) -> Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating the folder {}", dir.display()))?;
     let path = dir.join(name);
-    std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+    store
+        .copy_out(hash, &path)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// On a cache hit, the copy in `to` may have been deleted since: write it again from the store.
@@ -97,36 +101,42 @@ pub fn restore_copy(
     for (name, hash) in outputs {
         let path = dir.join(name);
         if !path.exists() {
-            write_copy(&dir, name, &store.get(hash)?)?;
+            write_copy(store, &dir, name, hash)?;
         }
     }
     Ok(())
 }
 
 pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
-    let ck = load_model(ctx)?;
-    let model = Gpt::from_params(ck.config.clone(), ck.params)?;
-    let (config, weights) = hf::export_hf_bytes(&model)?;
-    if let Some(to) = &p.to {
-        let dir = resolve_path(&ctx.base_dir, to);
-        if dir.exists() && !dir.is_dir() {
-            anyhow::bail!(
-                "export `to` {} is an existing file, not a folder: give a folder path (it is created if missing)",
-                dir.display()
-            );
-        }
-        write_copy(&dir, "config.json", &config)?;
-        write_copy(&dir, "model.safetensors", &weights)?;
+    let ck = load_model(ctx, Parts::Model)?;
+    let dir = p.to.as_ref().map(|to| resolve_path(&ctx.base_dir, to));
+    if let Some(dir) = &dir
+        && dir.exists()
+        && !dir.is_dir()
+    {
+        anyhow::bail!(
+            "export `to` {} is an existing file, not a folder: give a folder path (it is created if missing)",
+            dir.display()
+        );
+    }
+    // Streamed into the store one tensor at a time; the folder copy is streamed from there.
+    let config = ctx.store.put(&hf::hf_config_json(&ck.config)?)?;
+    let mut w = ctx.store.writer()?;
+    hf::write_hf_safetensors(&ck.config, &ck.params, &mut w)?;
+    let weights = w.commit()?;
+    if let Some(dir) = &dir {
+        write_copy(ctx.store, dir, "config.json", &config)?;
+        write_copy(ctx.store, dir, "model.safetensors", &weights)?;
         ctx.ui
             .say(&format!("{}: wrote {}", ctx.spec.name, dir.display()));
     }
     let outputs = BTreeMap::from([
-        ("config.json".to_string(), ctx.store.put(&config)?),
-        ("model.safetensors".to_string(), ctx.store.put(&weights)?),
+        ("config.json".to_string(), config),
+        ("model.safetensors".to_string(), weights),
     ]);
     Ok(Produced {
         outputs,
-        metrics: json!({ "parameters": model.num_params() }),
+        metrics: json!({ "parameters": ck.params.len() }),
         resumed: false,
     })
 }

@@ -5,10 +5,11 @@
 //! - `gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`: OpenAI's weights in Hugging Face layout, from
 //!   `hf_dir` or the Hugging Face cache; `block_size` may crop, `dropout` may override.
 
-use super::{Ctx, Produced, read_meta, resolve_path, typed};
+use super::{Ctx, Produced, read_meta, resolve_path, typed, with_checkpoint};
+use crate::gpt::checkpoint::CheckpointRef;
 use crate::gpt::device::Device;
 use crate::gpt::memory::{Work, check_host};
-use crate::gpt::{Checkpoint, Gelu, Gpt, GptConfig, hf};
+use crate::gpt::{Gelu, Gpt, GptConfig, hf};
 use crate::manifest::{StageSpec, err};
 use crate::run::{RunEvent, RunRecord};
 use crate::store::{Hash, Store};
@@ -271,8 +272,16 @@ pub fn resolve_checkpoint(store: &Store, s: &str) -> Result<Hash> {
             } if st == stage => Some(hash.clone()),
             _ => None,
         });
-        return found
-            .with_context(|| format!("run {} has no checkpoint from stage `{stage}`", rec.id));
+        let hash = found
+            .with_context(|| format!("run {} has no checkpoint from stage `{stage}`", rec.id))?;
+        if !store.has(&hash) {
+            bail!(
+                "the last checkpoint of run {} stage `{stage}` ({}) is no longer in the store: a later run of the same training superseded it (train keeps its latest `keep_checkpoints`), or `pipe gc` removed it; give a checkpoint hash from `pipe show` instead",
+                rec.id,
+                &hash[..12]
+            );
+        }
+        return Ok(hash);
     }
     store.resolve_object(s)?.with_context(|| format!("no object {s:?} in the store {} (give a hash from `pipe show RUN_ID`, or RUN_ID/STAGE)", store.root.display()))
 }
@@ -310,14 +319,8 @@ pub fn key_parts(
         _ => {
             let dir = find_hf_dir(base, &params)
                 .map_err(|e| err(spec.origin_of("from").clone(), e.to_string(), None))?;
-            let h = |f: &str| -> Result<String> {
-                Ok(blake3::hash(
-                    &std::fs::read(dir.join(f))
-                        .with_context(|| format!("reading {}", dir.join(f).display()))?,
-                )
-                .to_hex()
-                .to_string())
-            };
+            // Streamed: the weights may be larger than memory.
+            let h = |f: &str| Store::hash_file(&dir.join(f));
             json!({ "config.json": h("config.json")?, "model.safetensors": h("model.safetensors")? })
         }
     };
@@ -325,7 +328,9 @@ pub fn key_parts(
 }
 
 pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
-    let ckpt = match p.from.as_str() {
+    // Each branch streams its checkpoint into the store.
+    let mut w = ctx.store.writer()?;
+    let config = match p.from.as_str() {
         "scratch" => {
             let vocab = match (p.vocab_size, ctx.data_input()) {
                 (Some(v), _) => v,
@@ -341,12 +346,8 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
                 ctx.spec.name,
                 model.layout.num_params_non_embedding() as f64 / 1e6
             ));
-            Checkpoint {
-                config: model.config.clone(),
-                params: model.params,
-                optimizer: None,
-                progress: None,
-            }
+            write_model(&model.config, &model.params, &mut w)?;
+            model.config
         }
         "resume" => {
             // The checkpoint the key names (RUN_ID/STAGE may point elsewhere by now).
@@ -354,11 +355,15 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
                 Some(h) => h.to_string(),
                 None => resolve_checkpoint(ctx.store, p.checkpoint.as_deref().expect("checked"))?,
             };
-            let mut c = Checkpoint::from_bytes(&ctx.store.get(&hash)?)?;
-            if let Some(d) = p.dropout {
-                c.config.dropout = d;
-            }
-            c
+            // Copied tensor by tensor from the map: the state is never decoded or held.
+            with_checkpoint(ctx.store, &hash, |f| {
+                let mut config = f.config.clone();
+                if let Some(d) = p.dropout {
+                    config.dropout = d;
+                }
+                f.rewrite(&config, &mut w)?;
+                Ok(config)
+            })?
         }
         _ => {
             let dir = find_hf_dir(&ctx.base_dir, p)?;
@@ -368,27 +373,34 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
                 p.from,
                 dir.display()
             ));
-            let mut model = hf::load_hf_dir(&dir)?;
-            if let Some(bs) = p.block_size {
-                model = hf::crop_block_size(model, bs)?;
-            }
+            // The content the key was computed from (absent only for a hand-made Ctx).
+            let expect = ctx.sources["model.safetensors"].as_str();
+            let model = hf::load_hf(&dir, p.block_size, expect)?;
             let mut config = model.config.clone();
             if let Some(d) = p.dropout {
                 config.dropout = d;
             }
-            Checkpoint {
-                config,
-                params: model.params,
-                optimizer: None,
-                progress: None,
-            }
+            write_model(&config, &model.params, &mut w)?;
+            config
         }
     };
-    let n = crate::gpt::params::ParamLayout::new(&ckpt.config).total;
-    let hash = ctx.store.put(&ckpt.to_bytes()?)?;
+    let hash = w.commit()?;
+    let n = crate::gpt::params::ParamLayout::new(&config).total;
     Ok(Produced {
         outputs: BTreeMap::from([("ckpt".to_string(), hash)]),
-        metrics: json!({ "parameters": n, "from": p.from, "model_args": ckpt.config }),
+        metrics: json!({ "parameters": n, "from": p.from, "model_args": config }),
         resumed: false,
     })
+}
+
+/// Writes a checkpoint of weights only (no optimiser state, no progress).
+fn write_model(config: &GptConfig, params: &[f32], w: &mut dyn std::io::Write) -> Result<()> {
+    CheckpointRef {
+        config,
+        params,
+        optimizer: None,
+        progress: None,
+    }
+    .write_to(w)?;
+    Ok(())
 }

@@ -9,11 +9,12 @@ pub mod prepare;
 pub mod sample;
 pub mod train;
 
+use crate::gpt::checkpoint::{Checkpoint, CheckpointFile, Parts};
 use crate::manifest::{Defaults, Manifest, StageKind, StageSpec, err};
 use crate::run::{RunEvent, RunLog};
-use crate::store::{Hash, Store};
+use crate::store::{Hash, Mapped, Store};
 use crate::ui::Ui;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -261,8 +262,11 @@ pub fn key_parts(store: &Store, m: &Manifest, spec: &StageSpec) -> Result<(Value
         StageKind::Init => init::key_parts(store, &m.base_dir, spec, &p)?,
         StageKind::Train => {
             let mut v = serde_json::to_value(train::params(spec, &p)?)?;
-            // Only what is printed: never part of the key.
-            v.as_object_mut().expect("object").remove("log_interval");
+            // What is printed, and how many checkpoints are kept: never part of the key (neither
+            // changes an output's bytes).
+            let obj = v.as_object_mut().expect("object");
+            obj.remove("log_interval");
+            obj.remove("keep_checkpoints");
             (v, Value::Null)
         }
         StageKind::Evaluate => {
@@ -289,15 +293,14 @@ pub fn execute(ctx: &Ctx, m: &Manifest) -> Result<Produced> {
     }
 }
 
-/// Reads a token stream written by `prepare` (uint16 little-endian, like nanoGPT's .bin).
-pub fn read_tokens(store: &Store, hash: &str) -> Result<Vec<u16>> {
-    let b = store.get(hash)?;
-    if b.len() % 2 != 0 {
-        bail!("token object {hash} has an odd number of bytes: not a uint16 stream");
-    }
-    Ok(b.chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .collect())
+/// A token stream written by `prepare` (uint16 little-endian, like nanoGPT's .bin), memory-mapped:
+/// `Mapped::tokens` reads it in place, so memory does not grow with the data set (nanoGPT's
+/// np.memmap). Only the pages a batch touches are read.
+pub fn map_tokens(store: &Store, hash: &str) -> Result<Mapped> {
+    let map = store.map(hash)?;
+    map.tokens()
+        .with_context(|| format!("token object {}", &hash[..hash.len().min(12)]))?;
+    Ok(map)
 }
 
 /// The tokenizer of a prepared data set.
@@ -306,11 +309,33 @@ pub fn read_meta(store: &Store, data: &Input) -> Result<prepare::Meta> {
     serde_json::from_slice(&bytes).context("reading the data's meta.json")
 }
 
-/// Loads the model checkpoint of an upstream init/train stage.
-pub fn load_model(ctx: &Ctx) -> Result<crate::gpt::Checkpoint> {
+/// Reads the checkpoint object `hash` through its memory map: `f` gets the parsed header (config,
+/// progress) and reads the tensors it needs, each straight into its destination; the mapped pages
+/// of a tensor are dropped once it has been read, so loading holds the state once, never the file
+/// as well.
+pub fn with_checkpoint<T>(
+    store: &Store,
+    hash: &str,
+    f: impl FnOnce(&CheckpointFile) -> Result<T>,
+) -> Result<T> {
+    let map = store.map(hash)?;
+    let file = CheckpointFile::parse(map.bytes())
+        .with_context(|| format!("reading checkpoint {}", &hash[..hash.len().min(12)]))?
+        .releasing(|r| map.release(r));
+    f(&file)
+}
+
+/// The checkpoint of the upstream init/train stage that provides the model.
+pub fn model_checkpoint<'c>(ctx: &'c Ctx) -> Result<(&'c Input, &'c Hash)> {
     let input = ctx.model_input().context("no model input")?;
-    let bytes = ctx.store.get(input.output("ckpt")?)?;
-    crate::gpt::Checkpoint::from_bytes(&bytes)
+    Ok((input, input.output("ckpt")?))
+}
+
+/// Loads the model checkpoint of an upstream init/train stage (`Parts::Model`: without the AdamW
+/// moments, which only training reads).
+pub fn load_model(ctx: &Ctx, parts: Parts) -> Result<Checkpoint> {
+    let (input, hash) = model_checkpoint(ctx)?;
+    with_checkpoint(ctx.store, hash, |f| f.load(parts))
         .with_context(|| format!("reading the checkpoint from stage `{}`", input.stage))
 }
 

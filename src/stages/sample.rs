@@ -5,12 +5,12 @@
 //! tokens (leave it out, or null, for all).
 
 use super::evaluate::{text_arg, tokenizer_for};
-use super::{Ctx, Produced, load_model, typed};
+use super::{Ctx, Produced, model_checkpoint, typed, with_checkpoint};
 use crate::gpt::device::Model;
 use crate::gpt::memory::{Work, check_host};
 use crate::gpt::sample::SampleConfig;
 use crate::manifest::{StageSpec, err};
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -97,13 +97,17 @@ pub fn key_parts(
 pub const SEPARATOR: &str = "\n---------------\n";
 
 pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
-    let ck = load_model(ctx)?;
-    let config = ck.config.clone();
     let device = ctx.device()?;
     // The CPU runs a sample per thread at a time, each with its own KV cache.
     let parallel = p.num_samples.min(rayon::current_num_threads());
-    check_host(&config, Work::Sample { parallel }, device)?;
-    let mut model = Model::new(device, ck.config, ck.params)?;
+    let (input, hash) = model_checkpoint(ctx)?;
+    // The weights only, straight from the checkpoint's memory map into the device's buffer.
+    let (config, mut model) = with_checkpoint(ctx.store, hash, |f| {
+        check_host(&f.config, Work::Sample { parallel }, device)?;
+        let model = Model::load(device, f)
+            .with_context(|| format!("reading the checkpoint from stage `{}`", input.stage))?;
+        Ok((f.config.clone(), model))
+    })?;
     let tok = tokenizer_for(ctx, &config)?;
     let start = text_arg(ctx, &p.start)?;
     let prompt = tok.encode(&start)?;

@@ -4,19 +4,30 @@
 //! Outputs: `ckpt` (what nanoGPT's ckpt.pt would hold at the end: the latest checkpoint with
 //! `always_save_checkpoint`, else the best by val loss), `metrics.json` (eval history) and
 //! `loss.svg` (the loss curves).
+//!
+//! The token files are memory-mapped, not read; checkpoints are streamed into the store from the
+//! trainer's buffers and read back through a memory map (see `gpt/checkpoint.rs`).
+//!
+//! Retention (`keep_checkpoints: N`, default 2): of the checkpoints this stage has saved, it keeps
+//! the latest N and the one that would be its `ckpt` output if it ended now (the latest with
+//! `keep`: the best val loss so far, or the latest with `always_save_checkpoint`). Every other one
+//! is superseded: it leaves the progress record at once, and its object is deleted unless something
+//! else references it (see `show::referenced_elsewhere`). N is not part of the key: it changes no
+//! output.
 
-use super::{Ctx, Produced, load_model, read_tokens, typed};
+use super::{Ctx, Produced, map_tokens, typed, with_checkpoint};
+use crate::gpt::checkpoint::Parts;
 use crate::gpt::memory::{Work, check_host};
-use crate::gpt::train::{DivergenceGuard, Event};
-use crate::gpt::{Checkpoint, Gpt, TrainConfig, Trainer};
+use crate::gpt::train::{DivergenceGuard, Event, Report};
+use crate::gpt::{TrainConfig, Trainer};
 use crate::manifest::{StageSpec, err};
 use crate::plot::{Series, loss_svg};
 use crate::run::RunEvent;
-use crate::store::SavedCheckpoint;
+use crate::store::{Hash, SavedCheckpoint, Store};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 #[derive(Clone, Debug, Serialize)]
@@ -25,9 +36,15 @@ pub struct Params {
     pub cfg: TrainConfig,
     /// Overrides the model's dropout for training (nanoGPT sets it with the model args).
     pub dropout: Option<f32>,
+    /// How many of the latest checkpoints stay in the store (besides the `ckpt` candidate). Not
+    /// part of the key.
+    pub keep_checkpoints: usize,
 }
 
-const HELP: &str = "train takes nanoGPT's knobs: max_iters, eval_interval, eval_iters, log_interval, always_save_checkpoint, batch_size, gradient_accumulation_steps, learning_rate, decay_lr, warmup_iters, lr_decay_iters, min_lr, weight_decay, beta1, beta2, grad_clip, dropout, seed";
+/// The default of `keep_checkpoints`.
+pub const KEEP_CHECKPOINTS: usize = 2;
+
+const HELP: &str = "train takes nanoGPT's knobs: max_iters, eval_interval, eval_iters, log_interval, always_save_checkpoint, batch_size, gradient_accumulation_steps, learning_rate, decay_lr, warmup_iters, lr_decay_iters, min_lr, weight_decay, beta1, beta2, grad_clip, dropout, seed; and keep_checkpoints (how many of the latest checkpoints stay in the store, default 2)";
 
 pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Params> {
     let mut rest = p.clone();
@@ -48,6 +65,22 @@ pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Pa
                 })? as f32,
         ),
     };
+    let keep_checkpoints = match rest.remove("keep_checkpoints") {
+        None | Some(Value::Null) => KEEP_CHECKPOINTS,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| {
+                err(
+                    spec.origin_of("keep_checkpoints").clone(),
+                    format!(
+                        "stage `{}`, field `keep_checkpoints`: must be a whole number >= 1 (the latest checkpoint is where an interrupted run resumes), found {v}",
+                        spec.name
+                    ),
+                    Some(HELP),
+                )
+            })? as usize,
+    };
     let cfg: TrainConfig = typed(spec, &rest, HELP)?;
     if let Some((field, why)) = cfg.invalid_field() {
         return Err(err(
@@ -56,7 +89,11 @@ pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Pa
             Some(HELP),
         ));
     }
-    Ok(Params { cfg, dropout })
+    Ok(Params {
+        cfg,
+        dropout,
+        keep_checkpoints,
+    })
 }
 
 /// What training holds: the model, its gradients and moments, and activations for the batch.
@@ -66,10 +103,57 @@ fn train_work(p: &Params) -> Work {
     }
 }
 
+/// Applies the retention rule to a stage's checkpoints (oldest first): keeps the latest `keep`
+/// and the latest one with `keep` set (the `ckpt` candidate), in their order; returns the others.
+pub fn retain(checkpoints: &mut Vec<SavedCheckpoint>, keep: usize) -> Vec<SavedCheckpoint> {
+    let n = checkpoints.len();
+    let candidate = checkpoints.iter().rposition(|c| c.keep);
+    let (kept, dropped): (Vec<_>, Vec<_>) = std::mem::take(checkpoints)
+        .into_iter()
+        .enumerate()
+        .partition(|(i, _)| *i + keep >= n || Some(*i) == candidate);
+    *checkpoints = kept.into_iter().map(|(_, c)| c).collect();
+    dropped.into_iter().map(|(_, c)| c).collect()
+}
+
+/// Deletes the objects of superseded checkpoints of stage `key` that nothing else references.
+/// Called with the store's shared lock held (every run holds it), so `gc` never runs meanwhile;
+/// the progress record no longer lists them. A failure is logged, never fatal: at worst an
+/// object stays for `gc`.
+fn remove_superseded(
+    store: &Store,
+    key: &str,
+    dropped: &[SavedCheckpoint],
+    still: &[SavedCheckpoint],
+) -> Result<usize> {
+    if dropped.is_empty() {
+        return Ok(0);
+    }
+    let mut spared: BTreeSet<Hash> = crate::show::referenced_elsewhere(store, key)?;
+    spared.extend(still.iter().map(|c| c.hash.clone()));
+    let mut removed = 0;
+    for c in dropped {
+        if spared.contains(&c.hash) {
+            tracing::debug!(hash = %c.hash, iter = c.iter, "superseded checkpoint kept: referenced elsewhere");
+            continue;
+        }
+        match store.remove_object(&c.hash) {
+            Ok(_) => removed += 1,
+            Err(e) => tracing::warn!(
+                "could not remove the superseded checkpoint {} (iter {}): {e:#}; `pipe gc --drop-checkpoints` removes it once the run has finished",
+                &c.hash[..12],
+                c.iter
+            ),
+        }
+    }
+    Ok(removed)
+}
+
 pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let data = ctx.data_input().context("train needs a data stage")?;
-    let train = read_tokens(ctx.store, data.output("train.bin")?)?;
-    let val = read_tokens(ctx.store, data.output("val.bin")?)?;
+    let train_map = map_tokens(ctx.store, data.output("train.bin")?)?;
+    let val_map = map_tokens(ctx.store, data.output("val.bin")?)?;
+    let (train, val) = (train_map.tokens()?, val_map.tokens()?);
     let mut progress = ctx.store.progress(&ctx.key)?;
     let name = ctx.spec.name.clone();
 
@@ -78,39 +162,52 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let device = ctx.device()?;
     let mut trainer = match &resumed_from {
         Some(c) => {
-            let ck = Checkpoint::from_bytes(&ctx.store.get(&c.hash)?)?;
             ctx.ui.say(&format!(
                 "{name}: resuming from iter {} (checkpoint {})",
                 c.iter,
                 &c.hash[..12]
             ));
-            check_host(&ck.config, train_work(p), device)?;
-            Trainer::resume(&ck, p.cfg.clone(), &train, &val)?
+            let ck = with_checkpoint(ctx.store, &c.hash, |f| {
+                // Refused before the state is read.
+                check_host(&f.config, train_work(p), device)?;
+                f.load(Parts::All)
+            })?;
+            Trainer::from_checkpoint(ck, p.cfg.clone(), train, val)?
         }
         None => {
-            let ck = load_model(ctx)?;
-            let mut config = ck.config.clone();
-            if let Some(d) = p.dropout {
-                config.dropout = d;
-            }
+            let (input, hash) = super::model_checkpoint(ctx)?;
             let vocab = super::read_meta(ctx.store, data)?.vocab_size;
-            anyhow::ensure!(
-                vocab <= config.vocab_size,
-                "the data's vocabulary ({vocab}) is larger than the model's ({}): use the same tokenizer for both",
-                config.vocab_size
-            );
-            check_host(&config, train_work(p), device)?;
-            let model = Gpt::from_params(config, ck.params.clone())?;
+            let mut ck = with_checkpoint(ctx.store, hash, |f| {
+                let mut config = f.config.clone();
+                if let Some(d) = p.dropout {
+                    config.dropout = d;
+                }
+                anyhow::ensure!(
+                    vocab <= config.vocab_size,
+                    "the data's vocabulary ({vocab}) is larger than the model's ({}): use the same tokenizer for both",
+                    config.vocab_size
+                );
+                check_host(&config, train_work(p), device)?;
+                f.load(Parts::All)
+                    .with_context(|| format!("reading the checkpoint from stage `{}`", input.stage))
+            })?;
+            if let Some(d) = p.dropout {
+                ck.config.dropout = d;
+            }
             if ck.progress.is_some() {
                 // init from: resume — continue that training state.
-                let mut c2 = ck.clone();
-                c2.config = model.config.clone();
-                Trainer::resume(&c2, p.cfg.clone(), &train, &val)?
+                Trainer::from_checkpoint(ck, p.cfg.clone(), train, val)?
             } else {
-                Trainer::new(model, p.cfg.clone(), &train, &val)?
+                let model = crate::gpt::Gpt::from_params(ck.config, ck.params)?;
+                Trainer::new(model, p.cfg.clone(), train, val)?
             }
         }
     };
+    // Drop the token maps' pages after each batch: memory does not grow with the data set.
+    trainer.after_each_batch(|| {
+        train_map.release(0..usize::MAX);
+        val_map.release(0..usize::MAX);
+    });
     trainer.use_device(device)?;
     if let Some(gpu) = trainer.device_name() {
         ctx.ui.say(&format!("{name}: training on {gpu}"));
@@ -121,7 +218,38 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let started = Instant::now();
     let mut last_ms = 0.0;
     let mut guard = DivergenceGuard::new(&p.cfg, progress.evals.first().map(|e| e.2));
-    trainer.run(&mut |ev| {
+    let mut superseded = 0usize;
+    trainer.run_streaming(&mut |report| {
+        let ev = match report {
+            Report::Event(ev) => ev,
+            Report::Checkpoint { iter, keep, state } => {
+                let mut w = ctx.store.writer()?;
+                state.write_to(&mut w)?;
+                let hash = w.commit()?;
+                progress.checkpoints.push(SavedCheckpoint {
+                    iter,
+                    hash: hash.clone(),
+                    keep,
+                });
+                // The record first: a kill before the deletions leaves only unlisted objects.
+                let dropped = retain(&mut progress.checkpoints, p.keep_checkpoints);
+                ctx.store.put_progress(&ctx.key, &progress)?;
+                ctx.log(RunEvent::Checkpoint {
+                    time: crate::run::utc_now(),
+                    stage: name.clone(),
+                    iter,
+                    hash,
+                    keep,
+                })?;
+                match remove_superseded(ctx.store, &ctx.key, &dropped, &progress.checkpoints) {
+                    Ok(n) => superseded += n,
+                    Err(e) => tracing::warn!(
+                        "superseded checkpoints were not removed ({e:#}); `pipe gc --drop-checkpoints` removes them once the run has finished"
+                    ),
+                }
+                return Ok(());
+            }
+        };
         // Checked first, so a diverged run never writes NaN into records.
         guard.check(&ev)?;
         match ev {
@@ -161,32 +289,23 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
                     val_loss,
                 })?;
             }
-            Event::Checkpoint { iter, keep, bytes } => {
-                let hash = ctx.store.put(&bytes)?;
-                progress.checkpoints.push(SavedCheckpoint {
-                    iter,
-                    hash: hash.clone(),
-                    keep,
-                });
-                ctx.store.put_progress(&ctx.key, &progress)?;
-                ctx.log(RunEvent::Checkpoint {
-                    time: crate::run::utc_now(),
-                    stage: name.clone(),
-                    iter,
-                    hash,
-                    keep,
-                })?;
-            }
+            // run_streaming reports checkpoints as Report::Checkpoint.
+            Event::Checkpoint { .. } => {}
         }
         Ok(())
     })?;
+    tracing::debug!(superseded, "superseded checkpoints removed");
     pb.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
 
     // nanoGPT's ckpt.pt at the end: the last checkpoint it would have written.
     let ckpt = match progress.checkpoints.iter().rev().find(|c| c.keep) {
         Some(c) => c.hash.clone(),
-        None => ctx.store.put(&trainer.checkpoint().to_bytes()?)?,
+        None => {
+            let mut w = ctx.store.writer()?;
+            trainer.checkpoint_view().write_to(&mut w)?;
+            w.commit()?
+        }
     };
     let evals: Vec<Value> = progress
         .evals
@@ -233,4 +352,61 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
         metrics,
         resumed: resumed_from.is_some(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ck(iter: u64, keep: bool) -> SavedCheckpoint {
+        SavedCheckpoint {
+            iter,
+            hash: format!("h{iter}"),
+            keep,
+        }
+    }
+
+    fn iters(c: &[SavedCheckpoint]) -> Vec<u64> {
+        c.iter().map(|c| c.iter).collect()
+    }
+
+    #[test]
+    fn retention_keeps_the_latest_n_and_the_ckpt_candidate() {
+        // always_save_checkpoint: every checkpoint is a candidate; the latest N stay.
+        let mut all: Vec<_> = (1..=5).map(|i| ck(i * 10, true)).collect();
+        let dropped = retain(&mut all, 2);
+        assert_eq!(
+            (iters(&all), iters(&dropped)),
+            (vec![40, 50], vec![10, 20, 30])
+        );
+        // Best val loss at iter 20: it stays as well (N + 1 at most).
+        let mut best: Vec<_> = [
+            (10, true),
+            (20, true),
+            (30, false),
+            (40, false),
+            (50, false),
+        ]
+        .iter()
+        .map(|&(i, k)| ck(i, k))
+        .collect();
+        let dropped = retain(&mut best, 2);
+        assert_eq!(
+            (iters(&best), iters(&dropped)),
+            (vec![20, 40, 50], vec![10, 30])
+        );
+        // The candidate among the latest N: nothing extra.
+        let mut recent: Vec<_> = [(10, true), (20, false), (30, true)]
+            .iter()
+            .map(|&(i, k)| ck(i, k))
+            .collect();
+        let dropped = retain(&mut recent, 2);
+        assert_eq!((iters(&recent), iters(&dropped)), (vec![20, 30], vec![10]));
+        // N larger than the list, or no candidate at all.
+        let mut few = vec![ck(10, false), ck(20, false)];
+        assert!(retain(&mut few, 5).is_empty());
+        assert_eq!(iters(&few), vec![10, 20]);
+        let dropped = retain(&mut few, 1);
+        assert_eq!((iters(&few), iters(&dropped)), (vec![20], vec![10]));
+    }
 }

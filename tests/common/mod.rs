@@ -184,3 +184,26 @@ pub fn random_model(cfg: pipe::gpt::GptConfig, seed: u64, std: f32) -> pipe::gpt
     }
     m
 }
+
+/// A small tmpfs (a disk that fills up), unmounted when dropped. `None` where mounting is not
+/// permitted (it needs root, which CI has); tests then skip with a message.
+pub struct SmallDisk(pub PathBuf);
+
+impl SmallDisk {
+    pub fn mount(at: PathBuf, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(&at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk(at))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}

@@ -214,12 +214,6 @@ impl<T: DeviceRepr + ValidAsZeroBits> Buf<T> {
         Ok(Buf { slice, ptr })
     }
 
-    fn from_host(stream: &Arc<CudaStream>, host: &[T]) -> Result<Self> {
-        let mut b = Self::zeros(stream, host.len())?;
-        stream.memcpy_htod(host, &mut b.slice)?;
-        Ok(b)
-    }
-
     /// Address of element `i`.
     fn at(&self, i: usize) -> u64 {
         self.ptr + (i * std::mem::size_of::<T>()) as u64
@@ -427,14 +421,22 @@ pub struct GpuGpt {
 impl GpuGpt {
     /// Uploads `params` (the CPU layout); matrix products run at `precision`.
     pub fn new(config: &GptConfig, params: &[f32], precision: Precision) -> Result<GpuGpt> {
+        let total = ParamLayout::new(config).total;
+        ensure!(
+            params.len() == total,
+            "parameter count {} does not match the config ({total})",
+            params.len(),
+        );
+        let mut g = GpuGpt::new_zeroed(config, precision)?;
+        g.upload_params(0, params)?;
+        Ok(g)
+    }
+
+    /// A model whose parameters are all zero until [`GpuGpt::upload_params`] fills them (a
+    /// checkpoint is uploaded tensor by tensor from its memory map, with no host copy).
+    pub fn new_zeroed(config: &GptConfig, precision: Precision) -> Result<GpuGpt> {
         config.validate()?;
         let layout = ParamLayout::new(config);
-        ensure!(
-            params.len() == layout.total,
-            "parameter count {} does not match the config ({})",
-            params.len(),
-            layout.total
-        );
         let gpu = Gpu::get()?;
         ensure!(
             precision == Precision::F32 || gpu.capability.0 >= 8,
@@ -466,7 +468,7 @@ impl GpuGpt {
         check_gpu_memory(&gpu, &need)?;
         let n = layout.total;
         Ok(GpuGpt {
-            params: Buf::from_host(s, params)?,
+            params: Buf::zeros(s, n)?,
             grads: Buf::zeros(s, n)?,
             m: Buf::zeros(s, n)?,
             v: Buf::zeros(s, n)?,
@@ -489,6 +491,27 @@ impl GpuGpt {
 
     pub fn device_name(&self) -> &str {
         &self.gpu.name
+    }
+
+    /// Copies `host` into the parameters from element `offset` on (the CPU layout). Returns once
+    /// `host` has been read, so the caller may drop or release it.
+    pub fn upload_params(&mut self, offset: usize, host: &[f32]) -> Result<()> {
+        ensure!(
+            offset + host.len() <= self.layout.total,
+            "parameters {offset}..{} are outside the model ({})",
+            offset + host.len(),
+            self.layout.total
+        );
+        if host.is_empty() {
+            return Ok(());
+        }
+        let s = &self.gpu.stream;
+        s.memcpy_htod(
+            host,
+            &mut self.params.slice.slice_mut(offset..offset + host.len()),
+        )?;
+        s.synchronize()?;
+        Ok(())
     }
 
     /// Replaces the AdamW moments (resuming a checkpoint).

@@ -1,0 +1,331 @@
+//! The `path` parameter resolved to files: one file, every file of a folder (recursively) in the
+//! format, or the files a glob matches. Documents come in the order of the files' names relative to
+//! the folder (or to the glob's fixed prefix), sorted as strings, so the output never depends on
+//! the order a directory listing happens to give.
+
+use super::InputError;
+use super::format::{self, Compression, Format};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// One input file.
+#[derive(Clone, Debug)]
+pub struct InputFile {
+    pub path: PathBuf,
+    /// Relative to the folder or the glob's fixed prefix (the file name for a single file), with
+    /// `/` separators: what the stage key and error messages use.
+    pub name: String,
+    pub compression: Compression,
+    pub size: u64,
+}
+
+/// What `path` names.
+#[derive(Clone, Debug)]
+pub struct Corpus {
+    pub files: Vec<InputFile>,
+    pub format: Format,
+    /// `path` named one file (not a folder or a glob).
+    pub single_file: bool,
+    /// Files of a folder skipped because their names say another format (or none).
+    pub skipped: usize,
+}
+
+impl Corpus {
+    /// One text file: nanoGPT's single-document case (split by characters, no end-of-text token).
+    pub fn is_one_text(&self) -> bool {
+        self.single_file && self.format == Format::Text
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}
+
+fn is_glob(p: &str) -> bool {
+    p.contains(['*', '?', '['])
+}
+
+const FIX_PATH: &str =
+    "relative paths in a manifest are relative to its folder; with --set, to the current directory";
+
+/// Resolves `path` (already joined to the manifest's folder when relative) into files.
+/// `format` is the manifest's, if it gives one.
+pub fn resolve(path: &Path, format: Option<Format>) -> Result<Corpus, InputError> {
+    let text = path.to_string_lossy().to_string();
+    if is_glob(&text) {
+        return resolve_glob(&text, format);
+    }
+    let meta = std::fs::metadata(path).map_err(|e| {
+        InputError::new(
+            "path",
+            format!("cannot read {}: {}", path.display(), plain(&e)),
+        )
+        .help(format!("fix the path ({FIX_PATH})"))
+    })?;
+    if meta.is_dir() {
+        return resolve_folder(path, format);
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| text.clone());
+    let (inferred, compression) = format::from_name(&name);
+    // A single file whose name says nothing is text, as it always was (e.g. `input`).
+    let format = format.or(inferred).unwrap_or(Format::Text);
+    check_compression(format, compression, &name)?;
+    Ok(Corpus {
+        files: vec![InputFile {
+            path: path.to_path_buf(),
+            name,
+            compression,
+            size: meta.len(),
+        }],
+        format,
+        single_file: true,
+        skipped: 0,
+    })
+}
+
+fn plain(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file or folder".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn check_compression(format: Format, c: Compression, name: &str) -> Result<(), InputError> {
+    if format == Format::Parquet && c != Compression::None {
+        return Err(InputError::new(
+            "path",
+            format!("{name}: a Parquet file cannot be read compressed as a whole"),
+        )
+        .help("decompress it (Parquet compresses its pages itself)"));
+    }
+    Ok(())
+}
+
+fn resolve_folder(dir: &Path, format: Option<Format>) -> Result<Corpus, InputError> {
+    let mut all = Vec::new();
+    walk(dir, dir, &mut all)?;
+    let inferred: Vec<Format> = {
+        let mut f: Vec<Format> = all
+            .iter()
+            .filter_map(|(name, _, _)| format::from_name(name).0)
+            .collect();
+        f.sort_by_key(|f| f.name());
+        f.dedup();
+        f
+    };
+    let format = match (format, inferred.as_slice()) {
+        (Some(f), _) => f,
+        (None, [one]) => *one,
+        (None, []) => {
+            return Err(InputError::new(
+                "path",
+                format!(
+                    "the folder {} has no text, JSONL or Parquet files ({} files, none named *.txt, *.jsonl or *.parquet, optionally .gz or .zst)",
+                    dir.display(),
+                    all.len()
+                ),
+            )
+            .help("point `path` at the folder that holds the documents, or name the files with a glob (`path: folder/*.md`, `format: text`)"));
+        }
+        (None, many) => {
+            return Err(InputError::new(
+                "path",
+                format!(
+                    "the folder {} holds files of several formats ({})",
+                    dir.display(),
+                    many.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+                ),
+            )
+            .help("say which to read with `format: text|jsonl|parquet`"));
+        }
+    };
+    let total = all.len();
+    let mut files = Vec::new();
+    for (name, path, size) in all {
+        let (f, compression) = format::from_name(&name);
+        if f == Some(format) {
+            check_compression(format, compression, &name)?;
+            files.push(InputFile {
+                path,
+                name,
+                compression,
+                size,
+            });
+        }
+    }
+    if files.is_empty() {
+        return Err(InputError::new(
+            "path",
+            format!(
+                "the folder {} has no {} files (*.{})",
+                dir.display(),
+                format.name(),
+                format.extensions().join(", *.")
+            ),
+        )
+        .help("point `path` at the folder that holds the documents, or name them with a glob"));
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    let skipped = total - files.len();
+    Ok(Corpus {
+        files,
+        format,
+        single_file: false,
+        skipped,
+    })
+}
+
+/// Every regular file under `dir` (following no symlinked folders), skipping hidden entries.
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf, u64)>) -> Result<(), InputError> {
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| InputError::new("path", format!("cannot list {}: {e}", dir.display())))?;
+    for entry in rd {
+        let entry = entry
+            .map_err(|e| InputError::new("path", format!("cannot list {}: {e}", dir.display())))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        let ft = entry
+            .file_type()
+            .map_err(|e| InputError::new("path", format!("cannot read {}: {e}", path.display())))?;
+        if ft.is_dir() {
+            walk(root, &path, out)?;
+        } else if let Ok(meta) = std::fs::metadata(&path)
+            && meta.is_file()
+        {
+            out.push((relative(root, &path), path, meta.len()));
+        }
+    }
+    Ok(())
+}
+
+fn relative(root: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy().to_string())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn resolve_glob(pattern: &str, format: Option<Format>) -> Result<Corpus, InputError> {
+    let paths = glob::glob(pattern).map_err(|e| {
+        InputError::new("path", format!("`{pattern}` is not a valid glob: {e}")).help(
+            "`*` matches within a name, `**` any folders, `?` one character, `[abc]` one of them",
+        )
+    })?;
+    // Names are relative to the pattern's folders before its first wildcard.
+    let fixed: PathBuf = Path::new(pattern)
+        .components()
+        .take_while(|c| !is_glob(&c.as_os_str().to_string_lossy()))
+        .collect();
+    let mut files = Vec::new();
+    let mut kinds = Vec::new();
+    for p in paths {
+        let path = p.map_err(|e| InputError::new("path", format!("reading `{pattern}`: {e}")))?;
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let name = relative(&fixed, &path);
+        let (f, compression) = format::from_name(&name);
+        let f = match (format, f) {
+            (Some(given), _) => given,
+            (None, Some(f)) => f,
+            (None, None) => {
+                return Err(InputError::new(
+                    "path",
+                    format!("`{pattern}` matches {name}, whose name does not say its format"),
+                )
+                .help("say how to read the files with `format: text|jsonl|parquet`"));
+            }
+        };
+        check_compression(f, compression, &name)?;
+        if !kinds.contains(&f) {
+            kinds.push(f);
+        }
+        files.push(InputFile {
+            path,
+            name,
+            compression,
+            size: meta.len(),
+        });
+    }
+    if files.is_empty() {
+        return Err(
+            InputError::new("path", format!("`{pattern}` matches no files"))
+                .help(format!(
+                    "download the files first (OpenWebText: see the README, \"Corpora and OpenWebText\"), or fix the pattern ({FIX_PATH})"
+                )),
+        );
+    }
+    if kinds.len() > 1 {
+        return Err(InputError::new(
+            "path",
+            format!(
+                "`{pattern}` matches files of several formats ({})",
+                kinds
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .help("narrow the pattern (e.g. `*.jsonl`), or say how to read them all with `format:`"));
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Corpus {
+        files,
+        format: kinds[0],
+        single_file: false,
+        skipped: 0,
+    })
+}
+
+/// The blake3 hash of a file's bytes. Hashes are remembered for the life of the process by (path,
+/// size, modification time), since `run` computes every key twice (to check the plan, then to
+/// execute); the content is checked again while it is read.
+pub fn file_hash(path: &Path) -> std::io::Result<String> {
+    type Memo = Mutex<HashMap<(PathBuf, u64, std::time::SystemTime), String>>;
+    static MEMO: std::sync::OnceLock<Memo> = std::sync::OnceLock::new();
+    let meta = std::fs::metadata(path)?;
+    let id = (path.to_path_buf(), meta.len(), meta.modified()?);
+    let memo = MEMO.get_or_init(Default::default);
+    if let Some(h) = memo.lock().expect("not poisoned").get(&id) {
+        return Ok(h.clone());
+    }
+    let h = hash_now(path)?;
+    memo.lock().expect("not poisoned").insert(id, h.clone());
+    Ok(h)
+}
+
+/// Hashes a file now: read in 16 MB blocks, each hashed on all cores (a memory map would be as fast,
+/// but its pages would count in the process's resident memory, up to the file's size).
+pub fn hash_now(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 16 << 20];
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            let k = file.read(&mut buf[n..])?;
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        if n == 0 {
+            break;
+        }
+        hasher.update_rayon(&buf[..n]);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
