@@ -5,20 +5,53 @@
 //!
 //! - `format`: [`ENGINE_FORMAT`], bumped whenever the engine or a stage would produce different bytes
 //!   from the same inputs (so old cache entries stop matching instead of being wrongly reused);
+//!   `tests/golden.rs` fails when a tiny run's output hashes change while it stays the same;
 //! - `kind`: the stage kind;
 //! - `device`: cpu and cuda results differ in the last bits, so they are different outputs (with
 //!   `dtype: tf32` the device reads `cuda:tf32`). Stages that never use the engine (prepare,
 //!   init, export, command) read `any`, so switching devices does not redo them;
-//! - `params`: the stage's typed parameters *that change its output*. Deliberately left out:
-//!   `log_interval` (only what is printed) and the thread count (training is bit-identical across
-//!   thread counts). The stage name is left out too: renaming a stage must not recompute it;
+//! - `params`: the stage's typed parameters *that change its output* (defaults filled in, so an
+//!   omitted parameter and its default value are the same key);
 //! - `sources`: content hashes of files the stage reads from outside the store (the prepare stage's
-//!   text, a command's `deps`, imported GPT-2 weights), never their paths or modification times;
+//!   text or corpus files, a command's `deps`, a `FILE:` prompt or evaluation text, imported GPT-2
+//!   weights, the checkpoint an `init from: resume` names), never their modification times;
 //! - `inputs`: the output hashes of the stages it needs, by role (`data`, `model`) or, for
 //!   `command` stages, by stage name.
 //!
 //! Inputs are hashes of *outputs*, not keys of upstream stages: if an upstream stage reruns and
 //! produces the same bytes, everything downstream stays cached (early cutoff).
+//!
+//! # What the key does not capture
+//!
+//! A cached output is reused whenever the key matches, so everything below can change without a
+//! rerun. Some of it is deliberate (it does not change the bytes); the rest is a limit to know:
+//!
+//! - **The `pipe` binary itself.** A new engine or stage implementation is noticed only through
+//!   [`ENGINE_FORMAT`]; `tests/golden.rs` enforces the bump for the bytes a tiny pipeline of every
+//!   stage kind but `command` makes (CPU, char tokenizer), not for every path through the code.
+//! - **A command stage's environment and undeclared files.** Its key is `cmd`, `outs`, the content
+//!   of its `deps` and its inputs. Environment variables (`PATH`, `HOME`, anything the command
+//!   reads), the programs it calls, and any file it reads that is not listed in `deps` are not
+//!   keyed: declare them in `deps`, or change `cmd`, to force a rerun.
+//! - **System libraries**: libc, and on a GPU the driver, cuBLAS and NVRTC versions. GPU results
+//!   are not bit-stable from run to run anyway (the embedding gradient uses atomics).
+//! - **The thread count** (`--threads`), deliberately: CPU results are bit-identical across thread
+//!   counts by construction (fixed row blocks, reductions in block order, counter-based dropout).
+//! - **`log_interval` and `keep_checkpoints`** (train), deliberately: what is printed and which
+//!   intermediate checkpoints are retained, never an output's bytes.
+//! - **Stage names and file paths, mostly.** Renaming a stage or moving a file must not recompute
+//!   it: the stage's own name is never keyed, an input is keyed by its role, and a file by its
+//!   content. The exceptions, keyed by name or path as well as by content: export `to` (its
+//!   resolved path: asking for a copy somewhere new writes it there), a command's `deps` (the paths
+//!   as written, with their hashes), a command's inputs (by the needed stage's name, which is its
+//!   `$PIPE_IN_*` variable), `FILE:` values of `start`/`text` (the string as written is a
+//!   parameter), and a corpus's files (by their names under the corpus root, which fix the
+//!   document order).
+//! - **Where sources came from**: a text's `url`, GPT-2's `hf_dir` or `revision`, a checkpoint's
+//!   `RUN_ID/STAGE` name; only the content they resolve to.
+//! - **The wall clock**: no time or date enters any key, so outputs must not depend on it (the
+//!   `seconds` and ms/iter a run measures are metrics in its action record and run log, not in
+//!   any output's bytes).
 
 use crate::store::{Hash, hash_bytes};
 use serde_json::{Value, json};

@@ -67,7 +67,6 @@ fn gradient_check(cfg: GptConfig) {
             norm_n += numeric * numeric;
         }
         let rel = diff2.sqrt() / norm_a.sqrt().max(norm_n.sqrt()).max(1e-12);
-        eprintln!("{}: rel {rel:.2e}", tensor.name);
         assert!(
             rel < 1e-3,
             "{}: relative error {rel:.2e} (|analytic| {:.3e}, |numeric| {:.3e})",

@@ -1,0 +1,191 @@
+//! The engine format, pinned: a tiny deterministic pipeline's output hashes, recorded under the
+//! `key::ENGINE_FORMAT` they were made with.
+//!
+//! Stage keys do not hash the `pipe` binary (see the top of src/key.rs): a change to the engine or
+//! to a stage that makes different bytes from the same inputs must bump `ENGINE_FORMAT`, or old cache
+//! entries are silently reused as if the new code had made them. This test is what enforces that:
+//! with the recorded format, every output hash must be exactly the recorded one.
+//!
+//! When it fails:
+//! - "output bytes changed": the change is intended? Bump `key::ENGINE_FORMAT`, run this test, and
+//!   paste the table it prints into `GOLDEN`. Not intended? Something lost determinism or changed
+//!   the arithmetic.
+//! - "ENGINE_FORMAT changed": paste the table it prints into `GOLDEN`.
+
+mod common;
+use common::*;
+
+/// (ENGINE_FORMAT, [("stage/output", blake3 hash)]) for `manifest()` over `corpus(20_000)`.
+const GOLDEN: (u32, &[(&str, &str)]) = (
+    1,
+    &[
+        (
+            "data/meta.json",
+            "ef067106e945af08af3e9279e0a97c9c23a1091f831d1debe8b1a88d2d05748d",
+        ),
+        (
+            "data/train.bin",
+            "c9ff7944390139de74ca7db06f9a85198cf85f3343a1e0e947192669e2bcc9d1",
+        ),
+        (
+            "data/val.bin",
+            "b012b1aad082db8e67c1d1e0d9330bedbed8b1b2580655372c106f6838c1e493",
+        ),
+        (
+            "evaluate/metrics.json",
+            "acb527ffdec0da0a34124cfda9bcb2fe29e25343767cbb9c23d80921a032f639",
+        ),
+        (
+            "export/config.json",
+            "5b3358f923fed29238dd2d513afdcb3f4931517f74aa2a8d234db6b1d4563d44",
+        ),
+        (
+            "export/model.safetensors",
+            "b5ed3415b944ad45fbdc7205d90857c22a39ea1c14b8586c9130ce4c3f1df6ed",
+        ),
+        (
+            "model/ckpt",
+            "8b439081c670cb81a23229ab68ddfaf919c732e023adb2634a7192d94c468d81",
+        ),
+        (
+            "sample/samples.txt",
+            "c68e725838aa28a6fe721ad7cfa8da85badbee2236cbc44f778f3db06a543e10",
+        ),
+        (
+            "train/ckpt",
+            "dbffb3fc4698720dff4d8fd384bb147a2b182d3229ceb370386a7b87cd183382",
+        ),
+        (
+            "train/loss.svg",
+            "8df335ae5f7c5c4dbefbe149ed2cf491e2703733ff99dff7f443ed3656202a5f",
+        ),
+        (
+            "train/metrics.json",
+            "3f23b766f70688df558c0a35d70bedfce8f7a33fd97612526bd8b0fdcbe9998d",
+        ),
+    ],
+);
+
+/// Every stage kind that makes bytes (all but `command`), small enough to run in about a second;
+/// dropout on, so the counter-based masks (forward and backward) are covered.
+fn manifest() -> String {
+    r#"name: golden
+defaults:
+  seed: 7
+stages:
+  data:
+    kind: prepare
+    path: text.txt
+    tokenizer: char
+  model:
+    kind: init
+    needs: [data]
+    from: scratch
+    n_layer: 2
+    n_head: 2
+    n_embd: 32
+    block_size: 32
+    dropout: 0.1
+  train:
+    kind: train
+    needs: [model, data]
+    max_iters: 12
+    eval_interval: 6
+    eval_iters: 2
+    batch_size: 4
+    gradient_accumulation_steps: 2
+    learning_rate: 1.0e-3
+    warmup_iters: 3
+    lr_decay_iters: 12
+    min_lr: 1.0e-4
+  evaluate:
+    kind: evaluate
+    needs: [train, data]
+    eval_iters: 2
+    batch_size: 4
+  sample:
+    kind: sample
+    needs: [train, data]
+    num_samples: 2
+    max_new_tokens: 40
+    start: "the "
+  export:
+    kind: export
+    needs: [train]
+"#
+    .to_string()
+}
+
+/// `stage/output` -> hash, sorted, for one fresh run.
+fn hashes(name: &str, extra: &[&str]) -> Vec<(String, String)> {
+    let sb = Sandbox::new(name);
+    sb.write("text.txt", &corpus(20_000));
+    sb.write("golden.yaml", &manifest());
+    let mut args = extra.to_vec();
+    args.extend(["run", "golden.yaml", "--json"]);
+    let doc = sb.json(&args);
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    let mut out = Vec::new();
+    for s in doc["stages"].as_array().unwrap() {
+        assert_eq!(s["status"], "executed", "{s}");
+        for (output, hash) in s["outputs"].as_object().unwrap() {
+            out.push((
+                format!("{}/{output}", s["name"].as_str().unwrap()),
+                hash.as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn table(format: u32, h: &[(String, String)]) -> String {
+    let mut s = format!("const GOLDEN: (u32, &[(&str, &str)]) = (\n    {format},\n    &[\n");
+    for (k, v) in h {
+        s += &format!("        (\"{k}\", \"{v}\"),\n");
+    }
+    s + "    ],\n);"
+}
+
+#[test]
+fn output_hashes_change_only_with_engine_format() {
+    let all_threads = hashes("golden", &[]);
+    let one_thread = hashes("golden-t1", &["--threads", "1"]);
+    assert_eq!(
+        all_threads, one_thread,
+        "output bytes depend on the thread count"
+    );
+
+    let format = pipe::key::ENGINE_FORMAT;
+    let fresh = table(format, &all_threads);
+    let (recorded, golden) = GOLDEN;
+    assert!(
+        recorded == format,
+        "ENGINE_FORMAT changed ({recorded} -> {format}): update GOLDEN in tests/golden.rs to\n{fresh}"
+    );
+    let golden: Vec<(String, String)> = golden
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    if golden != all_threads {
+        let diffs: Vec<String> = all_threads
+            .iter()
+            .filter_map(|(k, v)| match golden.iter().find(|(g, _)| g == k) {
+                Some((_, old)) if old == v => None,
+                Some((_, old)) => Some(format!("  {k}: {old} -> {v}")),
+                None => Some(format!("  {k}: new output {v}")),
+            })
+            .chain(
+                golden
+                    .iter()
+                    .filter(|(g, _)| !all_threads.iter().any(|(k, _)| k == g))
+                    .map(|(g, old)| format!("  {g}: output gone (was {old})")),
+            )
+            .collect();
+        panic!(
+            "output bytes changed with ENGINE_FORMAT still {format}: bump key::ENGINE_FORMAT and \
+             update GOLDEN in tests/golden.rs\n{}\nnew table:\n{fresh}",
+            diffs.join("\n")
+        );
+    }
+}
