@@ -1,10 +1,11 @@
 //! The command line: parses arguments (clap), calls the runner, prints results (human tables, or one
 //! JSON document with `--json`).
 
-use crate::exec::{self, RunSummary};
+use crate::error::InputError;
+use crate::exec::{self, PlanStatus, RunSummary};
 use crate::manifest::{self, Manifest};
 use crate::plan;
-use crate::run::{RunEvent, RunLog, RunRecord, utc_now};
+use crate::run::{RunEvent, RunLog, RunRecord, RunStatus, utc_now};
 use crate::show;
 use crate::store::Store;
 use crate::ui::Ui;
@@ -166,7 +167,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                     rec.id
                 );
             }
-            if rec.status == "succeeded" {
+            if rec.status == RunStatus::Succeeded {
                 eprintln!(
                     "run {} already succeeded: nothing to resume (`pipe show {}` shows it)",
                     rec.id, rec.id
@@ -194,26 +195,17 @@ pub fn run(cli: Cli) -> Result<i32> {
             let plan = load_plan(&manifest, &set)?;
             let store = Store::at(&cli.cache);
             let stages = exec::status(&store, &plan)?;
-            let all_cached = stages.iter().all(|s| s.status == "cached");
-            let summary = RunSummary {
-                run_id: String::new(),
-                name: plan.manifest.name.clone(),
-                manifest: manifest.display().to_string(),
-                status: if all_cached {
-                    "up-to-date".into()
-                } else {
-                    "stale".into()
-                },
-                stages,
-            };
+            let status = PlanStatus::of(&stages);
+            let name = &plan.manifest.name;
+            let manifest = manifest.display().to_string();
             if json {
-                println!("{}", serde_json::to_string_pretty(&status_json(&summary))?);
+                let doc = serde_json::json!({
+                    "name": name, "manifest": manifest, "status": status, "stages": stages
+                });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
-                println!(
-                    "{} ({}): {}",
-                    summary.name, summary.manifest, summary.status
-                );
-                for st in &summary.stages {
+                println!("{name} ({manifest}): {status}");
+                for st in &stages {
                     println!(
                         "  {:<14} {:<9} {:<8} {}",
                         st.name,
@@ -395,10 +387,6 @@ fn load_plan(manifest: &std::path::Path, set: &[String]) -> Result<plan::Plan> {
     plan::build(manifest::load(manifest, &overrides)?)
 }
 
-fn status_json(s: &RunSummary) -> serde_json::Value {
-    serde_json::json!({ "name": s.name, "manifest": s.manifest, "status": s.status, "stages": s.stages })
-}
-
 fn execute_run(
     store: &Store,
     plan: &plan::Plan,
@@ -432,16 +420,20 @@ fn execute_run(
     ));
     let stages = exec::execute(store, plan, &run, &ui, jobs)?;
     let ok = stages.iter().all(|s| s.done());
-    let status = if ok { "succeeded" } else { "failed" };
+    let status = if ok {
+        RunStatus::Succeeded
+    } else {
+        RunStatus::Failed
+    };
     run.append(&RunEvent::RunFinished {
         time: utc_now(),
-        status: status.into(),
+        status,
     })?;
     let summary = RunSummary {
         run_id: run.id.clone(),
         name: plan.manifest.name.clone(),
         manifest: plan.manifest.path.display().to_string(),
-        status: status.into(),
+        status,
         stages,
     };
     if json {
@@ -459,21 +451,21 @@ fn execute_run(
     Ok(if ok { 0 } else { 1 })
 }
 
-/// Is this error bad input (exit 2) rather than a failure while running?
+/// Is this error bad input (exit 2: an [`InputError`]) rather than a failure while running?
 pub fn is_input_error(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<manifest::ManifestError>().is_some()
+    InputError::of(e).is_some()
 }
 
 /// The JSON document a `--json` command prints when it fails:
 /// `{"error": {"message", "help", "file", "line", "column"}}` (null when unknown).
 pub fn error_json(e: &anyhow::Error) -> serde_json::Value {
-    let located = e.downcast_ref::<manifest::ManifestError>();
-    let origin = located.map(|m| &m.origin);
+    let input = InputError::of(e);
+    let origin = input.as_ref().and_then(|i| i.origin.as_ref());
     let nonzero = |n: usize| (n > 0).then_some(n);
     serde_json::json!({
         "error": {
-            "message": located.map_or_else(|| format!("{e:#}"), |m| m.message.clone()),
-            "help": located.and_then(|m| m.help.clone()),
+            "message": input.as_ref().map_or_else(|| format!("{e:#}"), |i| i.message.clone()),
+            "help": input.as_ref().and_then(|i| i.help.clone()),
             "file": origin.map(|o| o.file.clone()),
             "line": origin.and_then(|o| nonzero(o.line)),
             "column": origin.and_then(|o| nonzero(o.col)),

@@ -6,7 +6,7 @@
 use crate::key;
 use crate::manifest::{StageKind, StageSpec};
 use crate::plan::Plan;
-use crate::run::{RunEvent, RunLog, utc_now};
+use crate::run::{RunEvent, RunLog, RunStatus, StageStatus, utc_now};
 use crate::stages::{self, Ctx, Input, Produced};
 use crate::store::{ActionRecord, Hash, Store};
 use crate::ui::Ui;
@@ -21,8 +21,9 @@ use std::time::Instant;
 pub struct StageResult {
     pub name: String,
     pub kind: String,
-    /// executed | cached | resumed | failed | skipped (run); cached | stale | blocked (status)
-    pub status: String,
+    /// executed | cached | resumed | failed | skipped (run); pending | running | interrupted too
+    /// (`show`); cached | stale | blocked (status)
+    pub status: StageStatus,
     pub key: Option<Hash>,
     pub outputs: BTreeMap<String, Hash>,
     pub metrics: Value,
@@ -33,11 +34,11 @@ pub struct StageResult {
 }
 
 impl StageResult {
-    fn new(spec: &StageSpec, status: &str) -> Self {
+    fn new(spec: &StageSpec, status: StageStatus) -> Self {
         StageResult {
             name: spec.name.clone(),
             kind: spec.kind.name().into(),
-            status: status.into(),
+            status,
             key: None,
             outputs: BTreeMap::new(),
             metrics: Value::Null,
@@ -46,7 +47,7 @@ impl StageResult {
         }
     }
     pub fn done(&self) -> bool {
-        matches!(self.status.as_str(), "executed" | "cached" | "resumed")
+        self.status.done()
     }
 }
 
@@ -56,9 +57,39 @@ pub struct RunSummary {
     pub run_id: String,
     pub name: String,
     pub manifest: String,
-    /// succeeded | failed | interrupted | running
-    pub status: String,
+    pub status: RunStatus,
     pub stages: Vec<StageResult>,
+}
+
+/// What `pipe status` says of a whole manifest: `up-to-date` when every stage is cached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlanStatus {
+    UpToDate,
+    Stale,
+}
+
+impl PlanStatus {
+    pub fn of(stages: &[StageResult]) -> PlanStatus {
+        if stages.iter().all(|s| s.status == StageStatus::Cached) {
+            PlanStatus::UpToDate
+        } else {
+            PlanStatus::Stale
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanStatus::UpToDate => "up-to-date",
+            PlanStatus::Stale => "stale",
+        }
+    }
+}
+
+impl std::fmt::Display for PlanStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 fn role(consumer: StageKind, input: &Input) -> String {
@@ -138,7 +169,7 @@ pub fn execute(
             match inputs_of(plan, i, &results) {
                 Some(inputs) => wave.push((i, inputs)),
                 None => {
-                    let mut r = StageResult::new(spec, "skipped");
+                    let mut r = StageResult::new(spec, StageStatus::Skipped);
                     r.error = Some("a stage it needs did not finish".into());
                     run.append(&RunEvent::StageSkipped {
                         time: utc_now(),
@@ -212,7 +243,7 @@ fn panicked(payload: &(dyn std::any::Any + Send)) -> anyhow::Error {
 }
 
 fn failed(spec: &StageSpec, key: Option<Hash>, e: &anyhow::Error) -> StageResult {
-    let mut r = StageResult::new(spec, "failed");
+    let mut r = StageResult::new(spec, StageStatus::Failed);
     r.key = key;
     r.error = Some(format!("{e:#}"));
     r
@@ -266,13 +297,13 @@ fn run_stage(
             stage: spec.name.clone(),
             kind: kind.clone(),
             key: key.clone(),
-            status: "cached".into(),
+            status: StageStatus::Cached,
             outputs: rec.outputs.clone(),
             metrics: rec.metrics.clone(),
             seconds: 0.0,
         })?;
         ui.say(&format!("{}: cached ({})", spec.name, &key[..12]));
-        let mut r = StageResult::new(spec, "cached");
+        let mut r = StageResult::new(spec, StageStatus::Cached);
         r.key = Some(key.clone());
         r.outputs = rec.outputs;
         r.metrics = rec.metrics;
@@ -322,7 +353,11 @@ fn run_stage(
             metrics,
             resumed,
         }) => {
-            let status = if resumed { "resumed" } else { "executed" };
+            let status = if resumed {
+                StageStatus::Resumed
+            } else {
+                StageStatus::Executed
+            };
             store.put_action(&ActionRecord {
                 key: key.clone(),
                 stage: spec.name.clone(),
@@ -338,7 +373,7 @@ fn run_stage(
                 stage: spec.name.clone(),
                 kind,
                 key: key.clone(),
-                status: status.into(),
+                status,
                 outputs: outputs.clone(),
                 metrics: metrics.clone(),
                 seconds,
@@ -372,10 +407,10 @@ pub fn status(store: &Store, plan: &Plan) -> Result<Vec<StageResult>> {
     let mut results: Vec<Option<StageResult>> = vec![None; m.stages.len()];
     for &i in &plan.order {
         let spec = &m.stages[i];
-        let mut r = StageResult::new(spec, "stale");
+        let mut r = StageResult::new(spec, StageStatus::Stale);
         match inputs_of(plan, i, &results) {
             None => {
-                r.status = "blocked".into();
+                r.status = StageStatus::Blocked;
                 r.reasons
                     .push("runs after a stage it needs (its inputs are not known yet)".into());
             }
@@ -385,7 +420,7 @@ pub fn status(store: &Store, plan: &Plan) -> Result<Vec<StageResult>> {
                 tracing::debug!(stage = %spec.name, %key, material = %mat, "stage key");
                 r.key = Some(key.clone());
                 if let Some(rec) = store.action(&key)? {
-                    r.status = "cached".into();
+                    r.status = StageStatus::Cached;
                     r.outputs = rec.outputs;
                     r.metrics = rec.metrics;
                 } else {

@@ -17,7 +17,9 @@
 
 use crate::gpt::device::Device;
 use anyhow::Result;
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -160,7 +162,7 @@ struct RawManifest {
     description: Option<String>,
     #[serde(default)]
     defaults: Option<RawDefaults>,
-    stages: serde_yaml::Mapping,
+    stages: Spanned<Yaml>,
 }
 
 #[derive(Deserialize, Default)]
@@ -171,89 +173,208 @@ struct RawDefaults {
     dtype: Option<String>,
 }
 
-/// Line numbers of the stages and their keys in a block-style YAML manifest.
-/// (line, column) of a key.
-type Pos = (usize, usize);
-
-#[derive(Default)]
-struct Lines {
-    /// Stage name -> its position and the positions of its keys.
-    stages: BTreeMap<String, (usize, usize, BTreeMap<String, Pos>)>,
-    top: BTreeMap<String, (usize, usize)>,
+/// A YAML value as the manifest reads it (YAML 1.2's core schema, like serde_yaml: `yes` and
+/// `0755` stay strings), with the location of every mapping key in it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Yaml {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    String(String),
+    Sequence(Vec<Yaml>),
+    Mapping(YamlMap),
 }
 
-fn indent(l: &str) -> usize {
-    l.len() - l.trim_start().len()
+/// A YAML mapping in document order, each key with its line and column.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct YamlMap(Vec<Entry>);
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub key: Yaml,
+    /// (line, column) of the key, 1-based; (0, 0) when the parser did not say.
+    pub at: (usize, usize),
+    pub value: Yaml,
 }
 
-fn key_of(l: &str) -> Option<String> {
-    let t = l.trim_start().trim_start_matches("- ");
-    let k = t.split(':').next()?;
-    (t.contains(':') && !k.is_empty() && !k.contains(' '))
-        .then(|| k.trim_matches(|c| c == '"' || c == '\'').to_string())
-}
-
-fn scan_lines(text: &str) -> Lines {
-    let mut out = Lines::default();
-    let mut in_stages = false;
-    let (mut stage_indent, mut key_indent) = (None, None);
-    let mut current: Option<String> = None;
-    for (i, line) in text.lines().enumerate() {
-        let t = line.trim_start();
-        if t.is_empty() || t.starts_with('#') {
-            continue;
-        }
-        let ind = indent(line);
-        if ind == 0 {
-            in_stages = t.starts_with("stages:");
-            if let Some(k) = key_of(line) {
-                out.top.insert(k, (i + 1, 1));
-            }
-            current = None;
-            continue;
-        }
-        if !in_stages {
-            continue;
-        }
-        let si = *stage_indent.get_or_insert(ind);
-        if ind == si {
-            if let Some(k) = key_of(line) {
-                out.stages
-                    .insert(k.clone(), (i + 1, ind + 1, BTreeMap::new()));
-                current = Some(k);
-                key_indent = None;
-            }
-        } else if let Some(s) = &current {
-            let ki = *key_indent.get_or_insert(ind);
-            if let Some(k) = key_of(line).filter(|_| ind == ki) {
-                out.stages
-                    .get_mut(s)
-                    .expect("current stage recorded")
-                    .2
-                    .insert(k, (i + 1, ind + 1));
-            }
+impl Yaml {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Yaml::String(s) => Some(s),
+            _ => None,
         }
     }
-    out
+    pub fn as_mapping(&self) -> Option<&YamlMap> {
+        match self {
+            Yaml::Mapping(m) => Some(m),
+            _ => None,
+        }
+    }
 }
 
-fn yaml_err(file: &str, e: &serde_yaml::Error, help: Option<&str>) -> anyhow::Error {
-    let origin = match e.location() {
-        Some(l) => Origin {
-            file: file.to_string(),
-            line: l.line(),
-            col: l.column(),
-        },
-        None => Origin {
-            file: file.to_string(),
-            line: 0,
-            col: 0,
-        },
+impl YamlMap {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn iter(&self) -> std::slice::Iter<'_, Entry> {
+        self.0.iter()
+    }
+    pub fn get(&self, key: &str) -> Option<&Entry> {
+        self.0.iter().find(|e| e.key.as_str() == Some(key))
+    }
+}
+
+struct YamlVisitor;
+
+impl<'de> Visitor<'de> for YamlVisitor {
+    type Value = Yaml;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a YAML value")
+    }
+    fn visit_unit<E>(self) -> Result<Yaml, E> {
+        Ok(Yaml::Null)
+    }
+    fn visit_none<E>(self) -> Result<Yaml, E> {
+        Ok(Yaml::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Yaml, D::Error> {
+        Yaml::deserialize(d)
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Yaml, E> {
+        Ok(Yaml::Bool(b))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Yaml, E> {
+        Ok(Yaml::Int(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Yaml, E> {
+        Ok(Yaml::UInt(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Yaml, E> {
+        Ok(Yaml::Float(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Yaml, E> {
+        Ok(Yaml::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Yaml, E> {
+        Ok(Yaml::String(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Yaml, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Yaml::Sequence(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Yaml, A::Error> {
+        MapVisitor.visit_map(map).map(Yaml::Mapping)
+    }
+}
+
+struct MapVisitor;
+
+impl<'de> Visitor<'de> for MapVisitor {
+    type Value = YamlMap;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a YAML mapping")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<YamlMap, A::Error> {
+        let mut out = Vec::new();
+        while let Some(key) = map.next_key::<Spanned<Yaml>>()? {
+            let at = (
+                key.referenced.line() as usize,
+                key.referenced.column() as usize,
+            );
+            out.push(Entry {
+                key: key.value,
+                at,
+                value: map.next_value()?,
+            });
+        }
+        Ok(YamlMap(out))
+    }
+}
+
+impl<'de> Deserialize<'de> for Yaml {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Yaml, D::Error> {
+        d.deserialize_any(YamlVisitor)
+    }
+}
+
+/// The parser's settings: YAML 1.2's core schema as serde_yaml read it (only `true`/`false` are
+/// booleans; `0755` and `1_000` are strings; `<<` is an ordinary key), and `.nan`/`.inf` passed
+/// through so that `param_value` refuses them with its own message.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut o = serde_saphyr::Options::default();
+    o.strict_booleans = true;
+    o.leading_zero_numbers_as_strings = true;
+    o.underscored_numbers_as_strings = true;
+    o.merge_keys = serde_saphyr::MergeKeyPolicy::AsOrdinary;
+    o.non_finite_float_policy = serde_saphyr::NonFiniteFloatPolicy::PassThrough;
+    o.with_snippet = false;
+    o
+}
+
+fn from_yaml<'de, T: Deserialize<'de>>(text: &'de str) -> Result<T, serde_saphyr::Error> {
+    serde_saphyr::from_str_with_options(text, yaml_options())
+}
+
+fn yaml_err(file: &str, e: &serde_saphyr::Error, help: Option<&str>) -> anyhow::Error {
+    let (line, col) = e
+        .location()
+        .map_or((0, 0), |l| (l.line() as usize, l.column() as usize));
+    let origin = Origin {
+        file: file.to_string(),
+        line,
+        col,
     };
-    let msg = e.to_string();
-    // serde_yaml appends " at line X column Y"; the origin already says it.
-    let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+    let msg = e.without_snippet().to_string();
+    // The parser appends " at line X, column Y"; the origin already says it.
+    let mut msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+    // Two messages that name the parser's API: serde_yaml's words instead.
+    if msg.starts_with("multiple YAML documents") {
+        msg = "deserializing from YAML containing more than one document is not supported".into();
+    } else if let Some(rest) = msg.strip_prefix("duplicate mapping key: ") {
+        let key = rest
+            .split(", set DuplicateKeyPolicy")
+            .next()
+            .unwrap_or(rest);
+        msg = format!("duplicate entry with key {key:?}");
+    }
     err(origin, msg, help)
+}
+
+/// A value that must be a mapping (nothing counts as an empty one, as serde_yaml read it); the
+/// error is serde_yaml's, `expected` naming what was wanted.
+fn mapping(file: &str, v: Spanned<Yaml>, expected: &str, help: &str) -> Result<YamlMap> {
+    match v.value {
+        Yaml::Mapping(m) => Ok(m),
+        Yaml::Null => Ok(YamlMap::default()),
+        other => Err(err(
+            Origin {
+                file: file.to_string(),
+                line: v.referenced.line() as usize,
+                col: v.referenced.column() as usize,
+            },
+            format!("invalid type: {}, expected {expected}", unexpected(&other)),
+            Some(help),
+        )),
+    }
+}
+
+/// A value as serde's "invalid type" errors name it.
+fn unexpected(v: &Yaml) -> String {
+    match v {
+        Yaml::Null => "unit".into(),
+        Yaml::Bool(b) => format!("boolean `{b}`"),
+        Yaml::Int(i) => format!("integer `{i}`"),
+        Yaml::UInt(u) => format!("integer `{u}`"),
+        Yaml::Float(_) => format!("floating point `{}`", number_text(v)),
+        Yaml::String(s) => format!("string {s:?}"),
+        Yaml::Sequence(_) => "sequence".into(),
+        Yaml::Mapping(_) => "map".into(),
+    }
 }
 
 /// A UTF-8 byte-order mark (as some editors write) is not part of the YAML.
@@ -262,18 +383,17 @@ fn without_bom(text: &str) -> &str {
 }
 
 /// Whether a YAML value holds `.nan` or `.inf` anywhere (JSON, and so a key, cannot hold them).
-fn has_non_finite(v: &serde_yaml::Value) -> bool {
+fn has_non_finite(v: &Yaml) -> bool {
     match v {
-        serde_yaml::Value::Number(n) => n.as_f64().is_some_and(|f| !f.is_finite()),
-        serde_yaml::Value::Sequence(s) => s.iter().any(has_non_finite),
-        serde_yaml::Value::Mapping(m) => m.values().any(has_non_finite),
-        serde_yaml::Value::Tagged(t) => has_non_finite(&t.value),
+        Yaml::Float(f) => !f.is_finite(),
+        Yaml::Sequence(s) => s.iter().any(has_non_finite),
+        Yaml::Mapping(m) => m.iter().any(|e| has_non_finite(&e.value)),
         _ => false,
     }
 }
 
 /// A parameter's YAML value as JSON; `.nan` and `.inf` are refused where they are written.
-fn param_value(v: &serde_yaml::Value, key: &str, origin: &Origin) -> Result<serde_json::Value> {
+fn param_value(v: &Yaml, key: &str, origin: &Origin) -> Result<serde_json::Value> {
     if has_non_finite(v) {
         return Err(err(
             origin.clone(),
@@ -284,8 +404,33 @@ fn param_value(v: &serde_yaml::Value, key: &str, origin: &Origin) -> Result<serd
     Ok(yaml_to_json(v))
 }
 
-fn yaml_to_json(v: &serde_yaml::Value) -> serde_json::Value {
-    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+/// JSON for a YAML value, as serde_yaml's `Value` serialized (a mapping whose key is not a
+/// scalar has no JSON form: null).
+fn yaml_to_json(v: &Yaml) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Yaml::Null => J::Null,
+        Yaml::Bool(b) => J::Bool(*b),
+        Yaml::Int(i) => J::from(*i),
+        Yaml::UInt(u) => J::from(*u),
+        Yaml::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+        Yaml::String(s) => J::String(s.clone()),
+        Yaml::Sequence(s) => J::Array(s.iter().map(yaml_to_json).collect()),
+        Yaml::Mapping(m) => {
+            let mut out = serde_json::Map::new();
+            for e in m.iter() {
+                let key = match &e.key {
+                    Yaml::String(s) => s.clone(),
+                    Yaml::Bool(b) => b.to_string(),
+                    Yaml::Int(i) => i.to_string(),
+                    Yaml::UInt(u) => u.to_string(),
+                    _ => return J::Null,
+                };
+                out.insert(key, yaml_to_json(&e.value));
+            }
+            J::Object(out)
+        }
+    }
 }
 
 /// Finds `stages/<name>.yaml` for `use: name`: next to the manifest, or one folder up (so
@@ -328,7 +473,7 @@ pub fn parse_override(s: &str) -> Result<Override> {
         ..Default::default()
     };
     let key = lhs.rsplit('.').next().unwrap_or(lhs);
-    let value = match serde_yaml::from_str::<serde_yaml::Value>(rhs) {
+    let value = match from_yaml::<Yaml>(rhs) {
         Ok(v) => param_value(&v, key, &set)?,
         Err(_) => serde_json::Value::String(rhs.to_string()),
     };
@@ -350,79 +495,92 @@ pub fn parse_override(s: &str) -> Result<Override> {
     })
 }
 
+/// Reads a manifest: parse, then each stage with its `use:` definition merged in, then the
+/// command line's overrides, then the checks that need the whole manifest.
 pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        err(
-            Origin {
-                file: file.clone(),
-                ..Default::default()
-            },
-            format!("cannot read the manifest: {e}"),
-            Some("check the path; shipped manifests are in pipelines/"),
-        )
-    })?;
-    let text = without_bom(&text);
-    let raw: RawManifest = serde_yaml::from_str(text).map_err(|e| yaml_err(&file, &e, Some("a manifest has `name`, optional `defaults` (device, seed, dtype) and `stages` (a map of stage name to stage)")))?;
-    let lines = scan_lines(text);
-    let at = |line: usize, col: usize| Origin {
-        file: file.clone(),
-        line,
-        col,
-    };
-    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base_dir = if base_dir.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        base_dir
-    };
-    // Absolute, so `pipe resume` works from any directory.
-    let base_dir = base_dir.canonicalize().unwrap_or(base_dir);
-
-    if !valid_name(&raw.name) {
-        let (l, c) = lines.top.get("name").copied().unwrap_or((0, 0));
-        return Err(err(
-            at(l, c),
-            format!("invalid manifest name {:?}", raw.name),
-            Some("use letters, digits, `_` and `-` only (it names files in the store)"),
-        ));
-    }
-    let d = raw.defaults.unwrap_or_default();
-    let mut defaults = Defaults::default();
-    if let Some(v) = d.device {
-        defaults.device = v;
-    }
-    if let Some(v) = d.seed {
-        defaults.seed = v;
-    }
-    if let Some(v) = d.dtype {
-        defaults.dtype = v;
-    }
-    if raw.stages.is_empty() {
-        let (l, c) = lines.top.get("stages").copied().unwrap_or((0, 0));
-        return Err(err(
-            at(l, c),
-            "`stages` is empty",
-            Some("declare at least one stage, e.g. `data: {kind: prepare, ...}`"),
-        ));
-    }
-
+    let doc = parse(path)?;
+    let base_dir = base_dir_of(path);
+    doc.check_top()?;
+    let mut defaults = doc.defaults();
     let mut stages = Vec::new();
-    for (k, v) in &raw.stages {
-        let Some(name) = k.as_str() else {
+    for entry in doc.stages.iter() {
+        stages.push(doc.stage(entry, &base_dir)?);
+    }
+    apply_overrides(overrides, &mut defaults, &mut stages)?;
+    validate(&doc, &defaults, &stages)?;
+    Ok(Manifest {
+        name: doc.raw.name,
+        path: path.to_path_buf(),
+        base_dir,
+        defaults,
+        stages,
+    })
+}
+
+/// A parsed manifest file, with the locations of its top-level keys.
+struct Doc {
+    file: String,
+    raw: RawManifest,
+    top: YamlMap,
+    stages: YamlMap,
+}
+
+impl Doc {
+    fn at(&self, (line, col): (usize, usize)) -> Origin {
+        Origin {
+            file: self.file.clone(),
+            line,
+            col,
+        }
+    }
+
+    /// Where top-level key `k` is, or just the file.
+    fn top(&self, k: &str) -> Origin {
+        self.at(self.top.get(k).map_or((0, 0), |e| e.at))
+    }
+
+    /// The checks on `name` and `stages` that come before any stage is read.
+    fn check_top(&self) -> Result<()> {
+        if !valid_name(&self.raw.name) {
             return Err(err(
-                at(lines.top.get("stages").map_or(0, |x| x.0), 1),
-                format!("stage names must be strings, found {k:?}"),
+                self.top("name"),
+                format!("invalid manifest name {:?}", self.raw.name),
+                Some("use letters, digits, `_` and `-` only (it names files in the store)"),
+            ));
+        }
+        if self.stages.is_empty() {
+            return Err(err(
+                self.top("stages"),
+                "`stages` is empty",
+                Some("declare at least one stage, e.g. `data: {kind: prepare, ...}`"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn defaults(&self) -> Defaults {
+        let d = self.raw.defaults.as_ref();
+        let fallback = Defaults::default();
+        Defaults {
+            device: d.and_then(|d| d.device.clone()).unwrap_or(fallback.device),
+            seed: d.and_then(|d| d.seed).unwrap_or(fallback.seed),
+            dtype: d.and_then(|d| d.dtype.clone()).unwrap_or(fallback.dtype),
+        }
+    }
+
+    /// One stage: its `use:` definition (if any), then its own fields over it.
+    fn stage(&self, entry: &Entry, base_dir: &Path) -> Result<StageSpec> {
+        let Some(name) = entry.key.as_str() else {
+            return Err(err(
+                self.at((self.top("stages").line, 1)),
+                format!(
+                    "stage names must be strings, found {}",
+                    key_debug(&entry.key)
+                ),
                 None,
             ));
         };
-        let (sl, sc, key_lines) =
-            lines
-                .stages
-                .get(name)
-                .cloned()
-                .unwrap_or((0, 0, BTreeMap::new()));
-        let origin = at(sl, sc);
+        let origin = self.at(entry.at);
         if !valid_name(name) {
             return Err(err(
                 origin,
@@ -430,144 +588,26 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
                 Some("use letters, digits, `_` and `-` only"),
             ));
         }
-        let Some(body) = v.as_mapping() else {
+        let Some(body) = entry.value.as_mapping() else {
             return Err(err(
                 origin,
                 format!(
                     "stage `{name}` must be a mapping of fields, found {}",
-                    describe(v)
+                    describe(&entry.value)
                 ),
                 Some("e.g. `train: {kind: train, needs: [model, data]}`"),
             ));
         };
-        let mut params = serde_json::Map::new();
-        let mut param_origins = BTreeMap::new();
-        let mut kind: Option<(String, Origin)> = None;
-        let mut needs: Vec<String> = Vec::new();
-        let key_origin = |key: &str| {
-            key_lines
-                .get(key)
-                .map(|&(l, c)| at(l, c))
-                .unwrap_or_else(|| origin.clone())
-        };
-
+        let mut fields = Fields::default();
         // `use:` first, so the stage's own fields override the definition's.
         if let Some(u) = body.get("use") {
-            let o = key_origin("use");
-            let Some(uname) = u.as_str() else {
-                return Err(err(
-                    o,
-                    format!(
-                        "`use` must be the name of a stage definition, found {}",
-                        describe(u)
-                    ),
-                    Some("e.g. `use: train_char` for stages/train_char.yaml"),
-                ));
-            };
-            let Some(def_path) = find_stage_def(&base_dir, uname) else {
-                return Err(err(
-                    o,
-                    format!(
-                        "no stage definition `{uname}`: looked for stages/{uname}.yaml next to the manifest and one folder up"
-                    ),
-                    Some("check the name against the files in stages/"),
-                ));
-            };
-            let def_file = def_path.display().to_string();
-            let def_text = std::fs::read_to_string(&def_path).map_err(|e| {
-                err(
-                    o.clone(),
-                    format!("cannot read the stage definition {def_file}: {e}"),
-                    Some("a stage definition is a YAML file stages/<name>.yaml"),
-                )
-            })?;
-            let def_text = without_bom(&def_text);
-            let def: serde_yaml::Mapping = serde_yaml::from_str(def_text).map_err(|e| {
-                yaml_err(
-                    &def_file,
-                    &e,
-                    Some("a stage definition is a mapping with `kind` and parameters"),
-                )
-            })?;
-            let def_lines = scan_lines(def_text);
-            for (dk, dv) in &def {
-                let dk = dk.as_str().unwrap_or_default().to_string();
-                let (l, c) = def_lines.top.get(&dk).copied().unwrap_or((0, 0));
-                let o = Origin {
-                    file: def_file.clone(),
-                    line: l,
-                    col: c,
-                };
-                match dk.as_str() {
-                    "kind" => kind = Some((dv.as_str().unwrap_or_default().to_string(), o)),
-                    "description" => {}
-                    "needs" | "use" => {
-                        return Err(err(
-                            o,
-                            format!("`{dk}` is not allowed in a stage definition"),
-                            Some("declare dependencies in the manifest that uses it"),
-                        ));
-                    }
-                    _ => {
-                        params.insert(dk.clone(), param_value(dv, &dk, &o)?);
-                        param_origins.insert(dk, o);
-                    }
-                }
-            }
+            merge_definition(&mut fields, &u.value, self.at(u.at), base_dir)?;
         }
-        for (fk, fv) in body {
-            let Some(fk) = fk.as_str() else { continue };
-            let o = key_origin(fk);
-            match fk {
-                "use" | "description" => {}
-                "kind" => {
-                    let Some(s) = fv.as_str() else {
-                        return Err(err(
-                            o,
-                            format!("`kind` must be a string, found {}", describe(fv)),
-                            Some(&format!("one of: {KINDS}")),
-                        ));
-                    };
-                    kind = Some((s.to_string(), o));
-                }
-                "needs" => {
-                    param_origins.insert("needs".to_string(), o.clone());
-                    needs = match fv {
-                        serde_yaml::Value::String(s) => vec![s.clone()],
-                        serde_yaml::Value::Sequence(seq) => seq
-                            .iter()
-                            .map(|x| {
-                                x.as_str().map(str::to_string).ok_or_else(|| {
-                                    err(
-                                        o.clone(),
-                                        format!(
-                                            "`needs` entries must be stage names, found {}",
-                                            describe(x)
-                                        ),
-                                        None,
-                                    )
-                                })
-                            })
-                            .collect::<Result<_>>()?,
-                        other => {
-                            return Err(err(
-                                o,
-                                format!(
-                                    "`needs` must be a list of stage names, found {}",
-                                    describe(other)
-                                ),
-                                Some("e.g. `needs: [model, data]`"),
-                            ));
-                        }
-                    }
-                }
-                _ => {
-                    params.insert(fk.to_string(), param_value(fv, fk, &o)?);
-                    param_origins.insert(fk.to_string(), o);
-                }
-            }
+        for f in body.iter() {
+            let Some(key) = f.key.as_str() else { continue };
+            fields.set_own(key, &f.value, self.at(f.at))?;
         }
-        let Some((kind_name, kind_origin)) = kind else {
+        let Some((kind_name, kind_origin)) = fields.kind else {
             return Err(err(
                 origin,
                 format!("stage `{name}` has no `kind`"),
@@ -583,16 +623,188 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
                 Some(&format!("expected one of: {KINDS}")),
             ));
         };
-        stages.push(StageSpec {
+        Ok(StageSpec {
             name: name.to_string(),
             kind,
-            needs,
-            params,
+            needs: fields.needs,
+            params: fields.params,
             origin,
-            param_origins,
-        });
+            param_origins: fields.param_origins,
+        })
+    }
+}
+
+/// Reads and parses the manifest file (a byte-order mark is dropped).
+fn parse(path: &Path) -> Result<Doc> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        err(
+            Origin {
+                file: file.clone(),
+                ..Default::default()
+            },
+            format!("cannot read the manifest: {e}"),
+            Some("check the path; shipped manifests are in pipelines/"),
+        )
+    })?;
+    let text = without_bom(&text);
+    let help = "a manifest has `name`, optional `defaults` (device, seed, dtype) and `stages` (a map of stage name to stage)";
+    // Untyped first, for where the top-level keys are; then the same text typed.
+    let root = from_yaml(text).map_err(|e| yaml_err(&file, &e, Some(help)))?;
+    let top = mapping(&file, root, "struct RawManifest", help)?;
+    // An empty document is an empty mapping (so the error is the missing `name`).
+    let typed = if top.is_empty() { "{}" } else { text };
+    let raw: RawManifest = from_yaml(typed).map_err(|e| yaml_err(&file, &e, Some(help)))?;
+    let stages = mapping(&file, raw.stages.clone(), "a YAML mapping", help)
+        .map_err(|e| prefixed("stages: ", e))?;
+    Ok(Doc {
+        file,
+        raw,
+        top,
+        stages,
+    })
+}
+
+/// The folder relative paths in the manifest are resolved against: absolute, so `pipe resume`
+/// works from any directory.
+fn base_dir_of(path: &Path) -> PathBuf {
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base_dir = if base_dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base_dir
+    };
+    base_dir.canonicalize().unwrap_or(base_dir)
+}
+
+/// A stage's fields as they are merged: definition first, then the manifest's own.
+#[derive(Default)]
+struct Fields {
+    kind: Option<(String, Origin)>,
+    needs: Vec<String>,
+    params: serde_json::Map<String, serde_json::Value>,
+    param_origins: BTreeMap<String, Origin>,
+}
+
+impl Fields {
+    fn set_param(&mut self, key: &str, v: &Yaml, o: Origin) -> Result<()> {
+        self.params
+            .insert(key.to_string(), param_value(v, key, &o)?);
+        self.param_origins.insert(key.to_string(), o);
+        Ok(())
     }
 
+    /// A field written in the manifest itself.
+    fn set_own(&mut self, key: &str, v: &Yaml, o: Origin) -> Result<()> {
+        match key {
+            "use" | "description" => {}
+            "kind" => {
+                let Some(s) = v.as_str() else {
+                    return Err(err(
+                        o,
+                        format!("`kind` must be a string, found {}", describe(v)),
+                        Some(&format!("one of: {KINDS}")),
+                    ));
+                };
+                self.kind = Some((s.to_string(), o));
+            }
+            "needs" => {
+                self.param_origins.insert("needs".to_string(), o.clone());
+                self.needs = needs_of(v, &o)?;
+            }
+            _ => self.set_param(key, v, o)?,
+        }
+        Ok(())
+    }
+}
+
+fn needs_of(v: &Yaml, o: &Origin) -> Result<Vec<String>> {
+    match v {
+        Yaml::String(s) => Ok(vec![s.clone()]),
+        Yaml::Sequence(seq) => seq
+            .iter()
+            .map(|x| {
+                x.as_str().map(str::to_string).ok_or_else(|| {
+                    err(
+                        o.clone(),
+                        format!("`needs` entries must be stage names, found {}", describe(x)),
+                        None,
+                    )
+                })
+            })
+            .collect(),
+        other => Err(err(
+            o.clone(),
+            format!(
+                "`needs` must be a list of stage names, found {}",
+                describe(other)
+            ),
+            Some("e.g. `needs: [model, data]`"),
+        )),
+    }
+}
+
+/// `use: name`: the fields of stages/<name>.yaml, located in that file.
+fn merge_definition(fields: &mut Fields, u: &Yaml, o: Origin, base_dir: &Path) -> Result<()> {
+    let Some(uname) = u.as_str() else {
+        return Err(err(
+            o,
+            format!(
+                "`use` must be the name of a stage definition, found {}",
+                describe(u)
+            ),
+            Some("e.g. `use: train_char` for stages/train_char.yaml"),
+        ));
+    };
+    let Some(def_path) = find_stage_def(base_dir, uname) else {
+        return Err(err(
+            o,
+            format!(
+                "no stage definition `{uname}`: looked for stages/{uname}.yaml next to the manifest and one folder up"
+            ),
+            Some("check the name against the files in stages/"),
+        ));
+    };
+    let def_file = def_path.display().to_string();
+    let def_text = std::fs::read_to_string(&def_path).map_err(|e| {
+        err(
+            o.clone(),
+            format!("cannot read the stage definition {def_file}: {e}"),
+            Some("a stage definition is a YAML file stages/<name>.yaml"),
+        )
+    })?;
+    let help = "a stage definition is a mapping with `kind` and parameters";
+    let def = from_yaml(without_bom(&def_text)).map_err(|e| yaml_err(&def_file, &e, Some(help)))?;
+    let def = mapping(&def_file, def, "a YAML mapping", help)?;
+    for d in def.iter() {
+        let dk = d.key.as_str().unwrap_or_default();
+        let o = Origin {
+            file: def_file.clone(),
+            line: d.at.0,
+            col: d.at.1,
+        };
+        match dk {
+            "kind" => fields.kind = Some((d.value.as_str().unwrap_or_default().to_string(), o)),
+            "description" => {}
+            "needs" | "use" => {
+                return Err(err(
+                    o,
+                    format!("`{dk}` is not allowed in a stage definition"),
+                    Some("declare dependencies in the manifest that uses it"),
+                ));
+            }
+            _ => fields.set_param(dk, &d.value, o)?,
+        }
+    }
+    Ok(())
+}
+
+/// The command line's `--set` overrides, in order.
+fn apply_overrides(
+    overrides: &[Override],
+    defaults: &mut Defaults,
+    stages: &mut [StageSpec],
+) -> Result<()> {
     let names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
     for o in overrides {
         let set = Origin {
@@ -601,7 +813,7 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
             col: 0,
         };
         match &o.target {
-            Some(t) if t == "defaults" => set_default(&mut defaults, &o.key, &o.value, &set)?,
+            Some(t) if t == "defaults" => set_default(defaults, &o.key, &o.value, &set)?,
             Some(t) => {
                 let Some(s) = stages.iter_mut().find(|s| &s.name == t) else {
                     return Err(err(
@@ -621,7 +833,7 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
                     .insert(o.key.clone(), absolute_if_path(&o.key, o.value.clone()));
                 s.param_origins.insert(o.key.clone(), set);
             }
-            None if is_default_key(&o.key) => set_default(&mut defaults, &o.key, &o.value, &set)?,
+            None if is_default_key(&o.key) => set_default(defaults, &o.key, &o.value, &set)?,
             None => {
                 return Err(err(
                     set,
@@ -634,16 +846,15 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
             }
         }
     }
-    let top = |k: &str| {
-        lines
-            .top
-            .get(k)
-            .map(|&(l, c)| at(l, c))
-            .unwrap_or_else(|| at(0, 0))
-    };
+    Ok(())
+}
+
+/// The checks that need the whole manifest: the device and dtype, and every `needs` naming
+/// another stage.
+fn validate(doc: &Doc, defaults: &Defaults, stages: &[StageSpec]) -> Result<()> {
     if defaults.device == "cuda" && !cfg!(feature = "cuda") {
         return Err(err(
-            top("defaults"),
+            doc.top("defaults"),
             "device `cuda`: this pipe was built without CUDA support",
             Some(
                 "rebuild with `cargo build --release --features cuda` (needs no CUDA toolkit), or use device: cpu (--set device=cpu)",
@@ -651,28 +862,22 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
         ));
     }
     if let Err(e) = Device::from_defaults(&defaults.device, &defaults.dtype) {
-        return Err(err(top("defaults"), e.message, Some(e.help)));
+        return Err(err(doc.top("defaults"), e.message, Some(e.help)));
     }
-    for s in &stages {
-        let o = s.param_origins.get("needs").cloned().unwrap_or_else(|| {
-            lines
-                .stages
-                .get(&s.name)
-                .and_then(|x| x.2.get("needs"))
-                .map(|&(l, c)| at(l, c))
-                .unwrap_or_else(|| s.origin.clone())
-        });
+    let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+    for s in stages {
+        let o = s.origin_of("needs");
         for n in &s.needs {
             if n == &s.name {
                 return Err(err(
-                    o,
+                    o.clone(),
                     format!("stage `{}` needs itself", s.name),
                     Some("remove it from `needs`"),
                 ));
             }
-            if !names.contains(n) {
+            if !names.contains(&n.as_str()) {
                 return Err(err(
-                    o,
+                    o.clone(),
                     format!(
                         "stage `{}` needs `{n}`, which is not a stage in this manifest",
                         s.name
@@ -682,13 +887,7 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
             }
         }
     }
-    Ok(Manifest {
-        name: raw.name,
-        path: path.to_path_buf(),
-        base_dir,
-        defaults,
-        stages,
-    })
+    Ok(())
 }
 
 /// Parameters holding file paths. Relative paths in a manifest are relative to the manifest's
@@ -752,14 +951,92 @@ fn set_default(d: &mut Defaults, key: &str, v: &serde_json::Value, origin: &Orig
     Ok(())
 }
 
-pub fn describe(v: &serde_yaml::Value) -> String {
+pub fn describe(v: &Yaml) -> String {
     match v {
-        serde_yaml::Value::Null => "nothing (null)".into(),
-        serde_yaml::Value::Bool(b) => format!("the boolean {b}"),
-        serde_yaml::Value::Number(n) => format!("the number {n}"),
-        serde_yaml::Value::String(s) => format!("the string {s:?}"),
-        serde_yaml::Value::Sequence(_) => "a list".into(),
-        serde_yaml::Value::Mapping(_) => "a mapping".into(),
-        serde_yaml::Value::Tagged(_) => "a tagged value".into(),
+        Yaml::Null => "nothing (null)".into(),
+        Yaml::Bool(b) => format!("the boolean {b}"),
+        Yaml::Int(_) | Yaml::UInt(_) | Yaml::Float(_) => format!("the number {}", number_text(v)),
+        Yaml::String(s) => format!("the string {s:?}"),
+        Yaml::Sequence(_) => "a list".into(),
+        Yaml::Mapping(_) => "a mapping".into(),
+    }
+}
+
+/// A mapping key as serde_yaml's `Value` printed it with `{:?}`.
+fn key_debug(k: &Yaml) -> String {
+    match k {
+        Yaml::Null => "Null".into(),
+        Yaml::Bool(b) => format!("Bool({b})"),
+        Yaml::Int(_) | Yaml::UInt(_) | Yaml::Float(_) => format!("Number({})", number_text(k)),
+        Yaml::String(s) => format!("String({s:?})"),
+        Yaml::Sequence(_) => "Sequence [..]".into(),
+        Yaml::Mapping(_) => "Mapping {..}".into(),
+    }
+}
+
+/// A number as serde_yaml printed it (`.nan`, `.inf` and `-.inf` included).
+fn number_text(v: &Yaml) -> String {
+    match v {
+        Yaml::Float(f) if f.is_nan() => ".nan".into(),
+        Yaml::Float(f) if f.is_infinite() => if *f > 0.0 { ".inf" } else { "-.inf" }.into(),
+        _ => yaml_to_json(v).to_string(),
+    }
+}
+
+/// `e` (a [`ManifestError`]) with its message prefixed, as serde_yaml named the field at fault.
+fn prefixed(prefix: &str, e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<ManifestError>() {
+        Ok(mut m) => {
+            m.message = format!("{prefix}{}", m.message);
+            m.into()
+        }
+        Err(e) => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn set(v: &str) -> serde_json::Value {
+        parse_override(&format!("train.x={v}")).unwrap().value
+    }
+
+    #[test]
+    fn set_values_are_read_as_serde_yaml_read_them() {
+        assert_eq!(set("500"), json!(500));
+        assert_eq!(set("-3"), json!(-3));
+        assert_eq!(set("1e-3"), json!(0.001));
+        assert_eq!(set("2.0"), json!(2.0));
+        assert_eq!(set("0x1F"), json!(31));
+        assert_eq!(set("true"), json!(true));
+        // YAML 1.2's core schema: these stay strings.
+        for s in ["yes", "no", "on", "0755", "1_000", "input.txt", "# x"] {
+            assert_eq!(set(s), json!(s), "{s}");
+        }
+        assert_eq!(set(""), serde_json::Value::Null);
+        assert_eq!(set("~"), serde_json::Value::Null);
+        assert_eq!(set("[1, b]"), json!([1, "b"]));
+        assert_eq!(set("a: b"), json!({"a": "b"}));
+        for s in [".nan", ".inf", "-.inf", "[1, .nan]"] {
+            let e = parse_override(&format!("train.x={s}")).err().unwrap();
+            assert!(e.to_string().contains("is not a finite number"), "{e}");
+        }
+    }
+
+    #[test]
+    fn keys_are_located_in_block_and_flow_style() {
+        let text = "a: 1\nb:\n  c: {d: 2, \"e\": 3}\n";
+        let root: Spanned<Yaml> = from_yaml(text).unwrap();
+        let top = root.value.as_mapping().unwrap();
+        assert_eq!(top.get("a").unwrap().at, (1, 1));
+        let b = top.get("b").unwrap();
+        assert_eq!(b.at, (2, 1));
+        let c = b.value.as_mapping().unwrap().get("c").unwrap();
+        assert_eq!(c.at, (3, 3));
+        let inner = c.value.as_mapping().unwrap();
+        assert_eq!(inner.get("d").unwrap().at, (3, 7));
+        assert_eq!(inner.get("e").unwrap().at, (3, 13));
     }
 }

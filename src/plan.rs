@@ -1,7 +1,8 @@
 //! From a manifest to an executable plan: every stage validated (typed parameters, needs),
 //! dependencies as a petgraph DAG, cycles reported by name, and a topological order.
 
-use crate::manifest::{Manifest, err};
+use crate::error::err;
+use crate::manifest::Manifest;
 use crate::stages;
 use anyhow::Result;
 use petgraph::algo::{kosaraju_scc, toposort};

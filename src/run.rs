@@ -15,6 +15,86 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+/// A stage's status. A run logs `executed`, `cached` or `resumed` when a stage finishes; `show`
+/// rebuilds the others from the log (`pending`, `running`, `interrupted`, `failed`, `skipped`);
+/// `pipe status` predicts `cached`, `stale` or `blocked`. Serialized as the lower-case name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StageStatus {
+    Executed,
+    Cached,
+    Resumed,
+    Failed,
+    Skipped,
+    Pending,
+    Running,
+    Interrupted,
+    Stale,
+    Blocked,
+}
+
+impl StageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageStatus::Executed => "executed",
+            StageStatus::Cached => "cached",
+            StageStatus::Resumed => "resumed",
+            StageStatus::Failed => "failed",
+            StageStatus::Skipped => "skipped",
+            StageStatus::Pending => "pending",
+            StageStatus::Running => "running",
+            StageStatus::Interrupted => "interrupted",
+            StageStatus::Stale => "stale",
+            StageStatus::Blocked => "blocked",
+        }
+    }
+
+    /// Whether the stage's outputs exist (it ran, was cached, or resumed to the end).
+    pub fn done(self) -> bool {
+        matches!(
+            self,
+            StageStatus::Executed | StageStatus::Cached | StageStatus::Resumed
+        )
+    }
+}
+
+impl std::fmt::Display for StageStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A run's status. A run logs `succeeded` or `failed` when it finishes; reading it back adds
+/// `running` (its lock is held), `interrupted` (no `run_finished` and nobody holds the lock) and
+/// `damaged` (its plan cannot be read). Serialized as the lower-case name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    Succeeded,
+    Failed,
+    Interrupted,
+    Running,
+    Damaged,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Running => "running",
+            RunStatus::Damaged => "damaged",
+        }
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum RunEvent {
@@ -36,7 +116,7 @@ pub enum RunEvent {
         stage: String,
         kind: String,
         key: Hash,
-        status: String,
+        status: StageStatus,
         outputs: BTreeMap<String, Hash>,
         metrics: serde_json::Value,
         seconds: f64,
@@ -70,7 +150,7 @@ pub enum RunEvent {
     },
     RunFinished {
         time: String,
-        status: String,
+        status: RunStatus,
     },
 }
 
@@ -254,8 +334,7 @@ pub struct RunRecord {
     pub id: String,
     pub plan: serde_json::Value,
     pub events: Vec<RunEvent>,
-    /// succeeded | failed | interrupted | running | damaged (its plan.json cannot be read)
-    pub status: String,
+    pub status: RunStatus,
     /// What is wrong with a damaged record.
     pub damage: Option<String>,
 }
@@ -283,7 +362,7 @@ impl RunRecord {
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
         let finished = events.iter().rev().find_map(|e| match e {
-            RunEvent::RunFinished { status, .. } => Some(status.clone()),
+            RunEvent::RunFinished { status, .. } => Some(*status),
             _ => None,
         });
         // The last run_started after the last run_finished means a resume is (or was) in progress.
@@ -294,7 +373,7 @@ impl RunRecord {
             .iter()
             .rposition(|e| matches!(e, RunEvent::RunFinished { .. }));
         let status = match (finished, last_start > last_finish) {
-            _ if damage.is_some() => "damaged".to_string(),
+            _ if damage.is_some() => RunStatus::Damaged,
             (Some(s), false) => s,
             _ => {
                 let lock = OpenOptions::new()
@@ -303,9 +382,9 @@ impl RunRecord {
                     .write(true)
                     .open(dir.join("lock"))?;
                 if lock.try_lock().is_ok() {
-                    "interrupted".to_string()
+                    RunStatus::Interrupted
                 } else {
-                    "running".to_string()
+                    RunStatus::Running
                 }
             }
         };
@@ -389,13 +468,55 @@ mod tests {
                 eval(104),
                 RunEvent::RunFinished {
                     time: t(105),
-                    status: "succeeded".into(),
+                    status: RunStatus::Succeeded,
                 },
             ],
-            status: "succeeded".into(),
+            status: RunStatus::Succeeded,
             damage: None,
         };
         assert_eq!(rec.active_seconds(), Some(15));
+    }
+
+    #[test]
+    fn statuses_serialize_as_the_log_and_json_strings() {
+        let all = [
+            StageStatus::Executed,
+            StageStatus::Cached,
+            StageStatus::Resumed,
+            StageStatus::Failed,
+            StageStatus::Skipped,
+            StageStatus::Pending,
+            StageStatus::Running,
+            StageStatus::Interrupted,
+            StageStatus::Stale,
+            StageStatus::Blocked,
+        ];
+        for s in all {
+            let j = serde_json::to_string(&s).unwrap();
+            assert_eq!(j, format!("\"{}\"", s.as_str()));
+            assert_eq!(serde_json::from_str::<StageStatus>(&j).unwrap(), s);
+        }
+        let runs = [
+            RunStatus::Succeeded,
+            RunStatus::Failed,
+            RunStatus::Interrupted,
+            RunStatus::Running,
+            RunStatus::Damaged,
+        ];
+        for s in runs {
+            let j = serde_json::to_string(&s).unwrap();
+            assert_eq!(j, format!("\"{}\"", s.as_str()));
+            assert_eq!(serde_json::from_str::<RunStatus>(&j).unwrap(), s);
+        }
+        // A log line written before these were types still reads.
+        let line = r#"{"event":"run_finished","time":"2026-11-28T00:00:00Z","status":"succeeded"}"#;
+        assert!(matches!(
+            serde_json::from_str::<RunEvent>(line).unwrap(),
+            RunEvent::RunFinished {
+                status: RunStatus::Succeeded,
+                ..
+            }
+        ));
     }
 
     #[test]

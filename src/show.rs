@@ -2,7 +2,7 @@
 
 use crate::exec::{RunSummary, StageResult};
 use crate::manifest::Manifest;
-use crate::run::{RunEvent, RunRecord, list_run_ids};
+use crate::run::{RunEvent, RunRecord, RunStatus, StageStatus, list_run_ids};
 use crate::store::{Hash, Store};
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
@@ -27,7 +27,7 @@ pub fn run_summary(store: &Store, id: &str) -> Result<RunSummary> {
             StageResult {
                 name: s.name.clone(),
                 kind: s.kind.name().into(),
-                status: "pending".into(),
+                status: StageStatus::Pending,
                 key: None,
                 outputs: BTreeMap::new(),
                 metrics: Value::Null,
@@ -43,7 +43,7 @@ pub fn run_summary(store: &Store, id: &str) -> Result<RunSummary> {
             }
             RunEvent::StageStarted { stage, key, .. } => {
                 if let Some(r) = by_stage.get_mut(stage) {
-                    r.status = "running".into();
+                    r.status = StageStatus::Running;
                     r.key = Some(key.clone());
                     r.error = None;
                 }
@@ -57,7 +57,7 @@ pub fn run_summary(store: &Store, id: &str) -> Result<RunSummary> {
                 ..
             } => {
                 if let Some(r) = by_stage.get_mut(stage) {
-                    r.status = status.clone();
+                    r.status = *status;
                     r.key = Some(key.clone());
                     r.outputs = outputs.clone();
                     r.metrics = metrics.clone();
@@ -68,14 +68,14 @@ pub fn run_summary(store: &Store, id: &str) -> Result<RunSummary> {
                 stage, key, error, ..
             } => {
                 if let Some(r) = by_stage.get_mut(stage) {
-                    r.status = "failed".into();
+                    r.status = StageStatus::Failed;
                     r.key = key.clone();
                     r.error = Some(error.clone());
                 }
             }
             RunEvent::StageSkipped { stage, reason, .. } => {
                 if let Some(r) = by_stage.get_mut(stage) {
-                    r.status = "skipped".into();
+                    r.status = StageStatus::Skipped;
                     r.error = Some(reason.clone());
                 }
             }
@@ -90,10 +90,10 @@ pub fn run_summary(store: &Store, id: &str) -> Result<RunSummary> {
         }
     }
     // A stage still "running" in a run nobody runs any more was interrupted.
-    if rec.status == "interrupted" {
+    if rec.status == RunStatus::Interrupted {
         for r in by_stage.values_mut() {
-            if r.status == "running" {
-                r.status = "interrupted".into();
+            if r.status == StageStatus::Running {
+                r.status = StageStatus::Interrupted;
             }
         }
     }
@@ -175,7 +175,7 @@ pub fn print_summary(s: &RunSummary) {
         s.run_id,
         s.name,
         s.manifest,
-        s.status.to_uppercase()
+        s.status.as_str().to_uppercase()
     );
     for st in &s.stages {
         let key = st.key.as_deref().map(|k| &k[..12]).unwrap_or("-");
@@ -306,7 +306,7 @@ fn print_producer(p: &Value, indent: usize, seen: &mut BTreeSet<String>) {
 /// Deletes a run's record (refusing while it runs).
 pub fn forget(store: &Store, id: &str) -> Result<String> {
     let rec = RunRecord::load(store, id)?;
-    if rec.status == "running" {
+    if rec.status == RunStatus::Running {
         bail!("run {} is running; stop it first", rec.id);
     }
     let dir = store.root.join("runs").join(&rec.id);
@@ -352,7 +352,7 @@ pub fn reachable(store: &Store, keep_checkpoints: bool) -> Result<BTreeSet<Hash>
     let mut keep = BTreeSet::new();
     for id in list_run_ids(store)? {
         let rec = RunRecord::load(store, &id)?;
-        let resumable = rec.status != "succeeded";
+        let resumable = rec.status != RunStatus::Succeeded;
         for e in &rec.events {
             match e {
                 RunEvent::StageFinished { outputs, .. } => keep.extend(outputs.values().cloned()),
@@ -529,7 +529,7 @@ mod tests {
                     stage: "train".into(),
                     kind: "train".into(),
                     key: "K3".into(),
-                    status: "executed".into(),
+                    status: StageStatus::Executed,
                     outputs: BTreeMap::from([("ckpt".to_string(), "finished-output".to_string())]),
                     metrics: Value::Null,
                     seconds: 1.0,

@@ -3,9 +3,9 @@
 //! asking for a GPU model is a clear error.
 
 use super::config::GptConfig;
-use super::device::Precision;
 use super::model::DropoutPlan;
 use super::optim::AdamW;
+use super::precision::Precision;
 use super::sample::SampleConfig;
 use anyhow::{Result, bail};
 use std::convert::Infallible;

@@ -8,22 +8,14 @@ use super::model::Gpt;
 use super::sample::{SampleConfig, generate_many};
 use anyhow::Result;
 
+/// Defined in `precision.rs`, which the CUDA engine imports too: the engine never imports this file,
+/// so the imports between the two go one way (device -> cuda).
+pub use super::precision::Precision;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
     Cpu,
     Cuda(Precision),
-}
-
-/// The format of the GPU's matrix products. Weights, activations, gradients and optimiser state
-/// are f32 in every case; only cuBLAS's multiplications change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    /// Plain f32 products: the reference.
-    F32,
-    /// TF32 tensor cores: inputs rounded to a 10-bit mantissa, f32 accumulation.
-    Tf32,
-    /// bf16 tensor cores: inputs rounded to bf16 (8-bit mantissa), f32 accumulation.
-    Bf16,
 }
 
 /// Why a manifest's `device`/`dtype` pair is refused: what is wrong, and a hint.

@@ -20,6 +20,7 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod precision;
 pub mod rng;
 pub mod sample;
 pub mod train;

@@ -10,7 +10,8 @@
 //! and stderr stream to the terminal and to `runs/<id>/<stage>.log`, never into memory.
 
 use super::{Ctx, Produced, resolve_path, typed};
-use crate::manifest::{StageSpec, err};
+use crate::error::err;
+use crate::manifest::StageSpec;
 use crate::store::{Hash, Store, temp_name};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};

@@ -48,7 +48,7 @@ pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Pa
         ("eval_iters", params.eval_iters),
     ] {
         if value == 0 {
-            return Err(crate::manifest::err(
+            return Err(crate::error::err(
                 spec.origin_of(field).clone(),
                 format!("stage `{}`, field `{field}`: must be at least 1", spec.name),
                 Some(HELP),

@@ -3,9 +3,10 @@
 //! `to: DIR` they are also written there.
 
 use super::{Ctx, Produced, load_model, resolve_path, typed};
+use crate::error::err;
 use crate::gpt::checkpoint::Parts;
 use crate::gpt::hf;
-use crate::manifest::{StageSpec, err};
+use crate::manifest::StageSpec;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

@@ -6,11 +6,12 @@
 //!   `hf_dir` or the Hugging Face cache; `block_size` may crop, `dropout` may override.
 
 use super::{Ctx, Produced, read_meta, resolve_path, typed, with_checkpoint};
+use crate::error::err;
 use crate::gpt::checkpoint::CheckpointRef;
 use crate::gpt::device::Device;
 use crate::gpt::memory::{Work, check_host};
 use crate::gpt::{Gelu, Gpt, GptConfig, hf};
-use crate::manifest::{StageSpec, err};
+use crate::manifest::StageSpec;
 use crate::run::{RunEvent, RunRecord};
 use crate::store::{Hash, Store};
 use anyhow::{Context, Result, bail};

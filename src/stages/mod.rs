@@ -9,8 +9,9 @@ pub mod prepare;
 pub mod sample;
 pub mod train;
 
+use crate::error::err;
 use crate::gpt::checkpoint::{Checkpoint, CheckpointFile, Parts};
-use crate::manifest::{Defaults, Manifest, StageKind, StageSpec, err};
+use crate::manifest::{Defaults, Manifest, StageKind, StageSpec};
 use crate::run::{RunEvent, RunLog};
 use crate::store::{Hash, Mapped, Store};
 use crate::ui::Ui;

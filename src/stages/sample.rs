@@ -6,10 +6,11 @@
 
 use super::evaluate::{text_arg, tokenizer_for};
 use super::{Ctx, Produced, model_checkpoint, typed, with_checkpoint};
+use crate::error::err;
 use crate::gpt::device::Model;
 use crate::gpt::memory::{Work, check_host};
 use crate::gpt::sample::SampleConfig;
-use crate::manifest::{StageSpec, err};
+use crate::manifest::StageSpec;
 use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

@@ -16,11 +16,12 @@
 //! output.
 
 use super::{Ctx, Produced, map_tokens, typed, with_checkpoint};
+use crate::error::err;
 use crate::gpt::checkpoint::Parts;
 use crate::gpt::memory::{Work, check_host};
 use crate::gpt::train::{DivergenceGuard, Event, Report};
 use crate::gpt::{TrainConfig, Trainer};
-use crate::manifest::{StageSpec, err};
+use crate::manifest::StageSpec;
 use crate::plot::{Series, loss_svg};
 use crate::run::RunEvent;
 use crate::store::{Hash, SavedCheckpoint, Store};
