@@ -371,7 +371,7 @@ fn check_plan(store: &Store, plan: &plan::Plan, allow_outside: bool) -> Result<(
 /// With `device: cuda`, finds the GPU before any stage runs, so a missing driver or library is
 /// reported up front rather than after the CPU stages.
 fn check_device(m: &Manifest) -> Result<()> {
-    if m.defaults.device == "cuda" {
+    if m.defaults.device.is_cuda() {
         let name = crate::gpt::cuda::gpu_name()?;
         tracing::info!("device: {name}");
     }

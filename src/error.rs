@@ -2,8 +2,26 @@
 //! a checkpoint or model that cannot be found). Any other error is a failure while running
 //! (exit 1). `cli::error_json` reads the location and help of a `--json` command's error from it.
 
-use crate::manifest::{ManifestError, Origin};
+use serde::{Deserialize, Serialize};
 use std::fmt;
+
+/// Where a value came from, for error messages.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct Origin {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}", self.file)
+        } else {
+            write!(f, "{}:{}:{}", self.file, self.line, self.col)
+        }
+    }
+}
 
 /// Bad input: where (when known), what, and how to fix it.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,20 +52,7 @@ impl InputError {
 
     /// The input error `e` is (or wraps in a context), if it is one.
     pub fn of(e: &anyhow::Error) -> Option<InputError> {
-        e.downcast_ref::<InputError>().cloned().or_else(|| {
-            // manifest.rs still makes its own type; it is bad input all the same.
-            e.downcast_ref::<ManifestError>().map(InputError::from)
-        })
-    }
-}
-
-impl From<&ManifestError> for InputError {
-    fn from(m: &ManifestError) -> InputError {
-        InputError {
-            origin: Some(m.origin.clone()),
-            message: m.message.clone(),
-            help: m.help.clone(),
-        }
+        e.downcast_ref::<InputError>().cloned()
     }
 }
 
@@ -76,25 +81,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_the_same_as_a_manifest_error_and_is_found_under_context() {
+    fn is_found_under_context_and_reads_with_its_location() {
         let origin = Origin {
             file: "m.yaml".into(),
             line: 3,
             col: 5,
         };
-        let m = ManifestError {
-            origin: origin.clone(),
-            message: "bad".into(),
-            help: Some("fix it".into()),
-        };
         let i = InputError::at(origin, "bad", Some("fix it"));
-        assert_eq!(i.to_string(), m.to_string());
-        assert_eq!(InputError::from(&m), i);
+        assert_eq!(i.to_string(), "m.yaml:3:5: bad\n  help: fix it");
         let e = anyhow::Error::from(i.clone()).context("loading");
         assert_eq!(InputError::of(&e), Some(i));
-        let e = anyhow::Error::from(m).context("loading");
-        assert!(InputError::of(&e).is_some());
         assert_eq!(InputError::of(&anyhow::anyhow!("io")), None);
         assert_eq!(InputError::new("bad", None).to_string(), "bad");
+        let file = InputError::at(
+            Origin {
+                file: "m.yaml".into(),
+                line: 0,
+                col: 0,
+            },
+            "bad",
+            None,
+        );
+        assert_eq!(file.to_string(), "m.yaml: bad");
     }
 }

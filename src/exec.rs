@@ -116,10 +116,8 @@ pub fn material(store: &Store, plan: &Plan, i: usize, inputs: &[Input]) -> Resul
         StageKind::Command | StageKind::Prepare | StageKind::Init | StageKind::Export
     ) {
         "any".to_string()
-    } else if m.defaults.dtype == "float32" {
-        m.defaults.device.clone()
     } else {
-        format!("{}:{}", m.defaults.device, m.defaults.dtype)
+        m.defaults.device.key_name()
     };
     Ok(key::material(
         spec.kind.name(),
@@ -182,7 +180,7 @@ pub fn execute(
             }
         }
         // At most one stage on a GPU at a time; CPU stages up to `jobs`.
-        let width = if m.defaults.device == "cuda" {
+        let width = if m.defaults.device.is_cuda() {
             1
         } else {
             jobs.max(1)

@@ -15,6 +15,8 @@
 //!     from: scratch
 //! ```
 
+pub use crate::error::Origin;
+use crate::error::{InputError, err};
 use crate::gpt::device::Device;
 use anyhow::Result;
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
@@ -55,38 +57,57 @@ impl StageKind {
     }
 }
 
+/// The manifest's `defaults`, checked: the device (with its matmul precision) and the seed.
+/// Serialized (in plan.json) as written, `{device, seed, dtype}`, through [`DefaultsText`].
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(into = "DefaultsText", try_from = "DefaultsText")]
 pub struct Defaults {
-    pub device: String,
+    pub device: Device,
     pub seed: u64,
-    pub dtype: String,
 }
 
 impl Default for Defaults {
     fn default() -> Self {
         Defaults {
-            device: "cpu".into(),
+            device: Device::Cpu,
             seed: 1337,
-            dtype: "float32".into(),
         }
     }
 }
 
-/// Where a value came from, for error messages.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
-pub struct Origin {
-    pub file: String,
-    pub line: usize,
-    pub col: usize,
+/// `defaults` as written, before the device and dtype are checked: how a manifest and `--set`
+/// give them, and plan.json's form of [`Defaults`] (the same fields as before the device was typed,
+/// so older plan.json files still read, and older binaries can read new ones).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DefaultsText {
+    pub device: String,
+    pub seed: u64,
+    pub dtype: String,
 }
 
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        if self.line == 0 {
-            write!(f, "{}", self.file)
-        } else {
-            write!(f, "{}:{}:{}", self.file, self.line, self.col)
+impl Default for DefaultsText {
+    fn default() -> Self {
+        Defaults::default().into()
+    }
+}
+
+impl From<Defaults> for DefaultsText {
+    fn from(d: Defaults) -> DefaultsText {
+        DefaultsText {
+            device: d.device.name().into(),
+            seed: d.seed,
+            dtype: d.device.dtype().into(),
         }
+    }
+}
+
+impl TryFrom<DefaultsText> for Defaults {
+    type Error = crate::gpt::device::Unsupported;
+    fn try_from(d: DefaultsText) -> Result<Defaults, Self::Error> {
+        Ok(Defaults {
+            device: Device::from_defaults(&d.device, &d.dtype)?,
+            seed: d.seed,
+        })
     }
 }
 
@@ -122,35 +143,6 @@ impl Manifest {
     pub fn stage(&self, name: &str) -> Option<&StageSpec> {
         self.stages.iter().find(|s| s.name == name)
     }
-}
-
-/// A manifest error: where, what, and how to fix it.
-#[derive(Debug)]
-pub struct ManifestError {
-    pub origin: Origin,
-    pub message: String,
-    pub help: Option<String>,
-}
-
-impl fmt::Display for ManifestError {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "{}: {}", self.origin, self.message)?;
-        if let Some(h) = &self.help {
-            write!(f, "\n  help: {h}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ManifestError {}
-
-pub fn err(origin: Origin, message: impl Into<String>, help: Option<&str>) -> anyhow::Error {
-    ManifestError {
-        origin,
-        message: message.into(),
-        help: help.map(str::to_string),
-    }
-    .into()
 }
 
 #[derive(Deserialize)]
@@ -507,7 +499,7 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Manifest> {
         stages.push(doc.stage(entry, &base_dir)?);
     }
     apply_overrides(overrides, &mut defaults, &mut stages)?;
-    validate(&doc, &defaults, &stages)?;
+    let defaults = validate(&doc, &defaults, &stages)?;
     Ok(Manifest {
         name: doc.raw.name,
         path: path.to_path_buf(),
@@ -558,10 +550,10 @@ impl Doc {
         Ok(())
     }
 
-    fn defaults(&self) -> Defaults {
+    fn defaults(&self) -> DefaultsText {
         let d = self.raw.defaults.as_ref();
-        let fallback = Defaults::default();
-        Defaults {
+        let fallback = DefaultsText::default();
+        DefaultsText {
             device: d.and_then(|d| d.device.clone()).unwrap_or(fallback.device),
             seed: d.and_then(|d| d.seed).unwrap_or(fallback.seed),
             dtype: d.and_then(|d| d.dtype.clone()).unwrap_or(fallback.dtype),
@@ -802,7 +794,7 @@ fn merge_definition(fields: &mut Fields, u: &Yaml, o: Origin, base_dir: &Path) -
 /// The command line's `--set` overrides, in order.
 fn apply_overrides(
     overrides: &[Override],
-    defaults: &mut Defaults,
+    defaults: &mut DefaultsText,
     stages: &mut [StageSpec],
 ) -> Result<()> {
     let names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
@@ -851,7 +843,7 @@ fn apply_overrides(
 
 /// The checks that need the whole manifest: the device and dtype, and every `needs` naming
 /// another stage.
-fn validate(doc: &Doc, defaults: &Defaults, stages: &[StageSpec]) -> Result<()> {
+fn validate(doc: &Doc, defaults: &DefaultsText, stages: &[StageSpec]) -> Result<Defaults> {
     if defaults.device == "cuda" && !cfg!(feature = "cuda") {
         return Err(err(
             doc.top("defaults"),
@@ -861,9 +853,10 @@ fn validate(doc: &Doc, defaults: &Defaults, stages: &[StageSpec]) -> Result<()> 
             ),
         ));
     }
-    if let Err(e) = Device::from_defaults(&defaults.device, &defaults.dtype) {
-        return Err(err(doc.top("defaults"), e.message, Some(e.help)));
-    }
+    let device = match Device::from_defaults(&defaults.device, &defaults.dtype) {
+        Ok(device) => device,
+        Err(e) => return Err(err(doc.top("defaults"), e.message, Some(e.help))),
+    };
     let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
     for s in stages {
         let o = s.origin_of("needs");
@@ -887,7 +880,10 @@ fn validate(doc: &Doc, defaults: &Defaults, stages: &[StageSpec]) -> Result<()> 
             }
         }
     }
-    Ok(())
+    Ok(Defaults {
+        device,
+        seed: defaults.seed,
+    })
 }
 
 /// Parameters holding file paths. Relative paths in a manifest are relative to the manifest's
@@ -918,7 +914,12 @@ fn is_default_key(k: &str) -> bool {
     matches!(k, "device" | "seed" | "dtype")
 }
 
-fn set_default(d: &mut Defaults, key: &str, v: &serde_json::Value, origin: &Origin) -> Result<()> {
+fn set_default(
+    d: &mut DefaultsText,
+    key: &str,
+    v: &serde_json::Value,
+    origin: &Origin,
+) -> Result<()> {
     match key {
         "device" | "dtype" => {
             let s = v
@@ -983,9 +984,9 @@ fn number_text(v: &Yaml) -> String {
     }
 }
 
-/// `e` (a [`ManifestError`]) with its message prefixed, as serde_yaml named the field at fault.
+/// `e` (an [`InputError`]) with its message prefixed, as serde_yaml named the field at fault.
 fn prefixed(prefix: &str, e: anyhow::Error) -> anyhow::Error {
-    match e.downcast::<ManifestError>() {
+    match e.downcast::<InputError>() {
         Ok(mut m) => {
             m.message = format!("{prefix}{}", m.message);
             m.into()
@@ -998,6 +999,22 @@ fn prefixed(prefix: &str, e: anyhow::Error) -> anyhow::Error {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn defaults_keep_plan_json_form() {
+        use crate::gpt::device::Precision;
+        let old = json!({"device": "cpu", "seed": 1337, "dtype": "float32"});
+        let d: Defaults = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(d, Defaults::default());
+        assert_eq!(serde_json::to_value(&d).unwrap(), old);
+        let tf32 = json!({"device": "cuda", "seed": 7, "dtype": "tf32"});
+        let d: Defaults = serde_json::from_value(tf32.clone()).unwrap();
+        assert_eq!(d.device, Device::Cuda(Precision::Tf32));
+        assert_eq!(d.device.key_name(), "cuda:tf32");
+        assert_eq!(serde_json::to_value(&d).unwrap(), tf32);
+        let bad = json!({"device": "cpu", "seed": 1, "dtype": "bf16"});
+        assert!(serde_json::from_value::<Defaults>(bad).is_err());
+    }
 
     fn set(v: &str) -> serde_json::Value {
         parse_override(&format!("train.x={v}")).unwrap().value

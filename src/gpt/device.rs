@@ -4,6 +4,7 @@
 use super::checkpoint::CheckpointFile;
 use super::config::GptConfig;
 use super::cuda::GpuGpt;
+use super::memory::{self, Work};
 use super::model::Gpt;
 use super::sample::{SampleConfig, generate_many};
 use anyhow::Result;
@@ -61,6 +62,45 @@ impl Device {
             _ => Ok(Device::Cuda(precision)),
         }
     }
+
+    pub fn is_cuda(self) -> bool {
+        matches!(self, Device::Cuda(_))
+    }
+
+    /// The manifest's `device`: `cpu` or `cuda`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda(_) => "cuda",
+        }
+    }
+
+    /// The manifest's `dtype`: `float32`, `tf32` or `bf16`.
+    pub fn dtype(self) -> &'static str {
+        match self {
+            Device::Cpu | Device::Cuda(Precision::F32) => "float32",
+            Device::Cuda(Precision::Tf32) => "tf32",
+            Device::Cuda(Precision::Bf16) => "bf16",
+        }
+    }
+
+    /// The device as stage keys name it: `cpu`, `cuda`, or `cuda:<dtype>` when not float32.
+    pub fn key_name(self) -> String {
+        match self.dtype() {
+            "float32" => self.name().to_string(),
+            dtype => format!("{}:{dtype}", self.name()),
+        }
+    }
+}
+
+/// Checks that `work` with `config` fits in this machine's memory. On a GPU the activations live in
+/// GPU memory (the CUDA engine checks those), so only the model's host copies count here.
+pub fn check_host(config: &GptConfig, work: Work, device: Device) -> Result<()> {
+    let mut need = config.footprint(work);
+    if device != Device::Cpu {
+        need.activations = None;
+    }
+    memory::check_host(&need)
 }
 
 /// Scores a batch in evaluation mode (no dropout, no gradients), on whichever device.

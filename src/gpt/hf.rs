@@ -8,8 +8,8 @@ use super::checkpoint::{
     TensorSpec, decode_in_pieces, f32_as_bytes, f32_view, tensor_f32, write_safetensors,
 };
 use super::config::{Gelu, GptConfig};
-use super::device::Device;
-use super::memory::{Work, check_host};
+use super::device::{Device, check_host};
+use super::memory::Work;
 use super::model::Gpt;
 use super::params::ParamLayout;
 use anyhow::{Context, Result, bail, ensure};

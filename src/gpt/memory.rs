@@ -1,9 +1,8 @@
 //! Memory checks made before a model or its activations are allocated, so that sizes the machine
 //! cannot hold are a stage error that gives the numbers, rather than an allocation failure that
-//! aborts the process. The estimate itself is [`GptConfig::footprint`].
+//! aborts the process. The estimate itself is
+//! [`GptConfig::footprint`](super::config::GptConfig::footprint).
 
-use super::config::GptConfig;
-use super::device::Device;
 use anyhow::{Result, bail};
 
 /// What a stage does with a model, which decides the buffers it holds.
@@ -142,14 +141,10 @@ pub fn ensure_fits(need: &Footprint, mem: Option<Memory>, place: &str) -> Result
 /// What to shrink, as the refusal suggests it.
 const REDUCE: &str = "n_embd, n_layer, block_size or batch_size";
 
-/// Checks that `work` with `config` fits in this machine's memory. On a GPU the activations live in
-/// GPU memory (the CUDA engine checks those), so only the model's host copies count here.
-pub fn check_host(config: &GptConfig, work: Work, device: Device) -> Result<()> {
-    let mut need = config.footprint(work);
-    if device != Device::Cpu {
-        need.activations = None;
-    }
-    ensure_fits(&need, Memory::host(), "this machine")
+/// Checks `need` against this machine's memory. Which parts of a footprint live on the host
+/// depends on the device: `device::check_host` decides, so this module never imports the device.
+pub fn check_host(need: &Footprint) -> Result<()> {
+    ensure_fits(need, Memory::host(), "this machine")
 }
 
 /// Checks `need` against a GPU's free and total memory (the CUDA engine reads them).
@@ -165,6 +160,7 @@ pub fn check_gpu(need: &Footprint, free: usize, total: usize) -> Result<()> {
 mod tests {
     use super::*;
     use crate::gpt::Gelu;
+    use crate::gpt::config::GptConfig;
 
     fn cfg(n_embd: usize, block_size: usize) -> GptConfig {
         GptConfig {

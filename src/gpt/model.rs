@@ -1,6 +1,7 @@
 //! The GPT: parameters, preallocated activations, forward and backward over a (B, T) batch.
 
 use super::config::GptConfig;
+use super::layers::{EMBEDDING_SITE, LayerPlan, LayerSite, LayerSlot, dropout_site};
 use super::ops::{self, AttnShape, Dropout};
 use super::params::ParamLayout;
 use super::rng::Rng;
@@ -50,6 +51,7 @@ impl Activations {
     fn new(cfg: &GptConfig, b: usize, t: usize, with_dropout: bool, layers: usize) -> Self {
         let (l, c, v, h) = (layers, cfg.n_embd, cfg.vocab_size, cfg.n_head);
         let bt = b * t;
+        let st = LayerPlan::new(b, t, c, h).stacked(l);
         let z = |n: usize| vec![0.0f32; n];
         Activations {
             b,
@@ -57,20 +59,20 @@ impl Activations {
             with_dropout,
             layers,
             encoded: z(bt * c),
-            ln1: z(l * bt * c),
-            ln1_mean: z(l * bt),
-            ln1_rstd: z(l * bt),
-            qkv: z(l * bt * 3 * c),
-            att: z(l * b * h * t * t),
-            att_drop: z(if with_dropout { l * b * h * t * t } else { 0 }),
-            atty: z(l * bt * c),
-            residual2: z(l * bt * c),
-            ln2: z(l * bt * c),
-            ln2_mean: z(l * bt),
-            ln2_rstd: z(l * bt),
-            fch: z(l * bt * 4 * c),
-            fch_gelu: z(l * bt * 4 * c),
-            residual3: z(l * bt * c),
+            ln1: z(st.c.len()),
+            ln1_mean: z(st.rows.len()),
+            ln1_rstd: z(st.rows.len()),
+            qkv: z(st.c3.len()),
+            att: z(st.att.len()),
+            att_drop: z(if with_dropout { st.att.len() } else { 0 }),
+            atty: z(st.c.len()),
+            residual2: z(st.c.len()),
+            ln2: z(st.c.len()),
+            ln2_mean: z(st.rows.len()),
+            ln2_rstd: z(st.rows.len()),
+            fch: z(st.c4.len()),
+            fch_gelu: z(st.c4.len()),
+            residual3: z(st.c.len()),
             lnf: z(bt * c),
             lnf_mean: z(bt),
             lnf_rstd: z(bt),
@@ -97,7 +99,7 @@ pub struct DropoutPlan {
 }
 
 impl DropoutPlan {
-    /// Site numbers: 0 for the embedding, then 3 per layer (attention probs, attention output, MLP).
+    /// Site numbers: see [`super::layers`] (0 for the embedding, then 3 per layer).
     fn site(&self, site: u64) -> Option<Dropout> {
         (self.p > 0.0).then_some(Dropout {
             p: self.p,
@@ -268,6 +270,7 @@ impl Gpt {
             c,
             n_head: nh,
         };
+        let plan = LayerPlan::new(b, t, c, nh);
 
         ops::encoder_forward(
             &mut a.encoded,
@@ -277,24 +280,24 @@ impl Gpt {
             t,
             c,
         );
-        if let Some(d) = dropout.and_then(|d| d.site(0)) {
+        if let Some(d) = dropout.and_then(|d| d.site(EMBEDDING_SITE)) {
             d.apply_in_place(&mut a.encoded);
         }
         // Where layer l's activations go: its own slot for backward, else slot 0 for every layer.
-        let slot = |l: usize| if for_backward { l } else { 0 };
+        let slot = |l: usize| plan.slot(if for_backward { l } else { 0 });
         for (l, blk) in lay.blocks.iter().enumerate() {
-            let s = slot(l);
-            let rc = s * bt * c..(s + 1) * bt * c;
-            let r1 = s * bt..(s + 1) * bt;
-            let r3c = s * bt * 3 * c..(s + 1) * bt * 3 * c;
-            let r4c = s * bt * 4 * c..(s + 1) * bt * 4 * c;
-            let ratt = s * b * nh * t * t..(s + 1) * b * nh * t * t;
-            let site = |k: u64| dropout.and_then(|d| d.site(1 + 3 * l as u64 + k));
+            let LayerSlot {
+                c: rc,
+                rows: r1,
+                c3: r3c,
+                c4: r4c,
+                att: ratt,
+            } = slot(l);
+            let site = |k: LayerSite| dropout.and_then(|d| d.site(dropout_site(l, k)));
             let residual: &[f32] = if l == 0 {
                 &a.encoded
             } else {
-                let p = slot(l - 1);
-                &a.residual3[p * bt * c..(p + 1) * bt * c]
+                &a.residual3[slot(l - 1).c]
             };
 
             ops::layernorm_forward(
@@ -326,7 +329,7 @@ impl Gpt {
                 att_drop,
                 &a.qkv[r3c],
                 &shape,
-                site(0),
+                site(LayerSite::AttnProbs),
             );
             ops::linear_forward(
                 &mut a.proj,
@@ -337,7 +340,7 @@ impl Gpt {
                 c,
                 c,
             );
-            if let Some(d) = site(1) {
+            if let Some(d) = site(LayerSite::AttnOut) {
                 d.apply_in_place(&mut a.proj);
             }
             ops::residual_forward(&mut a.residual2[rc.clone()], residual, &a.proj);
@@ -370,13 +373,12 @@ impl Gpt {
                 4 * c,
                 c,
             );
-            if let Some(d) = site(2) {
+            if let Some(d) = site(LayerSite::Mlp) {
                 d.apply_in_place(&mut a.proj);
             }
             ops::residual_forward(&mut a.residual3[rc.clone()], &a.residual2[rc], &a.proj);
         }
-        let last_slot = slot(cfg.n_layer - 1);
-        let last = &a.residual3[last_slot * bt * c..(last_slot + 1) * bt * c];
+        let last = &a.residual3[slot(cfg.n_layer - 1).c];
         ops::layernorm_forward(
             &mut a.lnf,
             &mut a.lnf_mean,
@@ -435,6 +437,7 @@ impl Gpt {
             c,
             n_head: nh,
         };
+        let plan = LayerPlan::new(b, t, c, nh);
         let dropout = st.dropout;
 
         ops::crossentropy_backward(&mut a.probs, &st.targets, v, loss_scale / bt as f32);
@@ -451,7 +454,7 @@ impl Gpt {
         );
         a.dres.fill(0.0);
         {
-            let last = &a.residual3[(cfg.n_layer - 1) * bt * c..];
+            let last = &a.residual3[plan.slot(cfg.n_layer - 1).c];
             let (dw, db) = two_mut(g, &lay.ln_f_w, &lay.ln_f_b);
             ops::layernorm_backward_add(
                 &mut a.dres,
@@ -466,21 +469,23 @@ impl Gpt {
             );
         }
         for (l, blk) in lay.blocks.iter().enumerate().rev() {
-            let rc = l * bt * c..(l + 1) * bt * c;
-            let r1 = l * bt..(l + 1) * bt;
-            let r3c = l * bt * 3 * c..(l + 1) * bt * 3 * c;
-            let r4c = l * bt * 4 * c..(l + 1) * bt * 4 * c;
-            let ratt = l * b * nh * t * t..(l + 1) * b * nh * t * t;
-            let site = |k: u64| dropout.and_then(|d| d.site(1 + 3 * l as u64 + k));
+            let LayerSlot {
+                c: rc,
+                rows: r1,
+                c3: r3c,
+                c4: r4c,
+                att: ratt,
+            } = plan.slot(l);
+            let site = |k: LayerSite| dropout.and_then(|d| d.site(dropout_site(l, k)));
             let residual: &[f32] = if l == 0 {
                 &a.encoded
             } else {
-                &a.residual3[(l - 1) * bt * c..l * bt * c]
+                &a.residual3[plan.slot(l - 1).c]
             };
 
             // MLP: residual3 = residual2 + drop(c_proj(gelu(c_fc(ln_2(residual2)))))
             a.dtmp.copy_from_slice(&a.dres);
-            if let Some(d) = site(2) {
+            if let Some(d) = site(LayerSite::Mlp) {
                 d.apply_in_place(&mut a.dtmp);
             }
             let (dw, db) = two_mut(g, &blk.mlp_proj_w, &blk.mlp_proj_b);
@@ -523,7 +528,7 @@ impl Gpt {
 
             // Attention: residual2 = residual + drop(c_proj(attn(c_attn(ln_1(residual)))))
             a.dtmp.copy_from_slice(&a.dres);
-            if let Some(d) = site(1) {
+            if let Some(d) = site(LayerSite::AttnOut) {
                 d.apply_in_place(&mut a.dtmp);
             }
             let (dw, db) = two_mut(g, &blk.attn_proj_w, &blk.attn_proj_b);
@@ -551,7 +556,7 @@ impl Gpt {
                 &a.att[ratt],
                 att_drop,
                 &shape,
-                site(0),
+                site(LayerSite::AttnProbs),
             );
             let (dw, db) = two_mut(g, &blk.c_attn_w, &blk.c_attn_b);
             ops::linear_backward(
@@ -578,7 +583,7 @@ impl Gpt {
                 c,
             );
         }
-        if let Some(d) = dropout.and_then(|d| d.site(0)) {
+        if let Some(d) = dropout.and_then(|d| d.site(EMBEDDING_SITE)) {
             d.apply_in_place(&mut a.dres);
         }
         let (dwte, rest) = g.split_at_mut(lay.wpe.start);

@@ -6,6 +6,7 @@
 //! its last `block_size` tokens exactly as nanoGPT does and the cache is rebuilt from them in one
 //! batched pass: the output equals full recomputation at every step.
 
+use super::layers::LayerPlan;
 use super::model::Gpt;
 use super::ops;
 use super::rng::{Rng, mix64};
@@ -47,11 +48,12 @@ impl<'m> Decoder<'m> {
         let cfg = &model.config;
         let (t, c) = (cfg.block_size, cfg.n_embd);
         let z = |n| vec![0.0f32; n];
+        let cache = kv_plan(cfg).stacked(cfg.n_layer).c.len();
         Decoder {
             model,
             len: 0,
-            k: z(cfg.n_layer * t * c),
-            v: z(cfg.n_layer * t * c),
+            k: z(cache),
+            v: z(cache),
             x: z(t * c),
             ln: z(t * c),
             mean: z(t),
@@ -95,13 +97,16 @@ impl<'m> Decoder<'m> {
         let lay = &m.layout;
         let opt = |r: &Option<std::ops::Range<usize>>| r.as_ref().map(|r| &p[r.clone()]);
         let x = &mut self.x[..n * c];
-        for (i, &tok) in tokens.iter().enumerate() {
-            let te = &p[lay.wte.start + tok as usize * c..][..c];
-            let pe = &p[lay.wpe.start + (p0 + i) * c..][..c];
-            for j in 0..c {
-                x[i * c + j] = te[j] + pe[j];
-            }
-        }
+        // Positions p0..p0+n: the encoder over one sequence of n, from wpe row p0 on.
+        ops::encoder_forward(
+            x,
+            tokens,
+            &p[lay.wte.clone()],
+            &p[lay.wpe.start + p0 * c..lay.wpe.end],
+            n,
+            c,
+        );
+        let kv = kv_plan(cfg);
         for (l, blk) in lay.blocks.iter().enumerate() {
             let ln = &mut self.ln[..n * c];
             ops::layernorm_forward(
@@ -123,8 +128,8 @@ impl<'m> Decoder<'m> {
                 c,
                 3 * c,
             );
-            let kc = &mut self.k[l * bs * c..(l + 1) * bs * c];
-            let vc = &mut self.v[l * bs * c..(l + 1) * bs * c];
+            let kc = &mut self.k[kv.slot(l).c];
+            let vc = &mut self.v[kv.slot(l).c];
             for i in 0..n {
                 kc[(p0 + i) * c..][..c].copy_from_slice(&qkv[i * 3 * c + c..][..c]);
                 vc[(p0 + i) * c..][..c].copy_from_slice(&qkv[i * 3 * c + 2 * c..][..c]);
@@ -210,6 +215,11 @@ impl<'m> Decoder<'m> {
         ops::linear_forward(&mut self.logits, ln, &p[lay.wte.clone()], None, 1, c, v);
         &self.logits
     }
+}
+
+/// The KV cache's layer plan: one sequence of `block_size` rows per layer.
+fn kv_plan(cfg: &super::config::GptConfig) -> LayerPlan {
+    LayerPlan::new(1, cfg.block_size, cfg.n_embd, cfg.n_head)
 }
 
 /// Dot product with 8 independent partial sums, so it vectorises (a single running sum cannot be

@@ -9,8 +9,8 @@ use super::{
 };
 use crate::gpt::Gelu;
 use crate::gpt::GptConfig;
-use crate::gpt::device::{EvalLoss, Model};
-use crate::gpt::memory::{Work, check_host};
+use crate::gpt::device::{EvalLoss, Model, check_host};
+use crate::gpt::memory::Work;
 use crate::gpt::rng::Rng;
 use crate::gpt::train::estimate_loss;
 use crate::manifest::StageSpec;
@@ -107,7 +107,7 @@ pub fn text_loss<M: EvalLoss + ?Sized>(model: &mut M, ids: &[u32]) -> Result<f64
 }
 
 pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
-    let device = ctx.device()?;
+    let device = ctx.device();
     // `text` is scored one window of up to block_size at a time.
     let batch = if p.text.is_some() { 1 } else { p.batch_size };
     let (input, hash) = model_checkpoint(ctx)?;

@@ -8,8 +8,8 @@
 use super::{Ctx, Produced, read_meta, resolve_path, typed, with_checkpoint};
 use crate::error::err;
 use crate::gpt::checkpoint::CheckpointRef;
-use crate::gpt::device::Device;
-use crate::gpt::memory::{Work, check_host};
+use crate::gpt::device::{Device, check_host};
+use crate::gpt::memory::Work;
 use crate::gpt::{Gelu, Gpt, GptConfig, hf};
 use crate::manifest::StageSpec;
 use crate::run::{RunEvent, RunRecord};

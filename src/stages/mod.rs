@@ -75,11 +75,8 @@ pub struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// The device (and matmul precision) the manifest asks for.
-    pub fn device(&self) -> Result<crate::gpt::device::Device> {
-        Ok(crate::gpt::device::Device::from_defaults(
-            &self.defaults.device,
-            &self.defaults.dtype,
-        )?)
+    pub fn device(&self) -> crate::gpt::device::Device {
+        self.defaults.device
     }
 
     pub fn log(&self, ev: RunEvent) -> Result<()> {

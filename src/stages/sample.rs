@@ -7,8 +7,8 @@
 use super::evaluate::{text_arg, tokenizer_for};
 use super::{Ctx, Produced, model_checkpoint, typed, with_checkpoint};
 use crate::error::err;
-use crate::gpt::device::Model;
-use crate::gpt::memory::{Work, check_host};
+use crate::gpt::device::{Model, check_host};
+use crate::gpt::memory::Work;
 use crate::gpt::sample::SampleConfig;
 use crate::manifest::StageSpec;
 use anyhow::{Context, Result, ensure};
@@ -98,7 +98,7 @@ pub fn key_parts(
 pub const SEPARATOR: &str = "\n---------------\n";
 
 pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
-    let device = ctx.device()?;
+    let device = ctx.device();
     // The CPU runs a sample per thread at a time, each with its own KV cache.
     let parallel = p.num_samples.min(rayon::current_num_threads());
     let (input, hash) = model_checkpoint(ctx)?;

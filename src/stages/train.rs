@@ -18,7 +18,8 @@
 use super::{Ctx, Produced, map_tokens, typed, with_checkpoint};
 use crate::error::err;
 use crate::gpt::checkpoint::Parts;
-use crate::gpt::memory::{Work, check_host};
+use crate::gpt::device::check_host;
+use crate::gpt::memory::Work;
 use crate::gpt::train::{DivergenceGuard, Event, Report};
 use crate::gpt::{TrainConfig, Trainer};
 use crate::manifest::StageSpec;
@@ -160,7 +161,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
 
     // Continue from the last checkpoint of an interrupted attempt at this same key, if any.
     let resumed_from = progress.checkpoints.last().cloned();
-    let device = ctx.device()?;
+    let device = ctx.device();
     let mut trainer = match &resumed_from {
         Some(c) => {
             ctx.ui.say(&format!(

@@ -4,6 +4,7 @@
 use super::loader::Gpu;
 use super::{GpuGpt, ROWS};
 use crate::gpt::config::GptConfig;
+use crate::gpt::layers::LayerPlan;
 use crate::gpt::memory::{self, Footprint};
 use anyhow::{Context, Result, anyhow, ensure};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, ValidAsZeroBits};
@@ -149,6 +150,7 @@ impl Acts {
     ) -> Result<Self> {
         let (l, c, v, h) = (layers, cfg.n_embd, cfg.vocab_size, cfg.n_head);
         let bt = b * t;
+        let st = LayerPlan::new(b, t, c, h).stacked(l);
         let z = |n: usize| Buf::<f32>::zeros(s, n);
         let partial_rows = bt.div_ceil(ROWS);
         Ok(Acts {
@@ -159,22 +161,22 @@ impl Acts {
             tokens: Buf::zeros(s, bt)?,
             targets: Buf::zeros(s, bt)?,
             encoded: z(bt * c)?,
-            ln1: z(l * bt * c)?,
-            ln1_mean: z(l * bt)?,
-            ln1_rstd: z(l * bt)?,
+            ln1: z(st.c.len())?,
+            ln1_mean: z(st.rows.len())?,
+            ln1_rstd: z(st.rows.len())?,
             qkv: z(bt * 3 * c)?,
-            qkvr: z(l * bt * 3 * c)?,
-            att: z(l * b * h * t * t)?,
-            att_drop: z(if with_dropout { l * b * h * t * t } else { 0 })?,
+            qkvr: z(st.c3.len())?,
+            att: z(st.att.len())?,
+            att_drop: z(if with_dropout { st.att.len() } else { 0 })?,
             yheads: z(bt * c)?,
-            atty: z(l * bt * c)?,
-            residual2: z(l * bt * c)?,
-            ln2: z(l * bt * c)?,
-            ln2_mean: z(l * bt)?,
-            ln2_rstd: z(l * bt)?,
-            fch: z(l * bt * 4 * c)?,
-            fch_gelu: z(l * bt * 4 * c)?,
-            residual3: z(l * bt * c)?,
+            atty: z(st.c.len())?,
+            residual2: z(st.c.len())?,
+            ln2: z(st.c.len())?,
+            ln2_mean: z(st.rows.len())?,
+            ln2_rstd: z(st.rows.len())?,
+            fch: z(st.c4.len())?,
+            fch_gelu: z(st.c4.len())?,
+            residual3: z(st.c.len())?,
             lnf: z(bt * c)?,
             lnf_mean: z(bt)?,
             lnf_rstd: z(bt)?,

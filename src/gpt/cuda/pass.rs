@@ -5,6 +5,7 @@ use super::blas::Heads;
 use super::buffers::{Acts, grid, launch, rows_grid};
 use super::loader::Gpu;
 use crate::gpt::config::Gelu;
+use crate::gpt::layers::{EMBEDDING_SITE, LayerPlan, LayerSite, dropout_site};
 use crate::gpt::model::DropoutPlan;
 use anyhow::{Context, Result, ensure};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -79,18 +80,19 @@ impl GpuGpt {
         launch!(self.gpu, "encoder_forward", grid(bt * c);
             a.encoded.ptr, a.tokens.ptr, self.p(&lay.wte), self.p(&lay.wpe), bt as u64, t as i32, c as i32)?;
         let site = |k: u64| dropout.map(|d| (d, k));
-        self.dropout(a.encoded.ptr, a.encoded.ptr, bt * c, site(0))?;
-        let slot = |l: usize| if for_backward { l } else { 0 };
+        self.dropout(a.encoded.ptr, a.encoded.ptr, bt * c, site(EMBEDDING_SITE))?;
+        let plan = LayerPlan::new(b, t, c, nh);
+        let slot = |l: usize| plan.slot(if for_backward { l } else { 0 });
         let scale = 1.0 / (hs as f32).sqrt();
         for (l, blk) in lay.blocks.iter().enumerate() {
-            let sl = slot(l);
-            let (oc, o1, o3, o4) = (sl * bt * c, sl * bt, sl * bt * 3 * c, sl * bt * 4 * c);
-            let oatt = sl * b * nh * t * t;
-            let lsite = |k: u64| site(1 + 3 * l as u64 + k);
+            let s = slot(l);
+            let (oc, o1, o3, o4) = (s.c.start, s.rows.start, s.c3.start, s.c4.start);
+            let oatt = s.att.start;
+            let lsite = |k: LayerSite| site(dropout_site(l, k));
             let residual = if l == 0 {
                 a.encoded.ptr
             } else {
-                a.residual3.at(slot(l - 1) * bt * c)
+                a.residual3.at(slot(l - 1).c.start)
             };
             self.layernorm_forward(
                 a.ln1.at(oc),
@@ -123,7 +125,7 @@ impl GpuGpt {
             self.heads_x_yt(&heads, att, q, k)?;
             launch!(self.gpu, "causal_softmax", rows_grid(b * nh * t);
                 att, (b * nh * t) as u64, t as i32, scale)?;
-            let probs = match lsite(0) {
+            let probs = match lsite(LayerSite::AttnProbs) {
                 Some(d) => {
                     let ad = a.att_drop.at(oatt);
                     self.dropout(ad, att, b * nh * t * t, Some(d))?;
@@ -143,7 +145,7 @@ impl GpuGpt {
                 c,
                 c,
             )?;
-            self.dropout(a.proj.ptr, a.proj.ptr, bt * c, lsite(1))?;
+            self.dropout(a.proj.ptr, a.proj.ptr, bt * c, lsite(LayerSite::AttnOut))?;
             self.add(a.residual2.at(oc), residual, a.proj.ptr, bt * c)?;
 
             self.layernorm_forward(
@@ -176,10 +178,10 @@ impl GpuGpt {
                 4 * c,
                 c,
             )?;
-            self.dropout(a.proj.ptr, a.proj.ptr, bt * c, lsite(2))?;
+            self.dropout(a.proj.ptr, a.proj.ptr, bt * c, lsite(LayerSite::Mlp))?;
             self.add(a.residual3.at(oc), a.residual2.at(oc), a.proj.ptr, bt * c)?;
         }
-        let last = a.residual3.at(slot(cfg.n_layer - 1) * bt * c);
+        let last = a.residual3.at(slot(cfg.n_layer - 1).c.start);
         self.layernorm_forward(
             a.lnf.ptr,
             a.lnf_mean.ptr,
@@ -239,6 +241,7 @@ impl GpuGpt {
         let bt = b * t;
         let lay = &self.layout;
         let site = |k: u64| pass.dropout.map(|d| (d, k));
+        let plan = LayerPlan::new(b, t, c, nh);
         let part = a.partial.ptr;
         let dloss = loss_scale / bt as f32;
         launch!(self.gpu, "crossentropy_backward", grid(bt * v); a.probs.ptr, a.targets.ptr, bt as u64, v as i32, dloss)?;
@@ -251,7 +254,7 @@ impl GpuGpt {
             (bt, c, v),
         )?;
         self.zero(a.dres.ptr, bt * c)?;
-        let last = a.residual3.at((cfg.n_layer - 1) * bt * c);
+        let last = a.residual3.at(plan.slot(cfg.n_layer - 1).c.start);
         self.layernorm_backward(
             part,
             (a.dres.ptr, self.g(&lay.ln_f_w), self.go(&lay.ln_f_b)),
@@ -278,18 +281,19 @@ impl GpuGpt {
             Ok(())
         };
         for (l, blk) in lay.blocks.iter().enumerate().rev() {
-            let (oc, o1, o3, o4) = (l * bt * c, l * bt, l * bt * 3 * c, l * bt * 4 * c);
-            let oatt = l * b * nh * t * t;
-            let lsite = |k: u64| site(1 + 3 * l as u64 + k);
+            let s = plan.slot(l);
+            let (oc, o1, o3, o4) = (s.c.start, s.rows.start, s.c3.start, s.c4.start);
+            let oatt = s.att.start;
+            let lsite = |k: LayerSite| site(dropout_site(l, k));
             let residual = if l == 0 {
                 a.encoded.ptr
             } else {
-                a.residual3.at((l - 1) * bt * c)
+                a.residual3.at(plan.slot(l - 1).c.start)
             };
 
             // MLP: residual3 = residual2 + drop(c_proj(gelu(c_fc(ln_2(residual2)))))
             copy(a.dtmp.ptr, a.dres.ptr)?;
-            self.dropout(a.dtmp.ptr, a.dtmp.ptr, bt * c, lsite(2))?;
+            self.dropout(a.dtmp.ptr, a.dtmp.ptr, bt * c, lsite(LayerSite::Mlp))?;
             self.linear_backward(
                 part,
                 (a.dfc.ptr, self.g(&blk.mlp_proj_w), self.go(&blk.mlp_proj_b)),
@@ -322,7 +326,7 @@ impl GpuGpt {
 
             // Attention: residual2 = residual + drop(c_proj(attn(c_attn(ln_1(residual)))))
             copy(a.dtmp.ptr, a.dres.ptr)?;
-            self.dropout(a.dtmp.ptr, a.dtmp.ptr, bt * c, lsite(1))?;
+            self.dropout(a.dtmp.ptr, a.dtmp.ptr, bt * c, lsite(LayerSite::AttnOut))?;
             self.linear_backward(
                 part,
                 (
@@ -342,7 +346,7 @@ impl GpuGpt {
             );
             let (dq, dk, dv) = (a.dqkvr.ptr, a.dqkvr.at(bt * c), a.dqkvr.at(2 * bt * c));
             let att = a.att.at(oatt);
-            let probs = if lsite(0).is_some() {
+            let probs = if lsite(LayerSite::AttnProbs).is_some() {
                 a.att_drop.at(oatt)
             } else {
                 att
@@ -355,7 +359,7 @@ impl GpuGpt {
             let heads = Heads { b, nh, t, hs };
             self.heads_x_yt(&heads, datt, dy, vv)?; // datt = dy v^T
             self.heads_pt_x(&heads, dv, probs, dy)?; // dv = probs^T dy
-            self.dropout(datt, datt, b * nh * t * t, lsite(0))?;
+            self.dropout(datt, datt, b * nh * t * t, lsite(LayerSite::AttnProbs))?;
             launch!(self.gpu, "causal_softmax_backward", rows_grid(b * nh * t);
                 datt, att, (b * nh * t) as u64, t as i32, scale)?;
             self.heads_p_x(&heads, dq, datt, k)?; // dq = dpre k
@@ -381,7 +385,7 @@ impl GpuGpt {
                 bt,
             )?;
         }
-        self.dropout(a.dres.ptr, a.dres.ptr, bt * c, site(0))?;
+        self.dropout(a.dres.ptr, a.dres.ptr, bt * c, site(EMBEDDING_SITE))?;
         launch!(self.gpu, "encoder_backward", grid(bt * c);
             self.g(&lay.wte), self.g(&lay.wpe), a.dres.ptr, a.tokens.ptr, bt as u64, t as i32, c as i32)?;
         Ok(())
