@@ -1,3 +1,7 @@
+//! Why one file of ~800 lines: it is one concept, the checkpoint format, and its writer and reader
+//! sit side by side so the byte layout cannot drift between them (~590 lines of code; the rest are
+//! the tests that pin the bytes against `safetensors::serialize`).
+//!
 //! Training state as one safetensors file (no pickle): the weights under nanoGPT's state-dict names,
 //! AdamW's moments as two flat tensors, and everything else (model args, iter_num, best_val_loss,
 //! training config, RNG state) as JSON in the safetensors metadata under the key `pipe`.

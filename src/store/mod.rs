@@ -1,4 +1,5 @@
-//! The content-addressed store (default `./cache`).
+//! The content-addressed store (default `./cache`). Files and maps are in `file.rs`, `verify` in
+//! `verify.rs`; this file is the store's layout and records (~550 lines of code, then its tests).
 //!
 //! ```text
 //! cache/
@@ -23,7 +24,6 @@
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -69,102 +69,12 @@ pub struct Store {
     pub root: PathBuf,
 }
 
-/// Writes `bytes` to `path` atomically (temp in `tmp_dir`, fsync, rename, fsync dir).
-pub fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut t = TempFile::create(tmp_dir)?;
-    t.write(bytes)?;
-    t.commit(path, false)
-}
+mod file;
+mod verify;
 
-/// A file being written in `tmp/`, named after this process (see `clean_tmp`). Until it is
-/// committed (renamed into place), dropping it removes it, so a failed write (a full disk, an
-/// error) leaves nothing behind.
-struct TempFile {
-    file: File,
-    path: PathBuf,
-    committed: bool,
-}
-
-impl TempFile {
-    fn create(tmp_dir: &Path) -> Result<TempFile> {
-        fs::create_dir_all(tmp_dir)
-            .with_context(|| format!("creating the folder {}", tmp_dir.display()))?;
-        let path = tmp_dir.join(temp_name("tmp"));
-        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(TempFile {
-            file,
-            path,
-            committed: false,
-        })
-    }
-
-    fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.file
-            .write_all(bytes)
-            .with_context(|| format!("writing {}", self.path.display()))
-    }
-
-    /// fsyncs the file and renames it to `dest` (read-only first, for objects).
-    fn commit(mut self, dest: &Path, read_only: bool) -> Result<()> {
-        let tmp = self.path.clone();
-        let fail = |what: &str| format!("{what} {} (for {})", tmp.display(), dest.display());
-        self.file.sync_all().with_context(|| fail("syncing"))?;
-        if read_only {
-            let mut perm = self
-                .file
-                .metadata()
-                .with_context(|| fail("reading"))?
-                .permissions();
-            perm.set_readonly(true);
-            self.file
-                .set_permissions(perm)
-                .with_context(|| fail("making read-only"))?;
-        }
-        let dir = dest.parent().context("path has no parent")?;
-        fs::create_dir_all(dir)
-            .with_context(|| format!("creating the folder {}", dir.display()))?;
-        fs::rename(&tmp, dest).with_context(|| format!("renaming into {}", dest.display()))?;
-        self.committed = true;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing the folder {}", dir.display()))?;
-        Ok(())
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// `<pid>.<unique>.<what>`: a temp entry's name says which process owns it.
-pub fn temp_name(what: &str) -> String {
-    format!("{}.{}.{what}", std::process::id(), unique_suffix())
-}
-
-/// Whether the process that made temp entry `name` is still alive.
-fn owner_alive(name: &str) -> bool {
-    let Some(pid) = name.split('.').next().and_then(|p| p.parse::<i32>().ok()) else {
-        return false;
-    };
-    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
-fn unique_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{t:x}{n:x}")
-}
+use file::{MAP_HASH_WINDOW, TempFile, WRITE_BUFFER, owner_alive, unique_suffix};
+pub use file::{Mapped, ObjectWriter, temp_name, write_atomic};
+pub use verify::VerifyReport;
 
 /// An exclusive advisory lock (flock) released when dropped or when the process dies, so a
 /// killed `pipe` never leaves a lock behind.
@@ -584,122 +494,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Checks the whole store and repairs what it can:
-    /// - every object is re-hashed; corrupted ones are moved aside into `tmp/` (gc removes them);
-    /// - every action record must parse, name outputs that are present and intact, and have been
-    ///   built from inputs that are intact; a record that fails is set aside into `damaged/`, and so,
-    ///   transitively, is every record built from its outputs, so nothing computed from damaged bytes
-    ///   stays cached;
-    /// - every progress record must parse, and keeps only the checkpoints before the first missing
-    ///   or corrupted one (training resumes from the last good one).
-    ///
-    /// Run records are checked by `show::verify`, which calls this.
-    pub fn verify(&self) -> Result<VerifyReport> {
-        let all = self.all_objects()?;
-        let mut report = VerifyReport {
-            objects: all.len(),
-            ..Default::default()
-        };
-        for h in &all {
-            let path = self.object_path(h);
-            if Store::hash_file(&path).is_ok_and(|actual| actual == *h) {
-                continue;
-            }
-            report.corrupted.push(h.clone());
-            let aside = self.tmp().join(format!("corrupted-{h}"));
-            fs::rename(&path, &aside)
-                .with_context(|| format!("moving the corrupted {} aside", path.display()))?;
-        }
-        // Action records, to a fixed point: outputs of a set-aside record taint their consumers.
-        let mut bad: BTreeSet<Hash> = report.corrupted.iter().cloned().collect();
-        let mut records: Vec<(PathBuf, Option<ActionRecord>)> = Vec::new();
-        for p in self.json_files("actions")? {
-            let parsed = fs::read(&p)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<ActionRecord>(&b).ok());
-            records.push((p, parsed));
-        }
-        loop {
-            let mut changed = false;
-            for (path, slot) in records.iter_mut() {
-                let why = match slot {
-                    None => Some("not a valid action record".to_string()),
-                    Some(rec) => self.record_problem(rec, &bad),
-                };
-                let Some(why) = why else { continue };
-                if let Some(rec) = slot.take() {
-                    bad.extend(rec.outputs.values().cloned());
-                }
-                if path.exists() {
-                    self.set_aside(path, &why);
-                    report.damaged.push(format!(
-                        "action record {}: {why}; set aside (the stage will rerun)",
-                        path.display()
-                    ));
-                    changed = true;
-                }
-            }
-            if !changed {
-                break;
-            }
-        }
-        for key in self.progress_keys()? {
-            let path = self.progress_path(&key);
-            let Ok(bytes) = fs::read(&path) else { continue };
-            let Ok(mut p) = serde_json::from_slice::<Progress>(&bytes) else {
-                self.set_aside(&path, "not a valid progress record");
-                report.damaged.push(format!(
-                    "progress record {}: not a valid progress record; set aside (training restarts)",
-                    path.display()
-                ));
-                continue;
-            };
-            let good = p
-                .checkpoints
-                .iter()
-                .position(|c| bad.contains(&c.hash) || !self.has(&c.hash))
-                .unwrap_or(p.checkpoints.len());
-            if good < p.checkpoints.len() {
-                let lost = p.checkpoints[good].iter;
-                p.checkpoints.truncate(good);
-                let last = p.checkpoints.last().map_or(0, |c| c.iter);
-                p.evals
-                    .retain(|e| p.checkpoints.last().is_some() && e.0 <= last);
-                self.put_progress(&key, &p)?;
-                report.damaged.push(format!(
-                    "progress record {}: the checkpoint at iter {lost} is missing or corrupted; training resumes from {}",
-                    path.display(),
-                    if p.checkpoints.is_empty() { "the start".to_string() } else { format!("iter {last}") }
-                ));
-            }
-        }
-        Ok(report)
-    }
-
-    /// Why an action record cannot be trusted, if it cannot.
-    fn record_problem(&self, rec: &ActionRecord, bad: &BTreeSet<Hash>) -> Option<String> {
-        for (name, h) in &rec.outputs {
-            if bad.contains(h) {
-                return Some(format!("its output `{name}` ({}) is damaged", short(h)));
-            }
-            if !self.has(h) {
-                return Some(format!("its output `{name}` ({}) is missing", short(h)));
-            }
-        }
-        let inputs = rec.key_material.get("inputs").and_then(|v| v.as_object());
-        for (role, outs) in inputs.into_iter().flatten() {
-            for (name, h) in outs.as_object().into_iter().flatten() {
-                if h.as_str().is_some_and(|h| bad.contains(h)) {
-                    return Some(format!(
-                        "it was built from input {role}/{name} ({}), which is damaged",
-                        short(h.as_str().unwrap_or(""))
-                    ));
-                }
-            }
-        }
-        None
-    }
-
     /// Resolves a unique hash prefix (at least 6 hex digits) to an object hash.
     pub fn resolve_object(&self, prefix: &str) -> Result<Option<Hash>> {
         if !prefix.chars().all(|c| c.is_ascii_hexdigit()) || prefix.is_empty() {
@@ -750,141 +544,6 @@ impl Store {
         }
         Ok(n)
     }
-}
-
-/// How much an `ObjectWriter` gathers before writing to its file.
-const WRITE_BUFFER: usize = 1 << 20;
-
-/// A new object being written (see `Store::writer`).
-pub struct ObjectWriter<'s> {
-    store: &'s Store,
-    temp: TempFile,
-    hasher: blake3::Hasher,
-    buf: Vec<u8>,
-    len: u64,
-}
-
-impl ObjectWriter<'_> {
-    /// Bytes written so far.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Finishes the object: fsync, read-only, rename into place (unless the store already has
-    /// it). Returns its hash.
-    pub fn commit(mut self) -> Result<Hash> {
-        self.flush_buf()?;
-        let hash = self.hasher.finalize().to_hex().to_string();
-        let dest = self.store.object_path(&hash);
-        if !dest.exists() {
-            tracing::debug!(%hash, bytes = self.len, "store object (streamed)");
-            self.temp.commit(&dest, true)?;
-        }
-        Ok(hash)
-    }
-
-    fn flush_buf(&mut self) -> Result<()> {
-        if !self.buf.is_empty() {
-            self.hasher.update(&self.buf);
-            self.temp.write(&self.buf)?;
-            self.buf.clear();
-        }
-        Ok(())
-    }
-}
-
-impl Write for ObjectWriter<'_> {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        if self.buf.len() + bytes.len() > WRITE_BUFFER {
-            self.flush_buf().map_err(std::io::Error::other)?;
-        }
-        if bytes.len() >= WRITE_BUFFER {
-            self.hasher.update(bytes);
-            self.temp.write(bytes).map_err(std::io::Error::other)?;
-        } else {
-            self.buf.extend_from_slice(bytes);
-        }
-        self.len += bytes.len() as u64;
-        Ok(bytes.len())
-    }
-
-    /// Buffered bytes go to the file at `commit`; flushing early is not needed for atomicity.
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// An object mapped into memory, its hash checked (see `Store::map`).
-pub struct Mapped {
-    map: memmap2::Mmap,
-}
-
-/// `Store::map` checks an object's hash this many bytes at a time.
-const MAP_HASH_WINDOW: usize = 16 << 20;
-
-impl Mapped {
-    pub fn bytes(&self) -> &[u8] {
-        &self.map
-    }
-
-    /// Drops this process's pages of `range` (bytes of the map) once they have been read, so a
-    /// large object read from start to end does not stay resident: the bytes stay valid and are
-    /// read back from the file (the page cache) if touched again. Pages are whole, so a page that
-    /// `range` shares with its neighbours is dropped too; that costs a re-read, nothing more.
-    pub fn release(&self, range: std::ops::Range<usize>) {
-        let end = range.end.min(self.map.len());
-        if range.start >= end {
-            return;
-        }
-        // SAFETY: a read-only shared map of a file that is never written in place (objects are
-        // immutable): MADV_DONTNEED only unmaps pages, and reading them again faults the same
-        // bytes back in from the file.
-        let r = unsafe {
-            self.map.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                range.start,
-                end - range.start,
-            )
-        };
-        if let Err(e) = r {
-            tracing::debug!("madvise(DONTNEED) failed: {e}");
-        }
-    }
-
-    /// The bytes as little-endian u16 tokens (nanoGPT's .bin), without copying.
-    pub fn tokens(&self) -> Result<&[u16]> {
-        if !self.map.len().is_multiple_of(2) {
-            bail!("a token file has an odd number of bytes: not a uint16 stream");
-        }
-        // SAFETY: any two bytes are a valid u16; a page-aligned map has no unaligned prefix
-        // (checked below rather than assumed).
-        let (prefix, tokens, suffix) = unsafe { self.map.align_to::<u16>() };
-        if !prefix.is_empty() || !suffix.is_empty() {
-            bail!("a token file's memory map is not aligned for u16");
-        }
-        Ok(tokens)
-    }
-}
-
-#[cfg(not(target_endian = "little"))]
-compile_error!("pipe reads token files and checkpoints as little-endian memory maps");
-
-fn short(h: &str) -> &str {
-    &h[..h.len().min(12)]
-}
-
-/// What `Store::verify` found and did.
-#[derive(Debug, Default)]
-pub struct VerifyReport {
-    pub objects: usize,
-    /// Objects whose content no longer matches their hash (moved aside).
-    pub corrupted: Vec<Hash>,
-    /// One line per damaged record, saying what was wrong and what was done.
-    pub damaged: Vec<String>,
 }
 
 #[cfg(test)]

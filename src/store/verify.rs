@@ -1,0 +1,139 @@
+//! `Store::verify`: the whole store checked, and repaired where it can be.
+
+use super::{ActionRecord, Hash, Progress, Store};
+use anyhow::{Context, Result};
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::PathBuf;
+
+impl Store {
+    /// Checks the whole store and repairs what it can:
+    /// - every object is re-hashed; corrupted ones are moved aside into `tmp/` (gc removes them);
+    /// - every action record must parse, name outputs that are present and intact, and have been
+    ///   built from inputs that are intact; a record that fails is set aside into `damaged/`, and so,
+    ///   transitively, is every record built from its outputs, so nothing computed from damaged bytes
+    ///   stays cached;
+    /// - every progress record must parse, and keeps only the checkpoints before the first missing
+    ///   or corrupted one (training resumes from the last good one).
+    ///
+    /// Run records are checked by `show::verify`, which calls this.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let all = self.all_objects()?;
+        let mut report = VerifyReport {
+            objects: all.len(),
+            ..Default::default()
+        };
+        for h in &all {
+            let path = self.object_path(h);
+            if Store::hash_file(&path).is_ok_and(|actual| actual == *h) {
+                continue;
+            }
+            report.corrupted.push(h.clone());
+            let aside = self.tmp().join(format!("corrupted-{h}"));
+            fs::rename(&path, &aside)
+                .with_context(|| format!("moving the corrupted {} aside", path.display()))?;
+        }
+        // Action records, to a fixed point: outputs of a set-aside record taint their consumers.
+        let mut bad: BTreeSet<Hash> = report.corrupted.iter().cloned().collect();
+        let mut records: Vec<(PathBuf, Option<ActionRecord>)> = Vec::new();
+        for p in self.json_files("actions")? {
+            let parsed = fs::read(&p)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ActionRecord>(&b).ok());
+            records.push((p, parsed));
+        }
+        loop {
+            let mut changed = false;
+            for (path, slot) in records.iter_mut() {
+                let why = match slot {
+                    None => Some("not a valid action record".to_string()),
+                    Some(rec) => self.record_problem(rec, &bad),
+                };
+                let Some(why) = why else { continue };
+                if let Some(rec) = slot.take() {
+                    bad.extend(rec.outputs.values().cloned());
+                }
+                if path.exists() {
+                    self.set_aside(path, &why);
+                    report.damaged.push(format!(
+                        "action record {}: {why}; set aside (the stage will rerun)",
+                        path.display()
+                    ));
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        for key in self.progress_keys()? {
+            let path = self.progress_path(&key);
+            let Ok(bytes) = fs::read(&path) else { continue };
+            let Ok(mut p) = serde_json::from_slice::<Progress>(&bytes) else {
+                self.set_aside(&path, "not a valid progress record");
+                report.damaged.push(format!(
+                    "progress record {}: not a valid progress record; set aside (training restarts)",
+                    path.display()
+                ));
+                continue;
+            };
+            let good = p
+                .checkpoints
+                .iter()
+                .position(|c| bad.contains(&c.hash) || !self.has(&c.hash))
+                .unwrap_or(p.checkpoints.len());
+            if good < p.checkpoints.len() {
+                let lost = p.checkpoints[good].iter;
+                p.checkpoints.truncate(good);
+                let last = p.checkpoints.last().map_or(0, |c| c.iter);
+                p.evals
+                    .retain(|e| p.checkpoints.last().is_some() && e.0 <= last);
+                self.put_progress(&key, &p)?;
+                report.damaged.push(format!(
+                    "progress record {}: the checkpoint at iter {lost} is missing or corrupted; training resumes from {}",
+                    path.display(),
+                    if p.checkpoints.is_empty() { "the start".to_string() } else { format!("iter {last}") }
+                ));
+            }
+        }
+        Ok(report)
+    }
+
+    /// Why an action record cannot be trusted, if it cannot.
+    fn record_problem(&self, rec: &ActionRecord, bad: &BTreeSet<Hash>) -> Option<String> {
+        for (name, h) in &rec.outputs {
+            if bad.contains(h) {
+                return Some(format!("its output `{name}` ({}) is damaged", short(h)));
+            }
+            if !self.has(h) {
+                return Some(format!("its output `{name}` ({}) is missing", short(h)));
+            }
+        }
+        let inputs = rec.key_material.get("inputs").and_then(|v| v.as_object());
+        for (role, outs) in inputs.into_iter().flatten() {
+            for (name, h) in outs.as_object().into_iter().flatten() {
+                if h.as_str().is_some_and(|h| bad.contains(h)) {
+                    return Some(format!(
+                        "it was built from input {role}/{name} ({}), which is damaged",
+                        short(h.as_str().unwrap_or(""))
+                    ));
+                }
+            }
+        }
+        None
+    }
+}
+
+fn short(h: &str) -> &str {
+    &h[..h.len().min(12)]
+}
+
+/// What `Store::verify` found and did.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub objects: usize,
+    /// Objects whose content no longer matches their hash (moved aside).
+    pub corrupted: Vec<Hash>,
+    /// One line per damaged record, saying what was wrong and what was done.
+    pub damaged: Vec<String>,
+}
