@@ -402,13 +402,7 @@ fn a_full_disk_fails_the_stage_and_leaves_nothing_partial() {
         "name: full\nstages:\n  data:\n    kind: prepare\n    path: text.txt\n    tokenizer: char\n",
     );
     let store = disk.0.join("cache");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipe"))
-        .arg("--cache")
-        .arg(&store)
-        .args(["run", "m.yaml"])
-        .current_dir(&sb.dir)
-        .output()
-        .unwrap();
+    let out = sb.pipe_with_store(&store, &["run", "m.yaml"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(

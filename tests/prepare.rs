@@ -488,13 +488,7 @@ fn a_disk_that_fills_during_prepare_fails_it_cleanly() {
         "name: full\nstages:\n  data:\n    kind: prepare\n    path: d.jsonl\n    tokenizer: gpt2\n",
     );
     let store = disk.0.join("cache");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipe"))
-        .arg("--cache")
-        .arg(&store)
-        .args(["run", "m.yaml"])
-        .current_dir(&sb.dir)
-        .output()
-        .unwrap();
+    let out = sb.pipe_with_store(&store, &["run", "m.yaml"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("No space left on device"), "{err}");

@@ -41,6 +41,20 @@ impl Sandbox {
         c
     }
 
+    /// Runs the binary in this sandbox against another store (e.g. one on a small disk).
+    pub fn pipe_with_store(&self, store: &Path, args: &[&str]) -> Output {
+        let bin = std::env::var_os("PIPE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_pipe").into());
+        Command::new(bin)
+            .arg("--cache")
+            .arg(store)
+            .args(args)
+            .current_dir(&self.dir)
+            .env_remove("PIPE_CACHE")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    }
+
     pub fn pipe(&self, args: &[&str]) -> Output {
         self.cmd(args).output().unwrap()
     }
