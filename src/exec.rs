@@ -8,9 +8,10 @@ use crate::manifest::{StageKind, StageSpec};
 use crate::plan::Plan;
 use crate::run::{RunEvent, RunLog, RunStatus, StageStatus, utc_now};
 use crate::stages::{self, Ctx, Input, Produced};
-use crate::store::{ActionRecord, Hash, Store};
+use crate::store::remote::{Pulled, Remote};
+use crate::store::{ActionRecord, Hash, Key, Store};
 use crate::ui::Ui;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -21,20 +22,25 @@ use std::time::Instant;
 pub struct StageResult {
     pub name: String,
     pub kind: String,
-    /// executed | cached | resumed | failed | skipped (run); pending | running | interrupted too
-    /// (`show`); cached | stale | blocked (status)
+    /// executed | cached | pulled | resumed | failed | skipped (run); pending | running |
+    /// interrupted too (`show`); cached | stale | pulled | blocked (status)
     pub status: StageStatus,
-    pub key: Option<Hash>,
+    pub key: Option<Key>,
     pub outputs: BTreeMap<String, Hash>,
     pub metrics: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reasons: Vec<String>,
+    /// The Slurm job that ran (or runs) the stage, and its output file (`--executor slurm`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_log: Option<String>,
 }
 
 impl StageResult {
-    fn new(spec: &StageSpec, status: StageStatus) -> Self {
+    pub fn new(spec: &StageSpec, status: StageStatus) -> Self {
         StageResult {
             name: spec.name.clone(),
             kind: spec.kind.name().into(),
@@ -44,6 +50,8 @@ impl StageResult {
             metrics: Value::Null,
             error: None,
             reasons: Vec::new(),
+            job_id: None,
+            job_log: None,
         }
     }
     pub fn done(&self) -> bool {
@@ -105,7 +113,7 @@ fn role(consumer: StageKind, input: &Input) -> String {
 pub fn material(store: &Store, plan: &Plan, i: usize, inputs: &[Input]) -> Result<Value> {
     let m = &plan.manifest;
     let spec = &m.stages[i];
-    let (params, sources) = stages::key_parts(store, m, spec)?;
+    let (params, sources) = stages::key_parts(store, m, spec, &plan.params[i])?;
     let ins: serde_json::Map<String, Value> = inputs
         .iter()
         .map(|inp| (role(spec.kind, inp), json!(inp.outputs)))
@@ -142,14 +150,20 @@ fn inputs_of(plan: &Plan, i: usize, results: &[Option<StageResult>]) -> Option<V
         .collect()
 }
 
+/// Where a plan runs: the store, the run's log, the terminal, and an optional remote store.
+pub struct Runner<'a> {
+    pub store: &'a Store,
+    pub run: &'a RunLog,
+    pub ui: &'a Ui,
+    /// Looked up on a local miss: a stage it has is downloaded (`pulled`) instead of computed.
+    pub remote: Option<&'a Remote>,
+    /// Upload each finished stage's outputs and record to `remote`.
+    pub push: bool,
+}
+
 /// Runs the plan; returns each stage's result in manifest order.
-pub fn execute(
-    store: &Store,
-    plan: &Plan,
-    run: &RunLog,
-    ui: &Ui,
-    jobs: usize,
-) -> Result<Vec<StageResult>> {
+pub fn execute(runner: &Runner, plan: &Plan, jobs: usize) -> Result<Vec<StageResult>> {
+    let (run, ui) = (runner.run, runner.ui);
     let m = &plan.manifest;
     let n = m.stages.len();
     let mut results: Vec<Option<StageResult>> = vec![None; n];
@@ -192,7 +206,7 @@ pub fn execute(
                     .map(|(i, inputs)| {
                         (
                             *i,
-                            s.spawn(move || run_stage(store, plan, *i, inputs.clone(), run, ui)),
+                            s.spawn(move || run_stage(runner, plan, *i, inputs.clone())),
                         )
                     })
                     .collect();
@@ -240,21 +254,21 @@ fn panicked(payload: &(dyn std::any::Any + Send)) -> anyhow::Error {
     anyhow::anyhow!("internal error (a bug in pipe; please report it): the stage panicked: {what}")
 }
 
-fn failed(spec: &StageSpec, key: Option<Hash>, e: &anyhow::Error) -> StageResult {
+fn failed(spec: &StageSpec, key: Option<Key>, e: &anyhow::Error) -> StageResult {
     let mut r = StageResult::new(spec, StageStatus::Failed);
     r.key = key;
     r.error = Some(format!("{e:#}"));
     r
 }
 
-fn run_stage(
-    store: &Store,
+/// Runs stage `i` (or reuses its result) given its inputs.
+pub fn run_stage(
+    runner: &Runner,
     plan: &Plan,
     i: usize,
     inputs: Vec<Input>,
-    run: &RunLog,
-    ui: &Ui,
 ) -> Result<StageResult> {
+    let (store, run, ui) = (runner.store, runner.run, runner.ui);
     let m = &plan.manifest;
     let spec = &m.stages[i];
     let kind = spec.kind.name().to_string();
@@ -274,9 +288,10 @@ fn run_stage(
     let key = key::key_of(&mat);
     tracing::debug!(stage = %spec.name, %key, material = %mat, "stage key");
     store.put_last_material(&m.name, &spec.name, &mat)?;
-    let cached = |rec: ActionRecord| -> Result<StageResult> {
-        if spec.kind == StageKind::Export {
-            stages::export::restore_copy(store, m, spec, &rec.outputs)?;
+    // A stage found in the store (`cached`) or downloaded from the remote (`pulled`).
+    let reuse = |rec: ActionRecord, status: StageStatus| -> Result<StageResult> {
+        if let stages::Params::Export(p) = &plan.params[i] {
+            stages::export::restore_copy(store, m, p, &rec.outputs)?;
         }
         if spec.kind == StageKind::Sample {
             // A cached rerun shows the samples as a fresh one does.
@@ -295,13 +310,16 @@ fn run_stage(
             stage: spec.name.clone(),
             kind: kind.clone(),
             key: key.clone(),
-            status: StageStatus::Cached,
+            status,
             outputs: rec.outputs.clone(),
             metrics: rec.metrics.clone(),
             seconds: 0.0,
         })?;
-        ui.say(&format!("{}: cached ({})", spec.name, &key[..12]));
-        let mut r = StageResult::new(spec, StageStatus::Cached);
+        ui.say(&format!("{}: {status} ({})", spec.name, &key[..12]));
+        if status == StageStatus::Cached {
+            push(runner, spec, &rec)?;
+        }
+        let mut r = StageResult::new(spec, status);
         r.key = Some(key.clone());
         r.outputs = rec.outputs;
         r.metrics = rec.metrics;
@@ -309,7 +327,7 @@ fn run_stage(
     };
     if let Some(rec) = store.action(&key)? {
         tracing::info!(stage = %spec.name, %key, "action cache hit");
-        return cached(rec);
+        return reuse(rec, StageStatus::Cached);
     }
     tracing::info!(stage = %spec.name, %key, "action cache miss");
     // Another process may be computing the same key: wait for it, then reuse its result.
@@ -324,7 +342,20 @@ fn run_stage(
         }
     };
     if let Some(rec) = store.action(&key)? {
-        return cached(rec);
+        return reuse(rec, StageStatus::Cached);
+    }
+    if let Some(remote) = runner.remote {
+        match remote.pull(store, &key)? {
+            Pulled::Complete(rec) => {
+                store.put_action(&rec)?;
+                return reuse(rec, StageStatus::Pulled);
+            }
+            Pulled::Incomplete(why) => ui.say(&format!(
+                "{}: warning: the remote's result is incomplete ({why}); computing it here",
+                spec.name
+            )),
+            Pulled::Absent => {}
+        }
     }
     run.append(&RunEvent::StageStarted {
         time: utc_now(),
@@ -345,7 +376,7 @@ fn run_stage(
         ui,
     };
     let t0 = Instant::now();
-    match stages::execute(&ctx, m) {
+    match stages::execute(&ctx, &plan.params[i]) {
         Ok(Produced {
             outputs,
             metrics,
@@ -356,7 +387,7 @@ fn run_stage(
             } else {
                 StageStatus::Executed
             };
-            store.put_action(&ActionRecord {
+            let rec = ActionRecord {
                 key: key.clone(),
                 stage: spec.name.clone(),
                 kind: kind.clone(),
@@ -364,7 +395,8 @@ fn run_stage(
                 outputs: outputs.clone(),
                 metrics: metrics.clone(),
                 created: utc_now(),
-            })?;
+            };
+            store.put_action(&rec)?;
             let seconds = t0.elapsed().as_secs_f64();
             run.append(&RunEvent::StageFinished {
                 time: utc_now(),
@@ -379,6 +411,7 @@ fn run_stage(
             // Only now that a run references the outputs (gc keeps them) may the checkpoints go.
             store.clear_progress(&key)?;
             ui.say(&format!("{}: {status} in {seconds:.1}s", spec.name));
+            push(runner, spec, &rec)?;
             let mut r = StageResult::new(spec, status);
             r.key = Some(key);
             r.outputs = outputs;
@@ -399,8 +432,45 @@ fn run_stage(
     }
 }
 
+/// With `--push`, uploads a finished stage's outputs and record. A failure fails the stage (its
+/// result stays in the local store, so `pipe push` can retry).
+fn push(runner: &Runner, spec: &StageSpec, rec: &ActionRecord) -> Result<()> {
+    let Some(remote) = runner.remote.filter(|_| runner.push) else {
+        return Ok(());
+    };
+    let p = remote.push(runner.store, rec).with_context(|| {
+        format!(
+            "pushing `{}` (it is in the local store; `pipe push` retries)",
+            spec.name
+        )
+    })?;
+    runner.ui.say(&format!(
+        "{}: pushed to {} ({})",
+        spec.name,
+        remote.url(),
+        pushed_summary(&p)
+    ));
+    Ok(())
+}
+
+/// "2 objects, 1.2 MB" / "already there".
+pub fn pushed_summary(p: &crate::store::remote::Pushed) -> String {
+    let sent = if p.objects == 0 {
+        "no new objects".to_string()
+    } else {
+        let s = if p.objects == 1 { "" } else { "s" };
+        format!("{} object{s}, {:.1} MB", p.objects, p.bytes as f64 / 1e6)
+    };
+    if p.record_existed {
+        format!("{sent}; its record was there already")
+    } else {
+        sent
+    }
+}
+
 /// What `pipe run` would do, and why, without running anything.
-pub fn status(store: &Store, plan: &Plan) -> Result<Vec<StageResult>> {
+/// With a remote, a local miss that the remote has says so: `run` would pull it.
+pub fn status(store: &Store, plan: &Plan, remote: Option<&Remote>) -> Result<Vec<StageResult>> {
     let m = &plan.manifest;
     let mut results: Vec<Option<StageResult>> = vec![None; m.stages.len()];
     for &i in &plan.order {
@@ -432,6 +502,18 @@ pub fn status(store: &Store, plan: &Plan) -> Result<Vec<StageResult>> {
                             };
                         }
                         None => r.reasons.push("never run".into()),
+                    }
+                    if let Some(remote) = remote
+                        && let Some(rec) = remote.action(&key)?
+                    {
+                        // Its outputs are what the stages after it see (if the pull succeeds).
+                        r.reasons = vec![format!(
+                            "in the remote store {}: `run` downloads it instead of computing it",
+                            remote.url()
+                        )];
+                        r.outputs = rec.outputs;
+                        r.metrics = rec.metrics;
+                        r.status = StageStatus::Pulled;
                     }
                     let progress = store.progress(&key)?;
                     if let Some(c) = progress.checkpoints.last() {

@@ -39,6 +39,9 @@
 //!   counts by construction (fixed row blocks, reductions in block order, counter-based dropout).
 //! - **`log_interval` and `keep_checkpoints`** (train), deliberately: what is printed and which
 //!   intermediate checkpoints are retained, never an output's bytes.
+//! - **`resources` and `sbatch_args`**, deliberately: they say where a Slurm job runs and what it
+//!   may use (GPUs, memory, time, partition), not what it computes; the executor (`local` or
+//!   `slurm`) is not keyed either, so a stage run on Slurm is cached for a local run and back.
 //! - **Stage names and file paths, mostly.** Renaming a stage or moving a file must not recompute
 //!   it: the stage's own name is never keyed, an input is keyed by its role, and a file by its
 //!   content. The exceptions, keyed by name or path as well as by content: export `to` (its
@@ -53,7 +56,7 @@
 //!   `seconds` and ms/iter a run measures are metrics in its action record and run log, not in
 //!   any output's bytes).
 
-use crate::store::{Hash, hash_bytes};
+use crate::hash::Key;
 use serde_json::{Value, json};
 
 /// Bump when any stage's output for the same key material would change.
@@ -63,9 +66,9 @@ pub fn material(kind: &str, device: &str, params: Value, sources: Value, inputs:
     json!({ "format": ENGINE_FORMAT, "kind": kind, "device": device, "params": params, "sources": sources, "inputs": inputs })
 }
 
-pub fn key_of(material: &Value) -> Hash {
+pub fn key_of(material: &Value) -> Key {
     // serde_json's Map is a BTreeMap (no preserve_order feature), so serialisation is canonical.
-    hash_bytes(&serde_json::to_vec(material).expect("JSON serialises"))
+    blake3::hash(&serde_json::to_vec(material).expect("JSON serialises")).into()
 }
 
 /// Human-readable differences between two key materials, for `pipe status`.

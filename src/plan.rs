@@ -10,6 +10,8 @@ use petgraph::graph::{DiGraph, NodeIndex};
 
 pub struct Plan {
     pub manifest: Manifest,
+    /// Each stage's typed parameters, in manifest order.
+    pub params: Vec<stages::Params>,
     /// Stage indices in an order where every stage comes after what it needs.
     pub order: Vec<usize>,
     /// For each stage, the indices of the stages it needs.
@@ -56,11 +58,14 @@ pub fn build(manifest: Manifest) -> Result<Plan> {
             ));
         }
     };
-    for s in &manifest.stages {
-        stages::validate(&manifest, s)?;
-    }
+    let params = manifest
+        .stages
+        .iter()
+        .map(|s| stages::parse(&manifest, s))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Plan {
         manifest,
+        params,
         order,
         deps,
     })

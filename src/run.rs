@@ -5,24 +5,30 @@
 //! A run's status is read from its log: the `run_finished` event if there is one; otherwise
 //! `running` while some process holds the lock, and `interrupted` once none does (killed or crashed),
 //! so a dead run never shows as running forever.
+//!
+//! Also what run logs reference (`logged_events`, `referenced_elsewhere`, which training's
+//! checkpoint retention asks). ~540 lines of code, then its tests.
 
-use crate::store::{Hash, Store};
+use crate::store::{Hash, Key, Store};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-/// A stage's status. A run logs `executed`, `cached` or `resumed` when a stage finishes; `show`
-/// rebuilds the others from the log (`pending`, `running`, `interrupted`, `failed`, `skipped`);
-/// `pipe status` predicts `cached`, `stale` or `blocked`. Serialized as the lower-case name.
+/// A stage's status. A run logs `executed`, `cached`, `pulled` or `resumed` when a stage
+/// finishes; `show` rebuilds the others from the log (`pending`, `running`, `interrupted`,
+/// `failed`, `skipped`); `pipe status` predicts `cached`, `stale`, `pulled` or `blocked`.
+/// Serialized as the lower-case name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StageStatus {
     Executed,
     Cached,
+    /// Downloaded from the remote store (`--remote`): computed elsewhere, not here.
+    Pulled,
     Resumed,
     Failed,
     Skipped,
@@ -38,6 +44,7 @@ impl StageStatus {
         match self {
             StageStatus::Executed => "executed",
             StageStatus::Cached => "cached",
+            StageStatus::Pulled => "pulled",
             StageStatus::Resumed => "resumed",
             StageStatus::Failed => "failed",
             StageStatus::Skipped => "skipped",
@@ -53,7 +60,10 @@ impl StageStatus {
     pub fn done(self) -> bool {
         matches!(
             self,
-            StageStatus::Executed | StageStatus::Cached | StageStatus::Resumed
+            StageStatus::Executed
+                | StageStatus::Cached
+                | StageStatus::Pulled
+                | StageStatus::Resumed
         )
     }
 }
@@ -95,6 +105,22 @@ impl std::fmt::Display for RunStatus {
     }
 }
 
+/// Where a run's stages execute: in the run's own process, or as Slurm jobs (`src/slurm/`).
+/// Logged in `run_started`, so `pipe resume` continues a run the way it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Executor {
+    #[default]
+    Local,
+    Slurm,
+}
+
+impl Executor {
+    fn is_local(&self) -> bool {
+        *self == Executor::Local
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum RunEvent {
@@ -104,18 +130,31 @@ pub enum RunEvent {
         manifest: String,
         name: String,
         pid: u32,
+        /// Absent (local) in logs written before there was a choice.
+        #[serde(default, skip_serializing_if = "Executor::is_local")]
+        executor: Executor,
+    },
+    /// A stage handed to Slurm as job `job_id` (script and log paths in the store's run folder;
+    /// `script` is empty for a job submitted by hand, logged by the job itself).
+    StageSubmitted {
+        time: String,
+        stage: String,
+        kind: String,
+        job_id: String,
+        script: String,
+        log: String,
     },
     StageStarted {
         time: String,
         stage: String,
         kind: String,
-        key: Hash,
+        key: Key,
     },
     StageFinished {
         time: String,
         stage: String,
         kind: String,
-        key: Hash,
+        key: Key,
         status: StageStatus,
         outputs: BTreeMap<String, Hash>,
         metrics: serde_json::Value,
@@ -125,7 +164,7 @@ pub enum RunEvent {
         time: String,
         stage: String,
         kind: String,
-        key: Option<Hash>,
+        key: Option<Key>,
         error: String,
     },
     StageSkipped {
@@ -207,7 +246,8 @@ pub struct RunLog {
     pub id: String,
     pub dir: PathBuf,
     file: Mutex<File>,
-    _lock: File,
+    /// The run's flock; `None` for a Slurm job appending to a run its submitter holds.
+    _lock: Option<File>,
 }
 
 fn new_run_id() -> String {
@@ -267,6 +307,18 @@ impl RunLog {
                 "run {id} is still running in another process; wait for it or stop it first"
             );
         }
+        Self::append_to(dir, id, Some(lock))
+    }
+
+    /// Opens a run's log for appending without its lock: a Slurm job (`pipe run-stage`) logs
+    /// its stage's events while the submitting process holds the run. Each event is one
+    /// `O_APPEND` write, so lines from several processes do not interleave.
+    pub fn attach(store: &Store, id: &str) -> Result<RunLog> {
+        let dir = run_dir(store, id)?;
+        Self::append_to(dir, id, None)
+    }
+
+    fn append_to(dir: PathBuf, id: &str, lock: Option<File>) -> Result<RunLog> {
         let log_path = dir.join("log.jsonl");
         let mut file = OpenOptions::new()
             .create(true)
@@ -427,6 +479,7 @@ impl RunRecord {
 fn event_time(e: &RunEvent) -> &str {
     match e {
         RunEvent::RunStarted { time, .. }
+        | RunEvent::StageSubmitted { time, .. }
         | RunEvent::StageStarted { time, .. }
         | RunEvent::StageFinished { time, .. }
         | RunEvent::StageFailed { time, .. }
@@ -437,9 +490,165 @@ fn event_time(e: &RunEvent) -> &str {
     }
 }
 
+pub fn logged_events(dir: &std::path::Path) -> Vec<RunEvent> {
+    std::fs::read_to_string(dir.join("log.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Everything that references objects apart from the progress of the train stage with key `key`:
+/// train's retention deletes a superseded checkpoint of that stage only when it is not in here.
+/// That is: outputs of finished stages in every run record (even one whose plan is damaged),
+/// checkpoints that runs logged for any *other* stage key (a `checkpoint` event is attributed to the
+/// key of the last `stage_started` of its stage in the same log; one that cannot be attributed
+/// counts as another's), the outputs of every action record (including downloads), the checkpoints
+/// of every other progress record, and pins. Checkpoints that runs logged for `key` itself are the
+/// stage's own history, which retention manages.
+pub fn referenced_elsewhere(store: &Store, key: &str) -> Result<BTreeSet<Hash>> {
+    let mut refs = BTreeSet::new();
+    if let Ok(rd) = std::fs::read_dir(store.root.join("runs")) {
+        for dir in rd.filter_map(|e| e.ok()).map(|e| e.path()) {
+            let mut key_of: BTreeMap<String, Key> = BTreeMap::new();
+            for e in logged_events(&dir) {
+                match e {
+                    RunEvent::StageStarted { stage, key, .. } => {
+                        key_of.insert(stage, key);
+                    }
+                    RunEvent::StageFinished { outputs, .. } => refs.extend(outputs.into_values()),
+                    RunEvent::Checkpoint { stage, hash, .. }
+                        if key_of.get(&stage).map(Key::as_str) != Some(key) =>
+                    {
+                        refs.insert(hash);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    refs.extend(store.pins()?);
+    for k in store.progress_keys()? {
+        if k != key {
+            refs.extend(store.progress(&k)?.checkpoints.into_iter().map(|c| c.hash));
+        }
+    }
+    for a in store.actions()? {
+        refs.extend(a.outputs.into_values());
+    }
+    Ok(refs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{ActionRecord, Progress, SavedCheckpoint};
+    use serde_json::Value;
+
+    #[test]
+    fn referenced_elsewhere_counts_everything_but_the_stages_own_history() {
+        let dir = std::env::temp_dir().join(format!(
+            "pipe-refs-{}-{}",
+            std::process::id(),
+            crate::store::temp_name("t")
+        ));
+        let store = Store::open(&dir).unwrap();
+        let t = || "2026-01-01T00:00:00Z".to_string();
+        // Names for the test's objects and keys.
+        let h = |s: &str| Hash::of(s.as_bytes());
+        let k = |s: &str| Key::from(blake3::hash(s.as_bytes()));
+        let started = |stage: &str, key: &str| RunEvent::StageStarted {
+            time: t(),
+            stage: stage.into(),
+            kind: "train".into(),
+            key: k(key),
+        };
+        let ckpt = |stage: &str, hash: &str| RunEvent::Checkpoint {
+            time: t(),
+            stage: stage.into(),
+            iter: 1,
+            hash: h(hash),
+            keep: true,
+        };
+        let write_log = |id: &str, events: &[RunEvent]| {
+            let d = store.root.join("runs").join(id);
+            std::fs::create_dir_all(&d).unwrap();
+            let text: String = events
+                .iter()
+                .map(|e| serde_json::to_string(e).unwrap() + "\n")
+                .collect();
+            std::fs::write(d.join("log.jsonl"), text).unwrap();
+        };
+        write_log(
+            "a",
+            &[
+                started("train", "K"),
+                ckpt("train", "own-logged"),
+                started("other", "K2"),
+                ckpt("other", "other-key-logged"),
+                ckpt("never-started", "unattributed"),
+            ],
+        );
+        write_log(
+            "b",
+            &[
+                // The same stage name under another key in another run.
+                started("train", "K3"),
+                ckpt("train", "same-name-other-key"),
+                RunEvent::StageFinished {
+                    time: t(),
+                    stage: "train".into(),
+                    kind: "train".into(),
+                    key: k("K3"),
+                    status: StageStatus::Executed,
+                    outputs: BTreeMap::from([("ckpt".to_string(), h("finished-output"))]),
+                    metrics: Value::Null,
+                    seconds: 1.0,
+                },
+            ],
+        );
+        let progress = |hash: &str| Progress {
+            checkpoints: vec![SavedCheckpoint {
+                iter: 1,
+                hash: h(hash),
+                keep: true,
+            }],
+            evals: vec![],
+        };
+        store
+            .put_progress(&k("K"), &progress("own-progress"))
+            .unwrap();
+        store
+            .put_progress(&k("K4"), &progress("other-progress"))
+            .unwrap();
+        store
+            .put_action(&ActionRecord {
+                key: k("K5"),
+                stage: "init".into(),
+                kind: "init".into(),
+                key_material: Value::Null,
+                outputs: BTreeMap::from([("ckpt".to_string(), h("action-output"))]),
+                metrics: Value::Null,
+                created: t(),
+            })
+            .unwrap();
+        store.set_pin(&h("pinned"), true).unwrap();
+        let refs = referenced_elsewhere(&store, &k("K")).unwrap();
+        let want: BTreeSet<Hash> = [
+            "other-key-logged",
+            "unattributed",
+            "same-name-other-key",
+            "finished-output",
+            "other-progress",
+            "action-output",
+            "pinned",
+        ]
+        .iter()
+        .map(|s| h(s))
+        .collect();
+        assert_eq!(refs, want);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn active_time_leaves_out_the_gap_before_a_resume() {
@@ -450,6 +659,7 @@ mod tests {
             manifest: "m".into(),
             name: "n".into(),
             pid: 1,
+            executor: Executor::Local,
         };
         let eval = |s| RunEvent::Eval {
             time: t(s),
@@ -508,6 +718,15 @@ mod tests {
             assert_eq!(j, format!("\"{}\"", s.as_str()));
             assert_eq!(serde_json::from_str::<RunStatus>(&j).unwrap(), s);
         }
+        // A run_started written before there was an executor reads as local.
+        let line = r#"{"event":"run_started","time":"2026-11-28T00:00:00Z","command":"run","manifest":"m","name":"n","pid":1}"#;
+        assert!(matches!(
+            serde_json::from_str::<RunEvent>(line).unwrap(),
+            RunEvent::RunStarted {
+                executor: Executor::Local,
+                ..
+            }
+        ));
         // A log line written before these were types still reads.
         let line = r#"{"event":"run_finished","time":"2026-11-28T00:00:00Z","status":"succeeded"}"#;
         assert!(matches!(

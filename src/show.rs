@@ -1,4 +1,5 @@
-//! `pipe show`: runs, one run's DAG, or an artifact's lineage. Also `gc` and `verify`.
+//! `pipe show`: runs, one run's DAG, or an artifact's lineage. Also the store-wide commands that
+//! read run records: `forget`, `gc`, `verify` and `push`.
 
 use crate::exec::{RunSummary, StageResult};
 use crate::manifest::Manifest;
@@ -33,6 +34,8 @@ pub fn run_summary(store: &Store, id: &str) -> Result<RunSummary> {
                 metrics: Value::Null,
                 error: None,
                 reasons: vec![],
+                job_id: None,
+                job_log: None,
             },
         );
     }
@@ -40,6 +43,16 @@ pub fn run_summary(store: &Store, id: &str) -> Result<RunSummary> {
         match e {
             RunEvent::RunStarted { .. } => {
                 // A resume starts over: stages are re-evaluated (most come back cached).
+            }
+            RunEvent::StageSubmitted {
+                stage, job_id, log, ..
+            } => {
+                if let Some(r) = by_stage.get_mut(stage) {
+                    r.status = StageStatus::Pending;
+                    r.job_id = Some(job_id.clone());
+                    r.job_log = Some(log.clone());
+                    r.error = None;
+                }
             }
             RunEvent::StageStarted { stage, key, .. } => {
                 if let Some(r) = by_stage.get_mut(stage) {
@@ -198,6 +211,10 @@ pub fn print_summary(s: &RunSummary) {
             if !shown.is_empty() {
                 println!("      metrics: {}", shown.join(", "));
             }
+        }
+        if let Some(job) = &st.job_id {
+            let log = st.job_log.as_deref().unwrap_or("-");
+            println!("      slurm job {job}, log {log}");
         }
         if let Some(e) = &st.error {
             println!("      error: {}", e.lines().next().unwrap_or(""));
@@ -377,55 +394,6 @@ pub fn reachable(store: &Store, keep_checkpoints: bool) -> Result<BTreeSet<Hash>
 
 /// A run's events, read straight from its log (no lock probing: retention calls this while runs
 /// are live). A missing or torn log gives what it has.
-fn logged_events(dir: &std::path::Path) -> Vec<RunEvent> {
-    std::fs::read_to_string(dir.join("log.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-/// Everything that references objects apart from the progress of the train stage with key `key`:
-/// train's retention deletes a superseded checkpoint of that stage only when it is not in here.
-/// That is: outputs of finished stages in every run record (even one whose plan is damaged),
-/// checkpoints that runs logged for any *other* stage key (a `checkpoint` event is attributed to the
-/// key of the last `stage_started` of its stage in the same log; one that cannot be attributed
-/// counts as another's), the outputs of every action record (including downloads), the checkpoints
-/// of every other progress record, and pins. Checkpoints that runs logged for `key` itself are the
-/// stage's own history, which retention manages.
-pub fn referenced_elsewhere(store: &Store, key: &str) -> Result<BTreeSet<Hash>> {
-    let mut refs = BTreeSet::new();
-    if let Ok(rd) = std::fs::read_dir(store.root.join("runs")) {
-        for dir in rd.filter_map(|e| e.ok()).map(|e| e.path()) {
-            let mut key_of: BTreeMap<String, Hash> = BTreeMap::new();
-            for e in logged_events(&dir) {
-                match e {
-                    RunEvent::StageStarted { stage, key, .. } => {
-                        key_of.insert(stage, key);
-                    }
-                    RunEvent::StageFinished { outputs, .. } => refs.extend(outputs.into_values()),
-                    RunEvent::Checkpoint { stage, hash, .. }
-                        if key_of.get(&stage).map(String::as_str) != Some(key) =>
-                    {
-                        refs.insert(hash);
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    refs.extend(store.pins()?);
-    for k in store.progress_keys()? {
-        if k != key {
-            refs.extend(store.progress(&k)?.checkpoints.into_iter().map(|c| c.hash));
-        }
-    }
-    for a in store.actions()? {
-        refs.extend(a.outputs.into_values());
-    }
-    Ok(refs)
-}
-
 pub struct GcReport {
     pub removed: usize,
     pub bytes: u64,
@@ -472,108 +440,42 @@ pub fn gc(store: &Store, dry_run: bool, keep_checkpoints: bool) -> Result<GcRepo
     Ok(report)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::{ActionRecord, Progress, SavedCheckpoint};
-
-    #[test]
-    fn referenced_elsewhere_counts_everything_but_the_stages_own_history() {
-        let dir = std::env::temp_dir().join(format!(
-            "pipe-refs-{}-{}",
-            std::process::id(),
-            crate::store::temp_name("t")
-        ));
-        let store = Store::open(&dir).unwrap();
-        let t = || "2026-01-01T00:00:00Z".to_string();
-        let started = |stage: &str, key: &str| RunEvent::StageStarted {
-            time: t(),
-            stage: stage.into(),
-            kind: "train".into(),
-            key: key.into(),
+/// `pipe push [RUN]`: uploads every finished stage of a run (default: the latest) to `remote`,
+/// outputs first and each record last.
+pub fn push(store: &Store, remote: &crate::store::remote::Remote, id: Option<&str>) -> Result<()> {
+    use anyhow::Context;
+    let id = match id {
+        Some(id) => id.to_string(),
+        None => list_run_ids(store)?
+            .pop()
+            .with_context(|| format!("no runs in {} to push", store.root.display()))?,
+    };
+    let summary = run_summary(store, &id)?;
+    let mut pushed = 0;
+    for st in &summary.stages {
+        let Some(rec) = st
+            .key
+            .as_deref()
+            .map(|k| store.action(k))
+            .transpose()?
+            .flatten()
+        else {
+            println!("{}: not finished in run {id}; nothing to push", st.name);
+            continue;
         };
-        let ckpt = |stage: &str, hash: &str| RunEvent::Checkpoint {
-            time: t(),
-            stage: stage.into(),
-            iter: 1,
-            hash: hash.into(),
-            keep: true,
-        };
-        let write_log = |id: &str, events: &[RunEvent]| {
-            let d = store.root.join("runs").join(id);
-            std::fs::create_dir_all(&d).unwrap();
-            let text: String = events
-                .iter()
-                .map(|e| serde_json::to_string(e).unwrap() + "\n")
-                .collect();
-            std::fs::write(d.join("log.jsonl"), text).unwrap();
-        };
-        write_log(
-            "a",
-            &[
-                started("train", "K"),
-                ckpt("train", "own-logged"),
-                started("other", "K2"),
-                ckpt("other", "other-key-logged"),
-                ckpt("never-started", "unattributed"),
-            ],
+        let p = remote.push(store, &rec)?;
+        println!(
+            "{}: pushed to {} ({})",
+            st.name,
+            remote.url(),
+            crate::exec::pushed_summary(&p)
         );
-        write_log(
-            "b",
-            &[
-                // The same stage name under another key in another run.
-                started("train", "K3"),
-                ckpt("train", "same-name-other-key"),
-                RunEvent::StageFinished {
-                    time: t(),
-                    stage: "train".into(),
-                    kind: "train".into(),
-                    key: "K3".into(),
-                    status: StageStatus::Executed,
-                    outputs: BTreeMap::from([("ckpt".to_string(), "finished-output".to_string())]),
-                    metrics: Value::Null,
-                    seconds: 1.0,
-                },
-            ],
-        );
-        let progress = |hash: &str| Progress {
-            checkpoints: vec![SavedCheckpoint {
-                iter: 1,
-                hash: hash.into(),
-                keep: true,
-            }],
-            evals: vec![],
-        };
-        store.put_progress("K", &progress("own-progress")).unwrap();
-        store
-            .put_progress("K4", &progress("other-progress"))
-            .unwrap();
-        store
-            .put_action(&ActionRecord {
-                key: "K5".into(),
-                stage: "init".into(),
-                kind: "init".into(),
-                key_material: Value::Null,
-                outputs: BTreeMap::from([("ckpt".to_string(), "action-output".to_string())]),
-                metrics: Value::Null,
-                created: t(),
-            })
-            .unwrap();
-        store.set_pin("pinned", true).unwrap();
-        let refs = referenced_elsewhere(&store, "K").unwrap();
-        let want: BTreeSet<Hash> = [
-            "other-key-logged",
-            "unattributed",
-            "same-name-other-key",
-            "finished-output",
-            "other-progress",
-            "action-output",
-            "pinned",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        assert_eq!(refs, want);
-        std::fs::remove_dir_all(dir).unwrap();
+        pushed += 1;
     }
+    println!(
+        "run {}: {pushed} stage(s) in {}",
+        summary.run_id,
+        remote.url()
+    );
+    Ok(())
 }

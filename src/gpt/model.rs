@@ -1,4 +1,6 @@
 //! The GPT: parameters, preallocated activations, forward and backward over a (B, T) batch.
+//! One file of ~670 lines because each layer's backward mirrors its forward and both read the
+//! same activation slots (`layers.rs`); ~610 lines of code, then its tests.
 
 use super::config::GptConfig;
 use super::layers::{EMBEDDING_SITE, LayerPlan, LayerSite, LayerSlot, dropout_site};

@@ -28,9 +28,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 mod overrides;
+mod resources;
 mod yaml;
 
 pub use overrides::*;
+pub use resources::*;
 pub use yaml::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
@@ -71,6 +73,9 @@ impl StageKind {
 pub struct Defaults {
     pub device: Device,
     pub seed: u64,
+    /// The remote store (`s3://bucket/prefix` or `file:///path`); `--remote` and `PIPE_REMOTE`
+    /// take precedence.
+    pub remote: Option<String>,
 }
 
 impl Default for Defaults {
@@ -78,6 +83,7 @@ impl Default for Defaults {
         Defaults {
             device: Device::Cpu,
             seed: 1337,
+            remote: None,
         }
     }
 }
@@ -90,6 +96,8 @@ pub struct DefaultsText {
     pub device: String,
     pub seed: u64,
     pub dtype: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
 }
 
 impl Default for DefaultsText {
@@ -104,6 +112,7 @@ impl From<Defaults> for DefaultsText {
             device: d.device.name().into(),
             seed: d.seed,
             dtype: d.device.dtype().into(),
+            remote: d.remote,
         }
     }
 }
@@ -114,6 +123,7 @@ impl TryFrom<DefaultsText> for Defaults {
         Ok(Defaults {
             device: Device::from_defaults(&d.device, &d.dtype)?,
             seed: d.seed,
+            remote: d.remote,
         })
     }
 }
@@ -127,6 +137,12 @@ pub struct StageSpec {
     /// Where the stage and each of its parameters were declared.
     pub origin: Origin,
     pub param_origins: BTreeMap<String, Origin>,
+    /// What a Slurm job for this stage asks for (not part of the key; absent in older plan.json).
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
+    /// Extra sbatch options, one `#SBATCH` line each (not part of the key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sbatch_args: Vec<String>,
 }
 
 impl StageSpec {
@@ -170,6 +186,7 @@ struct RawDefaults {
     device: Option<String>,
     seed: Option<u64>,
     dtype: Option<String>,
+    remote: Option<String>,
 }
 
 /// Finds `stages/<name>.yaml` for `use: name`: next to the manifest, or one folder up (so
@@ -257,6 +274,7 @@ impl Doc {
             device: d.and_then(|d| d.device.clone()).unwrap_or(fallback.device),
             seed: d.and_then(|d| d.seed).unwrap_or(fallback.seed),
             dtype: d.and_then(|d| d.dtype.clone()).unwrap_or(fallback.dtype),
+            remote: d.and_then(|d| d.remote.clone()),
         }
     }
 
@@ -322,6 +340,8 @@ impl Doc {
             params: fields.params,
             origin,
             param_origins: fields.param_origins,
+            resources: fields.resources,
+            sbatch_args: fields.sbatch_args,
         })
     }
 }
@@ -340,7 +360,7 @@ fn parse(path: &Path) -> Result<Doc> {
         )
     })?;
     let text = without_bom(&text);
-    let help = "a manifest has `name`, optional `defaults` (device, seed, dtype) and `stages` (a map of stage name to stage)";
+    let help = "a manifest has `name`, optional `defaults` (device, seed, dtype, remote) and `stages` (a map of stage name to stage)";
     // Untyped first, for where the top-level keys are; then the same text typed.
     let root = from_yaml(text).map_err(|e| yaml_err(&file, &e, Some(help)))?;
     let top = mapping(&file, root, "struct RawManifest", help)?;
@@ -376,10 +396,20 @@ struct Fields {
     needs: Vec<String>,
     params: serde_json::Map<String, serde_json::Value>,
     param_origins: BTreeMap<String, Origin>,
+    resources: Resources,
+    sbatch_args: Vec<String>,
 }
 
 impl Fields {
     fn set_param(&mut self, key: &str, v: &Yaml, o: Origin) -> Result<()> {
+        match key {
+            "resources" => return self.resources.merge_yaml(v, &o),
+            "sbatch_args" => {
+                self.sbatch_args = sbatch_args_of(&param_value(v, key, &o)?, &o)?;
+                return Ok(());
+            }
+            _ => {}
+        }
         self.params
             .insert(key.to_string(), param_value(v, key, &o)?);
         self.param_origins.insert(key.to_string(), o);
@@ -530,9 +560,19 @@ fn validate(doc: &Doc, defaults: &DefaultsText, stages: &[StageSpec]) -> Result<
             }
         }
     }
+    if let Some(url) = &defaults.remote
+        && !(url.starts_with("s3://") || url.starts_with("file:///"))
+    {
+        return Err(err(
+            doc.top("defaults"),
+            format!("`defaults.remote` is {url:?}: expected s3://bucket/prefix or file:///path"),
+            Some("a remote store is S3-compatible object storage or a shared folder"),
+        ));
+    }
     Ok(Defaults {
         device,
         seed: defaults.seed,
+        remote: defaults.remote.clone(),
     })
 }
 

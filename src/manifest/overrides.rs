@@ -81,6 +81,27 @@ pub(super) fn apply_overrides(
                         Some("edit the manifest instead"),
                     ));
                 }
+                if let Some(field) = o.key.strip_prefix("resources.") {
+                    s.resources.set(field, &o.value, &set)?;
+                    continue;
+                }
+                if o.key == "resources" {
+                    let Some(fields) = o.value.as_object() else {
+                        return Err(err(
+                            set,
+                            "`resources` must be a mapping",
+                            Some("e.g. --set 'train.resources={gpus: 2, time: 4:00:00}'"),
+                        ));
+                    };
+                    for (field, v) in fields {
+                        s.resources.set(field, v, &set)?;
+                    }
+                    continue;
+                }
+                if o.key == "sbatch_args" {
+                    s.sbatch_args = sbatch_args_of(&o.value, &set)?;
+                    continue;
+                }
                 s.params
                     .insert(o.key.clone(), absolute_if_path(&o.key, o.value.clone()));
                 s.param_origins.insert(o.key.clone(), set);

@@ -48,12 +48,7 @@ pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Pa
     Ok(params)
 }
 
-pub fn key_parts(
-    base: &Path,
-    spec: &StageSpec,
-    p: &serde_json::Map<String, Value>,
-) -> Result<(Value, Value)> {
-    let params = params(spec, p)?;
+pub fn key_parts(base: &Path, spec: &StageSpec, params: &Params) -> Result<(Value, Value)> {
     let mut deps = BTreeMap::new();
     for d in &params.deps {
         let full = resolve_path(base, d);

@@ -37,8 +37,11 @@ pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Pa
 
 /// A manifest is code: `to` may only name a folder inside the manifest's folder or the current
 /// directory, unless the user passes `--allow-outside`.
-pub fn check_destination(m: &crate::manifest::Manifest, spec: &StageSpec) -> Result<()> {
-    let p = params(spec, &spec.params)?;
+pub fn check_destination(
+    m: &crate::manifest::Manifest,
+    spec: &StageSpec,
+    p: &Params,
+) -> Result<()> {
     let Some(to) = &p.to else { return Ok(()) };
     let dest = normalize(&resolve_path(&m.base_dir, to));
     let cwd = std::env::current_dir().unwrap_or_default();
@@ -93,10 +96,9 @@ fn write_copy(store: &crate::store::Store, dir: &Path, name: &str, hash: &str) -
 pub fn restore_copy(
     store: &crate::store::Store,
     m: &crate::manifest::Manifest,
-    spec: &StageSpec,
-    outputs: &BTreeMap<String, String>,
+    p: &Params,
+    outputs: &BTreeMap<String, crate::store::Hash>,
 ) -> Result<()> {
-    let p = params(spec, &spec.params)?;
     let Some(to) = &p.to else { return Ok(()) };
     let dir = resolve_path(&m.base_dir, to);
     for (name, hash) in outputs {

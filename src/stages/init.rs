@@ -291,9 +291,9 @@ pub fn key_parts(
     store: &Store,
     base: &Path,
     spec: &StageSpec,
-    p: &serde_json::Map<String, Value>,
+    params: &Params,
 ) -> Result<(Value, Value)> {
-    let mut params = params(spec, p)?;
+    let mut params = params.clone();
     if params.from == "scratch" {
         // Key the model args as used, so `n_layer: 12` and an omitted n_layer are the same model.
         params.n_layer = Some(params.n_layer.unwrap_or(12));
@@ -353,7 +353,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
         "resume" => {
             // The checkpoint the key names (RUN_ID/STAGE may point elsewhere by now).
             let hash = match ctx.sources["checkpoint"].as_str() {
-                Some(h) => h.to_string(),
+                Some(h) => Hash::parse(h).map_err(anyhow::Error::msg)?,
                 None => resolve_checkpoint(ctx.store, p.checkpoint.as_deref().expect("checked"))?,
             };
             // Copied tensor by tensor from the map: the state is never decoded or held.

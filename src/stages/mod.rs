@@ -13,7 +13,7 @@ use crate::error::err;
 use crate::gpt::checkpoint::{Checkpoint, CheckpointFile, Parts};
 use crate::manifest::{Defaults, Manifest, StageKind, StageSpec};
 use crate::run::{RunEvent, RunLog};
-use crate::store::{Hash, Mapped, Store};
+use crate::store::{Hash, Key, Mapped, Store};
 use crate::ui::Ui;
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
@@ -64,7 +64,7 @@ pub struct Ctx<'a> {
     pub spec: &'a StageSpec,
     pub defaults: &'a Defaults,
     pub base_dir: PathBuf,
-    pub key: Hash,
+    pub key: Key,
     /// The `sources` part of the key: content hashes of what the stage reads from outside the store,
     /// taken when the key was computed. Stages check what they read against it, so outputs always
     /// match their key even if a file changes mid-run.
@@ -220,22 +220,36 @@ pub fn output_names(spec: &StageSpec) -> Vec<String> {
     fixed.iter().map(|s| s.to_string()).collect()
 }
 
-/// Validates parameters (no I/O).
-pub fn validate(m: &Manifest, spec: &StageSpec) -> Result<()> {
+/// A stage's parameters, typed once when the plan is built (`parse`); key parts, `execute` and
+/// `status` read them from the plan.
+#[derive(Clone, Debug)]
+pub enum Params {
+    Prepare(prepare::Params),
+    Init(init::Params),
+    Train(train::Params),
+    Evaluate(evaluate::Params),
+    Sample(sample::Params),
+    Export(export::Params),
+    Command(command::Params),
+}
+
+/// Types and checks a stage's parameters (with the manifest's defaults) and its `needs`. No I/O.
+pub fn parse(m: &Manifest, spec: &StageSpec) -> Result<Params> {
     check_needs(m, spec)?;
     let p = with_defaults(spec, &m.defaults);
-    match spec.kind {
-        StageKind::Prepare => prepare::params(spec, &p).map(drop),
-        StageKind::Init => init::params(spec, &p).map(drop),
-        StageKind::Train => train::params(spec, &p).map(drop),
-        StageKind::Evaluate => evaluate::params(spec, &p).map(drop),
-        StageKind::Sample => sample::params(spec, &p).map(drop),
-        StageKind::Export => export::params(spec, &p).map(drop),
+    Ok(match spec.kind {
+        StageKind::Prepare => Params::Prepare(prepare::params(spec, &p)?),
+        StageKind::Init => Params::Init(init::params(spec, &p)?),
+        StageKind::Train => Params::Train(train::params(spec, &p)?),
+        StageKind::Evaluate => Params::Evaluate(evaluate::params(spec, &p)?),
+        StageKind::Sample => Params::Sample(sample::params(spec, &p)?),
+        StageKind::Export => Params::Export(export::params(spec, &p)?),
         StageKind::Command => {
-            command::params(spec, &p)?;
-            command::check_input_names(m, spec)
+            let params = command::params(spec, &p)?;
+            command::check_input_names(m, spec)?;
+            Params::Command(params)
         }
-    }
+    })
 }
 
 /// Parameters with the manifest's `seed` default filled in for the kinds that take one.
@@ -253,13 +267,17 @@ pub fn with_defaults(spec: &StageSpec, d: &Defaults) -> serde_json::Map<String, 
 
 /// The (params, sources) parts of the key: typed parameters as canonical JSON and content hashes of
 /// what the stage reads from outside the store.
-pub fn key_parts(store: &Store, m: &Manifest, spec: &StageSpec) -> Result<(Value, Value)> {
-    let p = with_defaults(spec, &m.defaults);
-    Ok(match spec.kind {
-        StageKind::Prepare => prepare::key_parts(&m.base_dir, spec, &p)?,
-        StageKind::Init => init::key_parts(store, &m.base_dir, spec, &p)?,
-        StageKind::Train => {
-            let mut v = serde_json::to_value(train::params(spec, &p)?)?;
+pub fn key_parts(
+    store: &Store,
+    m: &Manifest,
+    spec: &StageSpec,
+    params: &Params,
+) -> Result<(Value, Value)> {
+    Ok(match params {
+        Params::Prepare(p) => prepare::key_parts(&m.base_dir, spec, p)?,
+        Params::Init(p) => init::key_parts(store, &m.base_dir, spec, p)?,
+        Params::Train(p) => {
+            let mut v = serde_json::to_value(p)?;
             // What is printed, and how many checkpoints are kept: never part of the key (neither
             // changes an output's bytes).
             let obj = v.as_object_mut().expect("object");
@@ -267,27 +285,25 @@ pub fn key_parts(store: &Store, m: &Manifest, spec: &StageSpec) -> Result<(Value
             obj.remove("keep_checkpoints");
             (v, Value::Null)
         }
-        StageKind::Evaluate => {
-            let params = evaluate::params(spec, &p)?;
-            let sources = file_source(&m.base_dir, spec, "text", params.text.as_deref())?;
-            (serde_json::to_value(params)?, sources)
+        Params::Evaluate(p) => {
+            let sources = file_source(&m.base_dir, spec, "text", p.text.as_deref())?;
+            (serde_json::to_value(p)?, sources)
         }
-        StageKind::Sample => sample::key_parts(&m.base_dir, spec, &p)?,
-        StageKind::Export => (export::params(spec, &p)?.key_view(&m.base_dir), Value::Null),
-        StageKind::Command => command::key_parts(&m.base_dir, spec, &p)?,
+        Params::Sample(p) => sample::key_parts(&m.base_dir, spec, p)?,
+        Params::Export(p) => (p.key_view(&m.base_dir), Value::Null),
+        Params::Command(p) => command::key_parts(&m.base_dir, spec, p)?,
     })
 }
 
-pub fn execute(ctx: &Ctx, m: &Manifest) -> Result<Produced> {
-    let p = with_defaults(ctx.spec, &m.defaults);
-    match ctx.spec.kind {
-        StageKind::Prepare => prepare::execute(ctx, &prepare::params(ctx.spec, &p)?),
-        StageKind::Init => init::execute(ctx, &init::params(ctx.spec, &p)?),
-        StageKind::Train => train::execute(ctx, &train::params(ctx.spec, &p)?),
-        StageKind::Evaluate => evaluate::execute(ctx, &evaluate::params(ctx.spec, &p)?),
-        StageKind::Sample => sample::execute(ctx, &sample::params(ctx.spec, &p)?),
-        StageKind::Export => export::execute(ctx, &export::params(ctx.spec, &p)?),
-        StageKind::Command => command::execute(ctx, &command::params(ctx.spec, &p)?),
+pub fn execute(ctx: &Ctx, params: &Params) -> Result<Produced> {
+    match params {
+        Params::Prepare(p) => prepare::execute(ctx, p),
+        Params::Init(p) => init::execute(ctx, p),
+        Params::Train(p) => train::execute(ctx, p),
+        Params::Evaluate(p) => evaluate::execute(ctx, p),
+        Params::Sample(p) => sample::execute(ctx, p),
+        Params::Export(p) => export::execute(ctx, p),
+        Params::Command(p) => command::execute(ctx, p),
     }
 }
 

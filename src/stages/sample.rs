@@ -85,14 +85,9 @@ fn invalid_field(p: &Params) -> Option<(&'static str, String)> {
 }
 
 /// A prompt file is part of the key by content.
-pub fn key_parts(
-    base: &Path,
-    spec: &StageSpec,
-    p: &serde_json::Map<String, Value>,
-) -> Result<(Value, Value)> {
-    let params = params(spec, p)?;
+pub fn key_parts(base: &Path, spec: &StageSpec, params: &Params) -> Result<(Value, Value)> {
     let sources = super::file_source(base, spec, "start", Some(&params.start))?;
-    Ok((serde_json::to_value(&params)?, sources))
+    Ok((serde_json::to_value(params)?, sources))
 }
 
 pub const SEPARATOR: &str = "\n---------------\n";

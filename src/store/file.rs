@@ -129,13 +129,24 @@ impl ObjectWriter<'_> {
     /// it). Returns its hash.
     pub fn commit(mut self) -> Result<Hash> {
         self.flush_buf()?;
-        let hash = self.hasher.finalize().to_hex().to_string();
+        let hash = Hash::from(self.hasher.finalize());
         let dest = self.store.object_path(&hash);
         if !dest.exists() {
             tracing::debug!(%hash, bytes = self.len, "store object (streamed)");
             self.temp.commit(&dest, true)?;
         }
         Ok(hash)
+    }
+
+    /// Finishes the object only if its bytes hash to `expected` (a download): otherwise nothing
+    /// is stored and the error names both hashes.
+    pub fn commit_expecting(mut self, expected: &str) -> Result<Hash> {
+        self.flush_buf()?;
+        let hash = Hash::from(self.hasher.finalize());
+        if hash != expected {
+            bail!("the bytes hash to {hash}, not {expected} (a corrupt copy; it was not stored)");
+        }
+        self.commit()
     }
 
     fn flush_buf(&mut self) -> Result<()> {

@@ -28,17 +28,16 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-/// A blake3 hash in lowercase hex.
-pub type Hash = String;
+pub use crate::hash::{Hash, Key};
 
 pub fn hash_bytes(bytes: &[u8]) -> Hash {
-    blake3::hash(bytes).to_hex().to_string()
+    Hash::of(bytes)
 }
 
 /// What a finished stage produced (the action cache entry).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ActionRecord {
-    pub key: Hash,
+    pub key: Key,
     pub stage: String,
     pub kind: String,
     /// The canonical key material (what went into the key), for `pipe status` and lineage.
@@ -70,6 +69,7 @@ pub struct Store {
 }
 
 mod file;
+pub mod remote;
 mod verify;
 
 use file::{MAP_HASH_WINDOW, TempFile, WRITE_BUFFER, owner_alive, unique_suffix};
@@ -151,7 +151,7 @@ impl Store {
         };
         Ok(rd
             .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter_map(|e| Hash::parse(&e.file_name().to_string_lossy()).ok())
             .collect())
     }
 
@@ -192,7 +192,7 @@ impl Store {
             hasher.update(&buf[..n]);
             t.write(&buf[..n])?;
         }
-        let hash = hasher.finalize().to_hex().to_string();
+        let hash = Hash::from(hasher.finalize());
         let dest = self.object_path(&hash);
         if !dest.exists() {
             t.commit(&dest, true)?;
@@ -297,7 +297,7 @@ impl Store {
         hasher
             .update_reader(f)
             .with_context(|| format!("reading {}", path.display()))?;
-        Ok(hasher.finalize().to_hex().to_string())
+        Ok(hasher.finalize().into())
     }
 
     /// Moves a damaged record into `damaged/` (where it is kept for inspection) with a warning.
@@ -369,9 +369,15 @@ impl Store {
     }
 
     /// Every readable action record (damaged ones are set aside).
+    /// Files not named by a key are not records of this version (before keys were typed, GPT-2
+    /// downloads were indexed as `download-sha256-<sha>`): they are left alone.
     pub fn actions(&self) -> Result<Vec<ActionRecord>> {
         let mut out = Vec::new();
         for p in self.json_files("actions")? {
+            let stem = p.file_stem().map(|s| s.to_string_lossy().to_string());
+            if stem.as_deref().map(Key::parse).is_none_or(|k| k.is_err()) {
+                continue;
+            }
             if let Some(r) = self.read_record(&p)? {
                 out.push(r);
             }
@@ -487,7 +493,11 @@ impl Store {
             }
             let prefix = d.file_name().to_string_lossy().to_string();
             for f in fs::read_dir(d.path())? {
-                out.push(format!("{prefix}{}", f?.file_name().to_string_lossy()));
+                // Anything else in objects/ (a stray file) is not an object.
+                if let Ok(h) = Hash::parse(&format!("{prefix}{}", f?.file_name().to_string_lossy()))
+                {
+                    out.push(h);
+                }
             }
         }
         out.sort();

@@ -1,16 +1,15 @@
 //! The command line: parses arguments (clap), calls the runner, prints results (human tables, or one
-//! JSON document with `--json`).
+//! JSON document with `--json`). The commands that execute a manifest (`run`, `resume`, `status`,
+//! `export-slurm`, `run-stage`) are in `running.rs`; the store's commands are here.
 
 use crate::error::InputError;
-use crate::exec::{self, PlanStatus, RunSummary};
-use crate::manifest::{self, Manifest};
-use crate::plan;
-use crate::run::{RunEvent, RunLog, RunRecord, RunStatus, utc_now};
+use crate::run::{Executor, RunRecord};
 use crate::show;
 use crate::store::Store;
-use crate::ui::Ui;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+
+mod running;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -26,6 +25,10 @@ pub struct Cli {
     /// CPU threads for the engine (default: all cores). Results do not depend on it.
     #[arg(long, global = true)]
     pub threads: Option<usize>,
+    /// A remote store shared across machines: s3://bucket/prefix (AWS_* variables, AWS_ENDPOINT_URL
+    /// for MinIO/Ceph/moto) or file:///path. `run` downloads the stages it has (`pulled`).
+    #[arg(long, global = true, env = "PIPE_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
     /// More logging (or set RUST_LOG).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -41,26 +44,20 @@ pub enum Command {
         /// Override a parameter: stage.key=value (or device=, seed=), like nanoGPT's --key=value.
         #[arg(long = "set", value_name = "STAGE.KEY=VALUE")]
         set: Vec<String>,
-        /// Print one JSON document (run id, status, per-stage results) on stdout.
-        #[arg(long)]
-        json: bool,
-        /// Independent stages to run at once.
-        #[arg(short, long, default_value_t = 1)]
-        jobs: usize,
-        /// Let `export` stages write outside the manifest's folder and the current directory.
-        #[arg(long)]
-        allow_outside: bool,
+        #[command(flatten)]
+        flags: RunFlags,
+        /// Where stages run: here (local), or as Slurm jobs against this store (slurm).
+        #[arg(long, value_enum, default_value_t = Executor::Local)]
+        executor: Executor,
     },
     /// Continue an interrupted (or failed) run from its last cached stage and checkpoint.
     Resume {
         run_id: String,
-        #[arg(long)]
-        json: bool,
-        #[arg(short, long, default_value_t = 1)]
-        jobs: usize,
-        /// Let `export` stages write outside the manifest's folder and the current directory.
-        #[arg(long)]
-        allow_outside: bool,
+        #[command(flatten)]
+        flags: RunFlags,
+        /// Where stages run (default: as the run started).
+        #[arg(long, value_enum)]
+        executor: Option<Executor>,
     },
     /// What `run` would do for a manifest: cached stages, and why the others would rerun.
     Status {
@@ -101,6 +98,31 @@ pub enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Upload a run's finished stages (default: the latest run) to the remote store (--remote).
+    Push { run_id: Option<String> },
+    /// The remote store (--remote or PIPE_REMOTE).
+    Remote {
+        #[command(subcommand)]
+        command: RemoteCommand,
+    },
+    /// Write a manifest's stages as sbatch scripts and a submit.sh, for submitting by hand.
+    ExportSlurm {
+        manifest: PathBuf,
+        #[arg(long = "set", value_name = "STAGE.KEY=VALUE")]
+        set: Vec<String>,
+        /// The folder to write (default: slurm-<manifest name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// A Slurm job's body: run one stage of a run whose earlier stages are in the store.
+    #[command(hide = true)]
+    RunStage {
+        run_id: String,
+        stage: String,
+        /// Upload the stage's result to the remote store (the submitting run's `--push`).
+        #[arg(long)]
+        push: bool,
+    },
     /// Measure the engine: ms/iter and tokens/s for nanoGPT's CPU and GPU configs, and sampling.
     Bench {
         /// Fewer iterations (a quick look).
@@ -112,14 +134,35 @@ pub enum Command {
     },
 }
 
+/// The flags `run` and `resume` share.
+#[derive(clap::Args)]
+pub struct RunFlags {
+    /// Print one JSON document (run id, status, per-stage results) on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Independent stages to run at once.
+    #[arg(short, long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Let `export` stages write outside the manifest's folder and the current directory.
+    #[arg(long)]
+    pub allow_outside: bool,
+    /// Upload each finished stage (outputs, then its record) to the remote store.
+    #[arg(long)]
+    pub push: bool,
+}
+
+#[derive(Subcommand)]
+pub enum RemoteCommand {
+    /// Probe the remote: a create-if-absent put, a second one that must be refused, a get, a delete.
+    Check,
+}
+
 impl Cli {
     /// Whether the command asked for one JSON document on stdout (errors then come as JSON too).
     pub fn wants_json(&self) -> bool {
         match &self.command {
-            Command::Run { json, .. }
-            | Command::Resume { json, .. }
-            | Command::Status { json, .. }
-            | Command::Show { json, .. } => *json,
+            Command::Run { flags, .. } | Command::Resume { flags, .. } => flags.json,
+            Command::Status { json, .. } | Command::Show { json, .. } => *json,
             _ => false,
         }
     }
@@ -136,90 +179,26 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Run {
             manifest,
             set,
-            json,
-            jobs,
-            allow_outside,
-        } => {
-            crate::stages::allow_downloads();
-            let plan = load_plan(&manifest, &set)?;
-            // Validate what can fail before anything is written (missing files, bad checkpoints).
-            let read_only = Store::at(&cli.cache);
-            check_plan(&read_only, &plan, allow_outside)?;
-            let store = Store::open(&cli.cache)?;
-            // Held from before the run's first write, so `gc` never removes what it is writing.
-            let shared = store.lock_store_shared()?;
-            let run = RunLog::create(&store, &serde_json::to_value(&plan.manifest)?)?;
-            execute_run(&store, &plan, run, shared, "run", json, jobs)
-        }
+            flags,
+            executor,
+        } => running::run(
+            &cli.cache,
+            cli.remote.as_deref(),
+            &manifest,
+            &set,
+            flags,
+            executor,
+        ),
         Command::Resume {
             run_id,
-            json,
-            jobs,
-            allow_outside,
-        } => {
-            crate::stages::allow_downloads();
-            let store = Store::open(&cli.cache)?;
-            let shared = store.lock_store_shared()?;
-            let rec = RunRecord::load(&store, &run_id)?;
-            if let Some(why) = &rec.damage {
-                anyhow::bail!(
-                    "run {} cannot be resumed: {why}.\n  help: run its manifest again with `pipe run` (finished stages are reused)",
-                    rec.id
-                );
-            }
-            if rec.status == RunStatus::Succeeded {
-                eprintln!(
-                    "run {} already succeeded: nothing to resume (`pipe show {}` shows it)",
-                    rec.id, rec.id
-                );
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&show::run_summary(&store, &rec.id)?)?
-                    );
-                }
-                return Ok(0);
-            }
-            let m: Manifest =
-                serde_json::from_value(rec.plan.clone()).context("reading the run's plan")?;
-            let plan = plan::build(m)?;
-            check_plan(&store, &plan, allow_outside)?;
-            let run = RunLog::open(&store, &rec.id)?;
-            execute_run(&store, &plan, run, shared, "resume", json, jobs)
-        }
+            flags,
+            executor,
+        } => running::resume(&cli.cache, cli.remote.as_deref(), &run_id, flags, executor),
         Command::Status {
             manifest,
             set,
             json,
-        } => {
-            let plan = load_plan(&manifest, &set)?;
-            let store = Store::at(&cli.cache);
-            let stages = exec::status(&store, &plan)?;
-            let status = PlanStatus::of(&stages);
-            let name = &plan.manifest.name;
-            let manifest = manifest.display().to_string();
-            if json {
-                let doc = serde_json::json!({
-                    "name": name, "manifest": manifest, "status": status, "stages": stages
-                });
-                println!("{}", serde_json::to_string_pretty(&doc)?);
-            } else {
-                println!("{name} ({manifest}): {status}");
-                for st in &stages {
-                    println!(
-                        "  {:<14} {:<9} {:<8} {}",
-                        st.name,
-                        st.kind,
-                        st.status,
-                        st.key.as_deref().map(|k| &k[..12]).unwrap_or("-")
-                    );
-                    for r in &st.reasons {
-                        println!("      {r}");
-                    }
-                }
-            }
-            Ok(0)
-        }
+        } => running::status(&cli.cache, cli.remote.as_deref(), &manifest, &set, json),
         Command::Show { target, json } => {
             let store = Store::at(&cli.cache);
             match target {
@@ -345,6 +324,49 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::Push { run_id } => {
+            let url = cli.remote.as_deref().ok_or_else(|| {
+                InputError::new(
+                    "`pipe push` needs a remote store",
+                    Some("give one with --remote URL or PIPE_REMOTE (s3://bucket/prefix or file:///path)"),
+                )
+            })?;
+            let remote = running::open_remote(url)?;
+            let store = Store::at(&cli.cache);
+            show::push(&store, &remote, run_id.as_deref())?;
+            Ok(0)
+        }
+        Command::Remote {
+            command: RemoteCommand::Check,
+        } => {
+            let url = cli.remote.as_deref().ok_or_else(|| {
+                InputError::new(
+                    "`pipe remote check` needs a remote store",
+                    Some("give one with --remote URL or PIPE_REMOTE (s3://bucket/prefix or file:///path)"),
+                )
+            })?;
+            let remote = running::open_remote(url)?;
+            println!("remote {}", remote.url());
+            let mut ok = true;
+            for (step, r) in remote.check() {
+                match r {
+                    Ok(()) => println!("  ok      {step}"),
+                    Err(e) => {
+                        ok = false;
+                        println!("  FAILED  {step}: {e:#}");
+                    }
+                }
+            }
+            Ok(if ok { 0 } else { 1 })
+        }
+        Command::ExportSlurm { manifest, set, out } => {
+            running::export_slurm(&cli.cache, &manifest, &set, out)
+        }
+        Command::RunStage {
+            run_id,
+            stage,
+            push,
+        } => running::run_stage(&cli.cache, cli.remote.as_deref(), &run_id, &stage, push),
         Command::Bench { quick, device } => {
             if device == "cuda" {
                 crate::bench::run_gpu(quick)?;
@@ -354,101 +376,6 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
     }
-}
-
-/// Everything that can be checked before a run writes anything: each stage's key parts (missing
-/// files, bad checkpoints), export destinations, and the GPU.
-fn check_plan(store: &Store, plan: &plan::Plan, allow_outside: bool) -> Result<()> {
-    for s in &plan.manifest.stages {
-        crate::stages::key_parts(store, &plan.manifest, s)?;
-        if s.kind == manifest::StageKind::Export && !allow_outside {
-            crate::stages::export::check_destination(&plan.manifest, s)?;
-        }
-    }
-    check_device(&plan.manifest)
-}
-
-/// With `device: cuda`, finds the GPU before any stage runs, so a missing driver or library is
-/// reported up front rather than after the CPU stages.
-fn check_device(m: &Manifest) -> Result<()> {
-    if m.defaults.device.is_cuda() {
-        let name = crate::gpt::cuda::gpu_name()?;
-        tracing::info!("device: {name}");
-    }
-    Ok(())
-}
-
-/// A manifest with its `--set` overrides, validated into a plan.
-fn load_plan(manifest: &std::path::Path, set: &[String]) -> Result<plan::Plan> {
-    let overrides = set
-        .iter()
-        .map(|s| manifest::parse_override(s))
-        .collect::<Result<Vec<_>>>()?;
-    plan::build(manifest::load(manifest, &overrides)?)
-}
-
-fn execute_run(
-    store: &Store,
-    plan: &plan::Plan,
-    run: RunLog,
-    _shared: crate::store::Lock,
-    command: &str,
-    json: bool,
-    jobs: usize,
-) -> Result<i32> {
-    let ui = Ui::new(json);
-    // Ctrl-C: everything written so far is safe (atomic writes, fsynced log); say how to continue.
-    let id = run.id.clone();
-    let _ = ctrlc::set_handler(move || {
-        eprintln!(
-            "\ninterrupted: run {id} can continue from its last checkpoint with `pipe resume {id}`"
-        );
-        std::process::exit(130);
-    });
-    run.append(&RunEvent::RunStarted {
-        time: utc_now(),
-        command: command.into(),
-        manifest: plan.manifest.path.display().to_string(),
-        name: plan.manifest.name.clone(),
-        pid: std::process::id(),
-    })?;
-    ui.say(&format!(
-        "run {} ({}: {})",
-        run.id,
-        plan.manifest.name,
-        plan.manifest.path.display()
-    ));
-    let stages = exec::execute(store, plan, &run, &ui, jobs)?;
-    let ok = stages.iter().all(|s| s.done());
-    let status = if ok {
-        RunStatus::Succeeded
-    } else {
-        RunStatus::Failed
-    };
-    run.append(&RunEvent::RunFinished {
-        time: utc_now(),
-        status,
-    })?;
-    let summary = RunSummary {
-        run_id: run.id.clone(),
-        name: plan.manifest.name.clone(),
-        manifest: plan.manifest.path.display().to_string(),
-        status,
-        stages,
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        eprintln!();
-        show::print_summary(&summary);
-        if !ok {
-            eprintln!(
-                "\nrun {} failed. If the cause was outside pipe (a file, the network, memory), fix it and `pipe resume {}`; to change parameters, `pipe run` again (finished stages are reused)",
-                run.id, run.id
-            );
-        }
-    }
-    Ok(if ok { 0 } else { 1 })
 }
 
 /// Is this error bad input (exit 2: an [`InputError`]) rather than a failure while running?

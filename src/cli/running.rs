@@ -1,0 +1,350 @@
+//! `run`, `resume`, `status`, `export-slurm` and the jobs' `run-stage`: a manifest (or a run's
+//! plan) checked and executed against the store, locally or on Slurm, with the remote store.
+
+use super::RunFlags;
+use crate::error::InputError;
+use crate::exec::{self, PlanStatus, RunSummary};
+use crate::manifest::{self, Manifest};
+use crate::plan;
+use crate::run::{Executor, RunEvent, RunLog, RunRecord, RunStatus, utc_now};
+use crate::show;
+use crate::store::Store;
+use crate::store::remote::Remote;
+use crate::ui::Ui;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+pub fn run(
+    cache: &Path,
+    remote_flag: Option<&str>,
+    manifest: &Path,
+    set: &[String],
+    flags: RunFlags,
+    executor: Executor,
+) -> Result<i32> {
+    crate::stages::allow_downloads();
+    let plan = load_plan(manifest, set)?;
+    let remote = remote_url(remote_flag, &plan.manifest);
+    let opts = RunOptions::new(flags, remote, executor)?;
+    // Validate what can fail before anything is written (missing files, bad checkpoints).
+    let read_only = Store::at(cache);
+    check_plan(&read_only, &plan, opts.flags.allow_outside, executor)?;
+    let store = Store::open(cache)?;
+    // Held from before the run's first write, so `gc` never removes what it is writing.
+    let shared = store.lock_store_shared()?;
+    let run = RunLog::create(&store, &serde_json::to_value(&plan.manifest)?)?;
+    execute_run(&store, &plan, run, shared, "run", &opts)
+}
+
+/// `executor`: `--executor` if given; otherwise the run's own.
+pub fn resume(
+    cache: &Path,
+    remote_flag: Option<&str>,
+    run_id: &str,
+    flags: RunFlags,
+    executor: Option<Executor>,
+) -> Result<i32> {
+    crate::stages::allow_downloads();
+    let store = Store::open(cache)?;
+    let shared = store.lock_store_shared()?;
+    let rec = RunRecord::load(&store, run_id)?;
+    if let Some(why) = &rec.damage {
+        anyhow::bail!(
+            "run {} cannot be resumed: {why}.\n  help: run its manifest again with `pipe run` (finished stages are reused)",
+            rec.id
+        );
+    }
+    if rec.status == RunStatus::Succeeded {
+        eprintln!(
+            "run {} already succeeded: nothing to resume (`pipe show {}` shows it)",
+            rec.id, rec.id
+        );
+        if flags.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&show::run_summary(&store, &rec.id)?)?
+            );
+        }
+        return Ok(0);
+    }
+    let m: Manifest = serde_json::from_value(rec.plan.clone()).context("reading the run's plan")?;
+    let plan = plan::build(m)?;
+    let remote = remote_url(remote_flag, &plan.manifest);
+    // As the run started, unless told otherwise.
+    let executor = executor.unwrap_or_else(|| {
+        rec.events
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                RunEvent::RunStarted { executor, .. } => Some(*executor),
+                _ => None,
+            })
+            .unwrap_or_default()
+    });
+    let opts = RunOptions::new(flags, remote, executor)?;
+    check_plan(&store, &plan, opts.flags.allow_outside, executor)?;
+    let run = RunLog::open(&store, &rec.id)?;
+    execute_run(&store, &plan, run, shared, "resume", &opts)
+}
+
+pub fn status(
+    cache: &Path,
+    remote_flag: Option<&str>,
+    manifest: &Path,
+    set: &[String],
+    json: bool,
+) -> Result<i32> {
+    let plan = load_plan(manifest, set)?;
+    let store = Store::at(cache);
+    let remote = remote_url(remote_flag, &plan.manifest)
+        .map(open_remote)
+        .transpose()?;
+    let stages = exec::status(&store, &plan, remote.as_ref())?;
+    let status = PlanStatus::of(&stages);
+    let name = &plan.manifest.name;
+    let manifest = manifest.display().to_string();
+    if json {
+        let doc = serde_json::json!({
+            "name": name, "manifest": manifest, "status": status, "stages": stages
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("{name} ({manifest}): {status}");
+        for st in &stages {
+            println!(
+                "  {:<14} {:<9} {:<8} {}",
+                st.name,
+                st.kind,
+                st.status,
+                st.key.as_deref().map(|k| &k[..12]).unwrap_or("-")
+            );
+            for r in &st.reasons {
+                println!("      {r}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub fn export_slurm(
+    cache: &Path,
+    manifest: &Path,
+    set: &[String],
+    out: Option<PathBuf>,
+) -> Result<i32> {
+    let plan = load_plan(manifest, set)?;
+    check_plan(&Store::at(cache), &plan, false, Executor::Slurm)?;
+    let store = Store::open(cache)?;
+    let _shared = store.lock_store_shared()?;
+    // A run record, so the jobs' `run-stage` finds the plan and `pipe show` follows them.
+    let run = RunLog::create(&store, &serde_json::to_value(&plan.manifest)?)?;
+    run.append(&RunEvent::RunStarted {
+        time: utc_now(),
+        command: "export-slurm".into(),
+        manifest: plan.manifest.path.display().to_string(),
+        name: plan.manifest.name.clone(),
+        pid: std::process::id(),
+        executor: Executor::Slurm,
+    })?;
+    let dir = out.unwrap_or_else(|| PathBuf::from(format!("slurm-{}", plan.manifest.name)));
+    let files = crate::slurm::export(&store, &plan, &run.id, &dir)?;
+    println!("run {}", run.id);
+    println!(
+        "wrote {} job scripts and submit.sh to {}",
+        files,
+        dir.display()
+    );
+    println!("submit with: bash {}", dir.join("submit.sh").display());
+    println!("follow with: pipe show {}", run.id);
+    Ok(0)
+}
+
+pub fn run_stage(
+    cache: &Path,
+    remote_flag: Option<&str>,
+    run_id: &str,
+    stage: &str,
+    push: bool,
+) -> Result<i32> {
+    crate::stages::allow_downloads();
+    let store = Store::open(cache)?;
+    // Like a run: gc waits while a job writes to the store.
+    let _shared = store.lock_store_shared()?;
+    let rec = RunRecord::load(&store, run_id)?;
+    if let Some(why) = &rec.damage {
+        anyhow::bail!("run {} cannot run a stage: {why}", rec.id);
+    }
+    let m: Manifest = serde_json::from_value(rec.plan.clone()).context("reading the run's plan")?;
+    let plan = plan::build(m)?;
+    // Not the run's lock: the process that submitted this job holds it.
+    let run = RunLog::attach(&store, &rec.id)?;
+    let ui = Ui::new(false);
+    let remote = remote_url(remote_flag, &plan.manifest)
+        .map(open_remote)
+        .transpose()?;
+    let runner = exec::Runner {
+        store: &store,
+        run: &run,
+        ui: &ui,
+        remote: remote.as_ref(),
+        push: push && remote.is_some(),
+    };
+    let by_hand = rec.status != RunStatus::Running;
+    let r = crate::slurm::run_stage(&runner, &plan, stage, by_hand)?;
+    Ok(if r.done() { 0 } else { 1 })
+}
+
+/// How `run` and `resume` execute a plan.
+struct RunOptions {
+    flags: RunFlags,
+    remote: Option<Remote>,
+    executor: Executor,
+}
+
+impl RunOptions {
+    fn new(flags: RunFlags, remote: Option<&str>, executor: Executor) -> Result<RunOptions> {
+        if flags.push && remote.is_none() {
+            return Err(InputError::new(
+                "--push needs a remote store",
+                Some("give one with --remote URL or PIPE_REMOTE (s3://bucket/prefix or file:///path)"),
+            )
+            .into());
+        }
+        Ok(RunOptions {
+            flags,
+            remote: remote.map(open_remote).transpose()?,
+            executor,
+        })
+    }
+}
+
+/// `--remote` (or PIPE_REMOTE), else the manifest's `defaults.remote`.
+fn remote_url<'a>(flag: Option<&'a str>, m: &'a Manifest) -> Option<&'a str> {
+    flag.or(m.defaults.remote.as_deref())
+}
+
+/// A remote URL that cannot be used is bad input (exit 2).
+pub(super) fn open_remote(url: &str) -> Result<Remote> {
+    Remote::open(url).map_err(|e| InputError::new(format!("{e:#}"), None).into())
+}
+
+/// Everything that can be checked before a run writes anything: each stage's key parts (missing
+/// files, bad checkpoints), export destinations, and the GPU (not with Slurm: the jobs find theirs).
+fn check_plan(
+    store: &Store,
+    plan: &plan::Plan,
+    allow_outside: bool,
+    executor: Executor,
+) -> Result<()> {
+    for (s, params) in plan.manifest.stages.iter().zip(&plan.params) {
+        crate::stages::key_parts(store, &plan.manifest, s, params)?;
+        if let crate::stages::Params::Export(p) = params
+            && !allow_outside
+        {
+            crate::stages::export::check_destination(&plan.manifest, s, p)?;
+        }
+    }
+    match executor {
+        Executor::Local => check_device(&plan.manifest),
+        Executor::Slurm => Ok(()),
+    }
+}
+
+/// With `device: cuda`, finds the GPU before any stage runs, so a missing driver or library is
+/// reported up front rather than after the CPU stages.
+fn check_device(m: &Manifest) -> Result<()> {
+    if m.defaults.device.is_cuda() {
+        let name = crate::gpt::cuda::gpu_name()?;
+        tracing::info!("device: {name}");
+    }
+    Ok(())
+}
+
+/// A manifest with its `--set` overrides, validated into a plan.
+fn load_plan(manifest: &std::path::Path, set: &[String]) -> Result<plan::Plan> {
+    let overrides = set
+        .iter()
+        .map(|s| manifest::parse_override(s))
+        .collect::<Result<Vec<_>>>()?;
+    plan::build(manifest::load(manifest, &overrides)?)
+}
+
+fn execute_run(
+    store: &Store,
+    plan: &plan::Plan,
+    run: RunLog,
+    _shared: crate::store::Lock,
+    command: &str,
+    opts: &RunOptions,
+) -> Result<i32> {
+    let json = opts.flags.json;
+    let ui = Ui::new(json);
+    // Ctrl-C: everything written so far is safe (atomic writes, fsynced log); say how to continue.
+    // With Slurm, the watcher cancels the run's jobs first (and then exits 130).
+    let id = run.id.clone();
+    let executor = opts.executor;
+    let _ = ctrlc::set_handler(move || match executor {
+        Executor::Slurm => crate::slurm::interrupt(),
+        Executor::Local => {
+            eprintln!(
+                "\ninterrupted: run {id} can continue from its last checkpoint with `pipe resume {id}`"
+            );
+            std::process::exit(130);
+        }
+    });
+    run.append(&RunEvent::RunStarted {
+        time: utc_now(),
+        command: command.into(),
+        manifest: plan.manifest.path.display().to_string(),
+        name: plan.manifest.name.clone(),
+        pid: std::process::id(),
+        executor,
+    })?;
+    ui.say(&format!(
+        "run {} ({}: {})",
+        run.id,
+        plan.manifest.name,
+        plan.manifest.path.display()
+    ));
+    let runner = exec::Runner {
+        store,
+        run: &run,
+        ui: &ui,
+        remote: opts.remote.as_ref(),
+        push: opts.flags.push,
+    };
+    let stages = match executor {
+        Executor::Local => exec::execute(&runner, plan, opts.flags.jobs)?,
+        Executor::Slurm => crate::slurm::execute(&runner, plan)?,
+    };
+    let ok = stages.iter().all(|s| s.done());
+    let status = if ok {
+        RunStatus::Succeeded
+    } else {
+        RunStatus::Failed
+    };
+    run.append(&RunEvent::RunFinished {
+        time: utc_now(),
+        status,
+    })?;
+    let summary = RunSummary {
+        run_id: run.id.clone(),
+        name: plan.manifest.name.clone(),
+        manifest: plan.manifest.path.display().to_string(),
+        status,
+        stages,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        eprintln!();
+        show::print_summary(&summary);
+        if !ok {
+            eprintln!(
+                "\nrun {} failed. If the cause was outside pipe (a file, the network, memory), fix it and `pipe resume {}`; to change parameters, `pipe run` again (finished stages are reused)",
+                run.id, run.id
+            );
+        }
+    }
+    Ok(if ok { 0 } else { 1 })
+}
