@@ -49,6 +49,8 @@ pub struct Remote {
 impl Remote {
     /// Opens `url`: `s3://bucket[/prefix]` or `file:///absolute/path`. Nothing is contacted yet.
     pub fn open(url: &str) -> Result<Remote> {
+        // rustls's crypto (ring), for https endpoints; a second install is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let (store, root): (Arc<dyn ObjectStore>, RemotePath) = if let Some(rest) =
             url.strip_prefix("s3://")
         {
