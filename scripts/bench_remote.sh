@@ -5,6 +5,7 @@
 #
 #   scripts/bench_remote.sh [DVC]     # DVC: the dvc command (default: dvc on PATH)
 #
+# Then one large object (BIG_MB, default 1024; 0 skips it): time and peak memory of each side.
 # Needs a build with the remote feature (cargo build --release --features remote). Trains the main
 # job once (about 2 minutes) unless its store is kept in $WORK/a.
 set -euo pipefail
@@ -39,3 +40,29 @@ cd - >/dev/null
 echo "artifacts: $(ls "$WORK/dvc/outputs" | wc -l) objects, $((bytes / 1000)) kB"
 echo "push:  pipe ${pipe_push}s   dvc ${dvc_push}s   (dvc/pipe = $(echo "scale=1; $dvc_push / $pipe_push" | bc)x)"
 echo "pull:  pipe ${pipe_pull}s   dvc ${dvc_pull}s   (dvc/pipe = $(echo "scale=1; $dvc_pull / $pipe_pull" | bc)x)"
+
+# One large object (a checkpoint's size), made by a command stage: time and peak memory.
+BIG_MB=${BIG_MB:-1024}
+[ "$BIG_MB" -gt 0 ] || exit 0
+rm -rf "$WORK/big" && mkdir -p "$WORK/big" && cd "$WORK/big"
+cat > big.yaml <<YAML
+name: big
+stages:
+  blob:
+    kind: command
+    cmd: head -c ${BIG_MB}M /dev/urandom > "\$PIPE_OUT/blob.bin"
+    outs: [blob.bin]
+YAML
+"$PIPE" --cache a run big.yaml >/dev/null 2>&1
+measure() { /usr/bin/time -f "%e s, %M kB peak" "$@" 2>&1 >/dev/null | tail -1; }
+echo "one ${BIG_MB} MB object:"
+echo "  pipe push: $(measure "$PIPE" --cache a --remote "file://$WORK/big/remote-pipe" push)"
+echo "  pipe pull: $(measure "$PIPE" --cache b --remote "file://$WORK/big/remote-pipe" run big.yaml)"
+mkdir -p dvc && cp a/objects/*/* dvc/blob.bin 2>/dev/null || cp "$(find a/objects -type f -size +1M | head -1)" dvc/blob.bin
+cd dvc
+"$DVC" init --no-scm -q
+"$DVC" remote add -d shared "$WORK/big/remote-dvc" >/dev/null
+echo "  dvc add:   $(measure "$DVC" add -q blob.bin)"
+echo "  dvc push:  $(measure "$DVC" push -q)"
+rm -rf blob.bin .dvc/cache
+echo "  dvc pull:  $(measure "$DVC" pull -q)"
