@@ -463,6 +463,8 @@ fn export_slurm_writes_the_scripts_and_they_run_the_stages() {
         statuses(&shown).iter().all(|(_, st)| st == "executed"),
         "{shown}"
     );
+    // The last job finished the run, which no pipe process watched.
+    assert_eq!(shown["status"], "succeeded", "{shown}");
     // Each job logged its id and output file into the run.
     for (st, id) in shown["stages"].as_array().unwrap().iter().zip(&ids) {
         assert_eq!(st["job_id"], id.as_str());

@@ -336,5 +336,32 @@ pub fn run_stage(runner: &Runner, plan: &Plan, stage: &str, by_hand: bool) -> Re
         results[i] = Some(r);
     }
     let inputs = inputs_of(plan, target, &results).expect("every need has a result");
-    exec::run_stage(runner, plan, target, inputs)
+    let r = exec::run_stage(runner, plan, target, inputs)?;
+    if by_hand {
+        finish_by_hand(runner, plan, &r)?;
+    }
+    Ok(r)
+}
+
+/// A run no pipe process watches (export-slurm's) finishes with its jobs: `failed` when one
+/// fails (Slurm cancels what waits on it), `succeeded` when the last stage is done.
+fn finish_by_hand(runner: &Runner, plan: &Plan, r: &StageResult) -> Result<()> {
+    let done: std::collections::BTreeSet<String> = logged(runner.run)
+        .into_iter()
+        .filter_map(|e| match e {
+            RunEvent::StageFinished { stage, status, .. } if status.done() => Some(stage),
+            _ => None,
+        })
+        .collect();
+    let status = if !r.done() {
+        crate::run::RunStatus::Failed
+    } else if plan.manifest.stages.iter().all(|s| done.contains(&s.name)) {
+        crate::run::RunStatus::Succeeded
+    } else {
+        return Ok(());
+    };
+    runner.run.append(&RunEvent::RunFinished {
+        time: utc_now(),
+        status,
+    })
 }
