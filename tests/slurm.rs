@@ -117,20 +117,6 @@ fn wait_for(rx: &mpsc::Receiver<String>, what: &str) -> Vec<String> {
     panic!("no line containing {what:?} in:\n{}", seen.join("\n"));
 }
 
-fn outputs(doc: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
-    doc["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap().to_string(),
-                s["outputs"].clone(),
-            )
-        })
-        .collect()
-}
-
 const ALL: [&str; 4] = ["pipe-data", "pipe-model", "pipe-train", "pipe-sample"];
 
 #[test]

@@ -325,13 +325,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Push { run_id } => {
-            let url = cli.remote.as_deref().ok_or_else(|| {
-                InputError::new(
-                    "`pipe push` needs a remote store",
-                    Some("give one with --remote URL or PIPE_REMOTE (s3://bucket/prefix or file:///path)"),
-                )
-            })?;
-            let remote = running::open_remote(url)?;
+            let remote = running::required_remote(cli.remote.as_deref(), "`pipe push`")?;
             let store = Store::at(&cli.cache);
             show::push(&store, &remote, run_id.as_deref())?;
             Ok(0)
@@ -339,13 +333,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Remote {
             command: RemoteCommand::Check,
         } => {
-            let url = cli.remote.as_deref().ok_or_else(|| {
-                InputError::new(
-                    "`pipe remote check` needs a remote store",
-                    Some("give one with --remote URL or PIPE_REMOTE (s3://bucket/prefix or file:///path)"),
-                )
-            })?;
-            let remote = running::open_remote(url)?;
+            let remote = running::required_remote(cli.remote.as_deref(), "`pipe remote check`")?;
             println!("remote {}", remote.url());
             let mut ok = true;
             for (step, r) in remote.check() {

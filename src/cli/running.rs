@@ -203,16 +203,14 @@ struct RunOptions {
 
 impl RunOptions {
     fn new(flags: RunFlags, remote: Option<&str>, executor: Executor) -> Result<RunOptions> {
-        if flags.push && remote.is_none() {
-            return Err(InputError::new(
-                "--push needs a remote store",
-                Some("give one with --remote URL or PIPE_REMOTE (s3://bucket/prefix or file:///path)"),
-            )
-            .into());
-        }
+        let remote = if flags.push {
+            Some(required_remote(remote, "--push")?)
+        } else {
+            remote.map(open_remote).transpose()?
+        };
         Ok(RunOptions {
             flags,
-            remote: remote.map(open_remote).transpose()?,
+            remote,
             executor,
         })
     }
@@ -221,6 +219,17 @@ impl RunOptions {
 /// `--remote` (or PIPE_REMOTE), else the manifest's `defaults.remote`.
 fn remote_url<'a>(flag: Option<&'a str>, m: &'a Manifest) -> Option<&'a str> {
     flag.or(m.defaults.remote.as_deref())
+}
+
+/// The remote store `what` needs: none given is bad input (exit 2).
+pub(super) fn required_remote(url: Option<&str>, what: &str) -> Result<Remote> {
+    let url = url.ok_or_else(|| {
+        InputError::new(
+            format!("{what} needs a remote store"),
+            Some("give one with --remote URL or PIPE_REMOTE (s3://bucket/prefix or file:///path)"),
+        )
+    })?;
+    open_remote(url)
 }
 
 /// A remote URL that cannot be used is bad input (exit 2).

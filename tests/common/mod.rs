@@ -160,6 +160,21 @@ pub fn stage<'a>(doc: &'a serde_json::Value, name: &str) -> &'a serde_json::Valu
         .unwrap_or_else(|| panic!("no stage {name} in {doc}"))
 }
 
+/// Each stage's `outputs`, by name, in manifest order.
+pub fn outputs(doc: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    doc["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["outputs"].clone(),
+            )
+        })
+        .collect()
+}
+
 pub fn statuses(doc: &serde_json::Value) -> Vec<(String, String)> {
     doc["stages"]
         .as_array()
