@@ -6,7 +6,7 @@
 //! `loss.svg` (the loss curves).
 //!
 //! The token files are memory-mapped, not read; checkpoints are streamed into the store from the
-//! trainer's buffers and read back through a memory map (see `gpt/checkpoint.rs`).
+//! trainer's buffers and read back through a memory map (see `gpt/checkpoint/`).
 //!
 //! Retention (`keep_checkpoints: N`, default 2): of the checkpoints this stage has saved, it keeps
 //! the latest N and the one that would be its `ckpt` output if it ended now (the latest with
