@@ -9,33 +9,14 @@ tiktoken downloads its ranks on first use. Offline, it is given the r50k_base.ti
 tiktoken-rs bundles (the same file; tiktoken checks its sha256 against the official one): "gpt2" and
 "r50k_base" are the same ranks and the same pattern.
 """
-import glob
-import hashlib
 import json
-import os
 import pathlib
-import shutil
-import tempfile
 
 import tiktoken
+from tokenize_tiktoken import gpt2_encoding  # the same encoding, offline too
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "tiktoken"
-R50K_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
-
-
-def gpt2_encoding():
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception as e:  # offline
-        found = sorted(glob.glob(os.path.expanduser(
-            "~/.cargo/registry/src/*/tiktoken-rs-*/assets/r50k_base.tiktoken")))
-        if not found:
-            raise SystemExit(f"tiktoken cannot download its ranks ({e}) and no local r50k_base.tiktoken was found")
-        cache = tempfile.mkdtemp()
-        shutil.copy(found[-1], os.path.join(cache, hashlib.sha1(R50K_URL.encode()).hexdigest()))
-        os.environ["TIKTOKEN_CACHE_DIR"] = cache
-        return tiktoken.get_encoding("r50k_base")
 
 
 def documents():

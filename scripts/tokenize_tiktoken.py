@@ -22,7 +22,6 @@ import shutil
 import tempfile
 import time
 
-import numpy as np
 import tiktoken
 
 R50K_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
@@ -56,6 +55,8 @@ def process(line):
     # nanoGPT's process(): encode_ordinary ignores special tokens; then the end-of-text token.
     ids = enc.encode_ordinary(json.loads(line)[field])
     ids.append(enc.eot_token)
+    import numpy as np  # here, so make_tiktoken_fixture.py can import this file without numpy
+
     return np.array(ids, dtype=np.uint16).tobytes()
 
 
