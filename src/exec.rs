@@ -9,12 +9,11 @@ use crate::plan::Plan;
 use crate::run::{RunEvent, RunLog, RunStatus, StageStatus, utc_now};
 use crate::stages::{self, Ctx, Input, Produced};
 use crate::store::remote::{Pulled, Remote};
-use crate::store::{ActionRecord, Hash, Key, Store};
+use crate::store::{ActionRecord, Key, Outputs, RecordKind, Store};
 use crate::ui::Ui;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// One stage's outcome, as `--json` prints it.
@@ -26,7 +25,7 @@ pub struct StageResult {
     /// interrupted too (`show`); cached | stale | pulled | blocked (status)
     pub status: StageStatus,
     pub key: Option<Key>,
-    pub outputs: BTreeMap<String, Hash>,
+    pub outputs: Outputs,
     pub metrics: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -46,7 +45,7 @@ impl StageResult {
             kind: spec.kind.name().into(),
             status,
             key: None,
-            outputs: BTreeMap::new(),
+            outputs: Outputs::new(),
             metrics: Value::Null,
             error: None,
             reasons: Vec::new(),
@@ -344,18 +343,8 @@ pub fn run_stage(
     if let Some(rec) = store.action(&key)? {
         return reuse(rec, StageStatus::Cached);
     }
-    if let Some(remote) = runner.remote {
-        match remote.pull(store, &key)? {
-            Pulled::Complete(rec) => {
-                store.put_action(&rec)?;
-                return reuse(rec, StageStatus::Pulled);
-            }
-            Pulled::Incomplete(why) => ui.say(&format!(
-                "{}: warning: the remote's result is incomplete ({why}); computing it here",
-                spec.name
-            )),
-            Pulled::Absent => {}
-        }
+    if let Some(rec) = pull(runner, spec, &key)? {
+        return reuse(rec, StageStatus::Pulled);
     }
     run.append(&RunEvent::StageStarted {
         time: utc_now(),
@@ -390,7 +379,7 @@ pub fn run_stage(
             let rec = ActionRecord {
                 key: key.clone(),
                 stage: spec.name.clone(),
-                kind: kind.clone(),
+                kind: RecordKind::Stage(spec.kind),
                 key_material: mat,
                 outputs: outputs.clone(),
                 metrics: metrics.clone(),
@@ -432,6 +421,43 @@ pub fn run_stage(
     }
 }
 
+/// The remote's result for `key`, if the runner has a remote and it has a usable one: every
+/// output downloaded (re-hashed), and, for a built-in kind, each of the format its name says
+/// (`stages::output_problem`). Only then does the record enter the local store: a wrong record
+/// saved there would be reused forever. Anything less is a miss, with a warning.
+pub fn pull(runner: &Runner, spec: &StageSpec, key: &Key) -> Result<Option<ActionRecord>> {
+    let Some(remote) = runner.remote else {
+        return Ok(None);
+    };
+    let rec = match remote.pull(runner.store, key)? {
+        Pulled::Complete(rec) => rec,
+        Pulled::Absent => return Ok(None),
+        Pulled::Incomplete(why) => {
+            runner.ui.say(&format!(
+                "{}: warning: the remote's result is incomplete ({why}); computing it here",
+                spec.name
+            ));
+            return Ok(None);
+        }
+    };
+    let wrong = (spec.kind != StageKind::Command)
+        .then(|| {
+            rec.outputs
+                .iter()
+                .find_map(|(n, h)| stages::output_problem(runner.store, n.as_str(), h))
+        })
+        .flatten();
+    if let Some(why) = wrong {
+        runner.ui.say(&format!(
+            "{}: warning: the remote's record is ignored ({why}); computing it here",
+            spec.name
+        ));
+        return Ok(None);
+    }
+    runner.store.put_action(&rec)?;
+    Ok(Some(rec))
+}
+
 /// With `--push`, uploads a finished stage's outputs and record. A failure fails the stage (its
 /// result stays in the local store, so `pipe push` can retry).
 fn push(runner: &Runner, spec: &StageSpec, rec: &ActionRecord) -> Result<()> {
@@ -461,10 +487,10 @@ pub fn pushed_summary(p: &crate::store::remote::Pushed) -> String {
         let s = if p.objects == 1 { "" } else { "s" };
         format!("{} object{s}, {:.1} MB", p.objects, p.bytes as f64 / 1e6)
     };
-    if p.record_existed {
-        format!("{sent}; its record was there already")
-    } else {
-        sent
+    match (&p.record_repaired, p.record_existed) {
+        (Some(why), _) => format!("{sent}; its damaged record was replaced ({why})"),
+        (None, true) => format!("{sent}; its record was there already"),
+        (None, false) => sent,
     }
 }
 
@@ -506,14 +532,23 @@ pub fn status(store: &Store, plan: &Plan, remote: Option<&Remote>) -> Result<Vec
                     if let Some(remote) = remote
                         && let Some(rec) = remote.action(&key)?
                     {
-                        // Its outputs are what the stages after it see (if the pull succeeds).
-                        r.reasons = vec![format!(
-                            "in the remote store {}: `run` downloads it instead of computing it",
-                            remote.url()
-                        )];
-                        r.outputs = rec.outputs;
-                        r.metrics = rec.metrics;
-                        r.status = StageStatus::Pulled;
+                        match remote.lacks(&rec)? {
+                            Some(why) => r.reasons.push(format!(
+                                "the remote store {} has a record but not its {why}: `run` computes it here",
+                                remote.url()
+                            )),
+                            None => {
+                                // Its outputs are what the stages after it see (if the pull
+                                // succeeds).
+                                r.reasons = vec![format!(
+                                    "in the remote store {}: `run` downloads it instead of computing it",
+                                    remote.url()
+                                )];
+                                r.outputs = rec.outputs;
+                                r.metrics = rec.metrics;
+                                r.status = StageStatus::Pulled;
+                            }
+                        }
                     }
                     let progress = store.progress(&key)?;
                     if let Some(c) = progress.checkpoints.last() {

@@ -1,8 +1,10 @@
-//! The store's two kinds of name, as types: [`Hash`], an object's blake3 hash, and [`Key`], a
-//! stage's key (the blake3 hash of its key material, see `key.rs`). Both are 64 lowercase hex
-//! characters and serialize as plain strings; they are distinct so that one is never passed where
-//! the other is meant. Names read from disk or the network are checked: a short or odd name would
-//! index past its end or step outside the store's folders.
+//! The store's names, as types: [`Hash`], an object's blake3 hash, and [`Key`], a stage's key
+//! (the blake3 hash of its key material, see `key.rs`), both 64 lowercase hex characters; and
+//! [`OutputName`], the name of one output of a stage (`ckpt`, `train.bin`, a command's `outs`).
+//! All serialize as plain strings and are checked when read from disk or the network: a short or
+//! odd name would index past its end, and an output name becomes a file name (a command's input
+//! copy, an export's folder), so one that is absolute or climbs with `..` would write outside the
+//! folder meant for it.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -108,6 +110,96 @@ hex_name!(
     "a stage key"
 );
 
+/// The name of one output of a stage: one plain path component, so that joining it to a folder
+/// stays inside that folder. 1 to [`OutputName::MAX_LEN`] bytes; no `/`, `\\`, NUL or other
+/// control character; not starting with `.` (so never `.` or `..`) or `-` (never read as an option).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, std::hash::Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct OutputName(String);
+
+impl OutputName {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn parse(s: &str) -> Result<OutputName, String> {
+        let why = if s.is_empty() {
+            Some("is empty")
+        } else if s.len() > Self::MAX_LEN {
+            Some("is longer than 128 bytes")
+        } else if s.starts_with('.') {
+            Some("starts with `.`")
+        } else if s.starts_with('-') {
+            Some("starts with `-`")
+        } else if s.contains(['/', '\\']) {
+            Some("contains a path separator")
+        } else if s.chars().any(char::is_control) {
+            Some("contains a control character")
+        } else {
+            None
+        };
+        match why {
+            None => Ok(OutputName(s.to_string())),
+            Some(why) => Err(format!(
+                "output name {s:?} {why} (an output is a plain file name)"
+            )),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `folder/name`, which stays inside `folder` by construction (checked again here, so that
+    /// no path built from a record can leave its base whatever the type allowed).
+    pub fn path_in(&self, folder: &std::path::Path) -> std::path::PathBuf {
+        let path = folder.join(&self.0);
+        assert_eq!(path.parent(), Some(folder), "output name {:?}", self.0);
+        path
+    }
+}
+
+impl TryFrom<String> for OutputName {
+    type Error = String;
+    fn try_from(s: String) -> Result<OutputName, String> {
+        OutputName::parse(&s)
+    }
+}
+
+impl TryFrom<&str> for OutputName {
+    type Error = String;
+    fn try_from(s: &str) -> Result<OutputName, String> {
+        OutputName::parse(s)
+    }
+}
+
+impl From<OutputName> for String {
+    fn from(n: OutputName) -> String {
+        n.0
+    }
+}
+
+impl std::borrow::Borrow<str> for OutputName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for OutputName {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+/// A stage's outputs: each name and the object it is.
+pub type Outputs = std::collections::BTreeMap<OutputName, Hash>;
+
+/// Outputs from fixed names (the built-in kinds' `ckpt`, `train.bin`, ...).
+pub fn outputs<const N: usize>(pairs: [(&str, Hash); N]) -> Outputs {
+    pairs
+        .into_iter()
+        .map(|(n, h)| (OutputName::parse(n).expect("a fixed output name"), h))
+        .collect()
+}
+
 impl Hash {
     /// The hash of `bytes`.
     pub fn of(bytes: &[u8]) -> Hash {
@@ -130,5 +222,46 @@ mod tests {
         }
         assert!(Key::parse(h.as_str()).is_ok());
         assert_eq!(h.short().len(), 12);
+    }
+
+    #[test]
+    fn output_names_are_one_plain_component() {
+        for good in [
+            "ckpt",
+            "train.bin",
+            "model.safetensors",
+            "a b",
+            "ünï",
+            "x..y",
+        ] {
+            assert!(OutputName::parse(good).is_ok(), "{good}");
+        }
+        let long = "a".repeat(OutputName::MAX_LEN + 1);
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "/etc/passwd",
+            "a/b",
+            "a\\b",
+            "-rf",
+            ".hidden",
+            "a\0b",
+            "a\nb",
+            &long,
+        ] {
+            assert!(OutputName::parse(bad).is_err(), "{bad:?}");
+            let json = serde_json::to_string(bad).unwrap();
+            assert!(
+                serde_json::from_str::<OutputName>(&json).is_err(),
+                "{bad:?}"
+            );
+        }
+        let dir = std::path::Path::new("/base/dir");
+        assert_eq!(
+            OutputName::parse("a.txt").unwrap().path_in(dir),
+            dir.join("a.txt")
+        );
     }
 }

@@ -9,7 +9,7 @@
 //! Also what run logs reference (`logged_events`, `referenced_elsewhere`, which training's
 //! checkpoint retention asks). ~540 lines of code, then its tests.
 
-use crate::store::{Hash, Key, Store};
+use crate::store::{Hash, Key, Outputs, Store};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -156,7 +156,7 @@ pub enum RunEvent {
         kind: String,
         key: Key,
         status: StageStatus,
-        outputs: BTreeMap<String, Hash>,
+        outputs: Outputs,
         metrics: serde_json::Value,
         seconds: f64,
     },
@@ -601,7 +601,7 @@ mod tests {
                     kind: "train".into(),
                     key: k("K3"),
                     status: StageStatus::Executed,
-                    outputs: BTreeMap::from([("ckpt".to_string(), h("finished-output"))]),
+                    outputs: crate::store::outputs([("ckpt", h("finished-output"))]),
                     metrics: Value::Null,
                     seconds: 1.0,
                 },
@@ -625,9 +625,9 @@ mod tests {
             .put_action(&ActionRecord {
                 key: k("K5"),
                 stage: "init".into(),
-                kind: "init".into(),
+                kind: crate::store::RecordKind::Stage(crate::manifest::StageKind::Init),
                 key_material: Value::Null,
-                outputs: BTreeMap::from([("ckpt".to_string(), h("action-output"))]),
+                outputs: crate::store::outputs([("ckpt", h("action-output"))]),
                 metrics: Value::Null,
                 created: t(),
             })

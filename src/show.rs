@@ -4,7 +4,7 @@
 use crate::exec::{RunSummary, StageResult};
 use crate::manifest::Manifest;
 use crate::run::{RunEvent, RunRecord, RunStatus, StageStatus, list_run_ids};
-use crate::store::{Hash, Store};
+use crate::store::{Hash, RecordKind, Store};
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -238,7 +238,7 @@ pub fn lineage(store: &Store, hash: &str) -> Result<Value> {
     fn producer(actions: &[crate::store::ActionRecord], hash: &str, depth: usize) -> Value {
         let Some(rec) = actions
             .iter()
-            .find(|a| a.outputs.values().any(|h| h == hash) && !a.key.starts_with("download-"))
+            .find(|a| a.outputs.values().any(|h| h == hash) && a.kind != RecordKind::Download)
         else {
             return json!({ "artifact": hash, "produced_by": null });
         };
@@ -385,7 +385,7 @@ pub fn reachable(store: &Store, keep_checkpoints: bool) -> Result<BTreeSet<Hash>
         keep.extend(store.progress(&k)?.checkpoints.into_iter().map(|c| c.hash));
     }
     for a in store.actions()? {
-        if a.key.starts_with("download-") {
+        if a.kind == RecordKind::Download {
             keep.extend(a.outputs.values().cloned());
         }
     }
@@ -455,7 +455,7 @@ pub fn push(store: &Store, remote: &crate::store::remote::Remote, id: Option<&st
     for st in &summary.stages {
         let Some(rec) = st
             .key
-            .as_deref()
+            .as_ref()
             .map(|k| store.action(k))
             .transpose()?
             .flatten()

@@ -175,36 +175,8 @@ fn gpt2_weights_are_downloaded_into_the_hugging_face_cache() {
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(fixture.join(f), served.join(f)).unwrap();
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let Ok(mut server) = std::process::Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-        ])
-        .arg(sb.dir.join("hub"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-    else {
-        eprintln!("skipped: no python3 to serve a stand-in Hub");
-        return;
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the stand-in Hub did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let mut server = HttpServer::serve(&sb.dir.join("hub"));
+    let port = server.port;
     sb.write(
         "m.yaml",
         "name: hub\nstages:\n  model:\n    kind: init\n    from: gpt2\n",
@@ -221,8 +193,7 @@ fn gpt2_weights_are_downloaded_into_the_hugging_face_cache() {
         c.output().unwrap()
     };
     let out = run(false);
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.stop();
     assert!(
         out.status.success(),
         "{}",

@@ -148,7 +148,11 @@ fn damaged_records_are_set_aside_and_never_block_a_run() {
     assert_eq!(v.status.code(), Some(1), "{report}");
     assert!(report.contains("not a valid action record"), "{report}");
     // A damaged progress record too.
-    std::fs::write(sb.cache().join("progress").join("0123.json"), b"[").unwrap();
+    let progress = sb
+        .cache()
+        .join("progress")
+        .join(format!("{}.json", "0".repeat(64)));
+    std::fs::write(progress, b"[").unwrap();
     let v = sb.pipe(&["verify"]);
     let report = String::from_utf8_lossy(&v.stdout).to_string();
     assert!(report.contains("not a valid progress record"), "{report}");
@@ -412,4 +416,50 @@ fn a_full_disk_fails_the_stage_and_leaves_nothing_partial() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(std::fs::read_dir(store.join("tmp")).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(store.join("actions")).unwrap().count(), 0);
+}
+
+/// `pipe gc` keeps pinned downloads (it used to remove the downloaded text and its record, so an
+/// offline machine could no longer prepare it): after gc, with the server gone, a changed prepare
+/// stage reads the text from the store.
+#[test]
+fn gc_keeps_downloads_for_an_offline_re_prepare() {
+    let sb = Sandbox::new("gc-download");
+    let served = sb.dir.join("served");
+    let text = sb.write("served/t.txt", &corpus(5000));
+    let sum = std::process::Command::new("sha256sum")
+        .arg(&text)
+        .output()
+        .expect("sha256sum");
+    let sha = String::from_utf8_lossy(&sum.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let mut server = HttpServer::serve(&served);
+    let port = server.port;
+    sb.write(
+        "m.yaml",
+        &format!(
+            "name: dl\nstages:\n  data:\n    kind: prepare\n    url: http://127.0.0.1:{port}/t.txt\n    sha256: {sha}\n    tokenizer: char\n"
+        ),
+    );
+    let first = sb.pipe(&["run", "m.yaml"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(stderr(&first).contains("downloading"), "{}", stderr(&first));
+    let gc = sb.pipe(&["gc"]);
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    server.stop();
+    let again = sb.pipe(&["run", "m.yaml", "--set", "data.val_fraction=0.2", "--json"]);
+    assert!(
+        again.status.success(),
+        "offline re-prepare: {}",
+        stderr(&again)
+    );
+    assert!(
+        !stderr(&again).contains("downloading"),
+        "{}",
+        stderr(&again)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(stage(&doc, "data")["status"], "executed");
 }

@@ -153,7 +153,13 @@ pub struct RunFlags {
 
 #[derive(Subcommand)]
 pub enum RemoteCommand {
-    /// Probe the remote: a create-if-absent put, a second one that must be refused, a get, a delete.
+    /// Make the URL a remote (a file:// folder is created): writes its pipe-remote.json. Every
+    /// other use of a remote without one fails, so a mistyped bucket or an unmounted share is
+    /// never taken for an empty remote.
+    Init,
+    /// Probe the remote: initialised, a create-if-absent put, a second one that must be refused,
+    /// a get, a delete; for a shared folder, removes partial uploads left by pushes killed over a
+    /// day ago.
     Check,
 }
 
@@ -328,6 +334,17 @@ pub fn run(cli: Cli) -> Result<i32> {
             let remote = running::required_remote(cli.remote.as_deref(), "`pipe push`")?;
             let store = Store::at(&cli.cache);
             show::push(&store, &remote, run_id.as_deref())?;
+            Ok(0)
+        }
+        Command::Remote {
+            command: RemoteCommand::Init,
+        } => {
+            let url = running::required_url(cli.remote.as_deref(), "`pipe remote init`")?;
+            println!(
+                "{}",
+                crate::store::remote::Remote::init(url)
+                    .map_err(|e| InputError::new(format!("{e:#}"), None))?
+            );
             Ok(0)
         }
         Command::Remote {

@@ -223,13 +223,17 @@ fn remote_url<'a>(flag: Option<&'a str>, m: &'a Manifest) -> Option<&'a str> {
 
 /// The remote store `what` needs: none given is bad input (exit 2).
 pub(super) fn required_remote(url: Option<&str>, what: &str) -> Result<Remote> {
-    let url = url.ok_or_else(|| {
+    open_remote(required_url(url, what)?)
+}
+
+/// The remote URL `what` needs: none given is bad input (exit 2).
+pub(super) fn required_url<'a>(url: Option<&'a str>, what: &str) -> Result<&'a str> {
+    Ok(url.ok_or_else(|| {
         InputError::new(
             format!("{what} needs a remote store"),
             Some("give one with --remote URL or PIPE_REMOTE (s3://bucket/prefix or file:///path)"),
         )
-    })?;
-    open_remote(url)
+    })?)
 }
 
 /// A remote URL that cannot be used is bad input (exit 2).

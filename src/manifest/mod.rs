@@ -53,6 +53,20 @@ impl StageKind {
     pub fn parse(s: &str) -> Option<StageKind> {
         serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
     }
+    /// The outputs every stage of this kind produces, by name; `None` for `command`, whose
+    /// outputs are its `outs`.
+    pub fn fixed_outputs(self) -> Option<&'static [&'static str]> {
+        Some(match self {
+            StageKind::Prepare => &["meta.json", "train.bin", "val.bin"],
+            StageKind::Init => &["ckpt"],
+            StageKind::Train => &["ckpt", "loss.svg", "metrics.json"],
+            StageKind::Evaluate => &["metrics.json"],
+            StageKind::Sample => &["samples.txt"],
+            StageKind::Export => &["config.json", "model.safetensors"],
+            StageKind::Command => return None,
+        })
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             StageKind::Prepare => "prepare",

@@ -21,7 +21,6 @@ use crate::manifest::StageSpec;
 use crate::plan::Plan;
 use crate::run::{RunEvent, RunLog, StageStatus, utc_now};
 use crate::stages::Input;
-use crate::store::remote::Pulled;
 use crate::store::{Key, Store};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
@@ -308,17 +307,10 @@ pub fn run_stage(runner: &Runner, plan: &Plan, stage: &str, by_hand: bool) -> Re
     for &i in plan.order.iter().filter(|&&i| needed[i]) {
         let inputs = inputs_of(plan, i, &results).expect("stages visited in order");
         let key = key_of(runner.store, plan, i, &inputs)?;
-        let rec = match (runner.store.action(&key)?, runner.remote) {
-            (Some(rec), _) => Some(rec),
+        let rec = match runner.store.action(&key)? {
+            Some(rec) => Some(rec),
             // A job on a machine whose store lacks it: from the remote store, as `run` pulls.
-            (None, Some(remote)) => match remote.pull(runner.store, &key)? {
-                Pulled::Complete(rec) => {
-                    runner.store.put_action(&rec)?;
-                    Some(rec)
-                }
-                Pulled::Absent | Pulled::Incomplete(_) => None,
-            },
-            (None, None) => None,
+            None => crate::exec::pull(runner, &m.stages[i], &key)?,
         };
         let Some(rec) = rec else {
             bail!(

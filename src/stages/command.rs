@@ -12,7 +12,7 @@
 use super::{Ctx, Produced, resolve_path, typed};
 use crate::error::err;
 use crate::manifest::StageSpec;
-use crate::store::{Hash, Store, temp_name};
+use crate::store::{Hash, OutputName, Outputs, Store, temp_name};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -29,23 +29,28 @@ pub struct Params {
     #[serde(default)]
     pub deps: Vec<String>,
     #[serde(default)]
-    pub outs: Vec<String>,
+    pub outs: Vec<OutputName>,
 }
 
 const HELP: &str = "command takes `cmd` (a shell command), `deps` (files it reads, hashed into the key) and `outs` (file names it writes into $PIPE_OUT)";
 
 pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Params> {
-    let params: Params = typed(spec, p, HELP)?;
-    for o in &params.outs {
-        if o.is_empty() || o.contains('/') || o.starts_with('.') {
+    // Each `outs` entry checked here first, for a message that says what an output is.
+    let outs = p
+        .get("outs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten();
+    for o in outs.filter_map(Value::as_str) {
+        if let Err(why) = OutputName::parse(o) {
             return Err(err(
                 spec.origin_of("outs").clone(),
-                format!("`outs` entry {o:?} must be a plain file name"),
+                format!("`outs` entry {o:?} must be a plain file name: {why}"),
                 Some("outputs are files written directly into $PIPE_OUT"),
             ));
         }
     }
-    Ok(params)
+    typed(spec, p, HELP)
 }
 
 pub fn key_parts(base: &Path, spec: &StageSpec, params: &Params) -> Result<(Value, Value)> {
@@ -133,10 +138,10 @@ fn run_in(ctx: &Ctx, p: &Params, work: &Path) -> Result<Produced> {
         let dir = work.join("in").join(&input.stage);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for (name, hash) in &input.outputs {
-            let path = dir.join(name);
+            let path = name.path_in(&dir);
             ctx.store.copy_out(hash, &path)?;
             copies.push(InputCopy {
-                var: env_name(&input.stage, name),
+                var: env_name(&input.stage, name.as_str()),
                 path,
                 hash: hash.clone(),
             });
@@ -191,9 +196,9 @@ fn run_in(ctx: &Ctx, p: &Params, work: &Path) -> Result<Produced> {
             );
         }
     }
-    let mut outputs = BTreeMap::new();
+    let mut outputs = Outputs::new();
     for o in &p.outs {
-        let path = out_dir.join(o);
+        let path = o.path_in(&out_dir);
         if !path.exists() {
             bail!(
                 "command `{}` did not write its declared output `{o}` into $PIPE_OUT",

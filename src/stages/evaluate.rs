@@ -18,7 +18,6 @@ use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,7 +178,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     };
     let hash = ctx.store.put(&serde_json::to_vec_pretty(&metrics)?)?;
     Ok(Produced {
-        outputs: BTreeMap::from([("metrics.json".to_string(), hash)]),
+        outputs: crate::store::outputs([("metrics.json", hash)]),
         metrics,
         resumed: false,
     })

@@ -7,11 +7,14 @@ use crate::error::err;
 use crate::gpt::checkpoint::Parts;
 use crate::gpt::hf;
 use crate::manifest::StageSpec;
+use crate::store::{OutputName, Outputs, outputs};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
+
+/// The files of a Hugging Face folder, as an export's outputs.
+const FILES: [&str; 2] = ["config.json", "model.safetensors"];
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,26 +86,35 @@ fn normalize(p: &Path) -> PathBuf {
 
 /// Writes one exported file (a store object) into the `to` folder, streaming, naming the path on
 /// failure.
-fn write_copy(store: &crate::store::Store, dir: &Path, name: &str, hash: &str) -> Result<()> {
+fn write_copy(
+    store: &crate::store::Store,
+    dir: &Path,
+    name: &OutputName,
+    hash: &str,
+) -> Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating the folder {}", dir.display()))?;
-    let path = dir.join(name);
+    let path = name.path_in(dir);
     store
         .copy_out(hash, &path)
         .with_context(|| format!("writing {}", path.display()))
 }
 
 /// On a cache hit, the copy in `to` may have been deleted since: write it again from the store.
+/// Only the two files an export writes, whatever else a record might name.
 pub fn restore_copy(
     store: &crate::store::Store,
     m: &crate::manifest::Manifest,
     p: &Params,
-    outputs: &BTreeMap<String, crate::store::Hash>,
+    outputs: &Outputs,
 ) -> Result<()> {
     let Some(to) = &p.to else { return Ok(()) };
     let dir = resolve_path(&m.base_dir, to);
-    for (name, hash) in outputs {
-        let path = dir.join(name);
+    for file in FILES {
+        let Some((name, hash)) = outputs.get_key_value(file) else {
+            continue;
+        };
+        let path = name.path_in(&dir);
         if !path.exists() {
             write_copy(store, &dir, name, hash)?;
         }
@@ -127,16 +139,14 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let mut w = ctx.store.writer()?;
     hf::write_hf_safetensors(&ck.config, &ck.params, &mut w)?;
     let weights = w.commit()?;
+    let outputs = outputs([(FILES[0], config), (FILES[1], weights)]);
     if let Some(dir) = &dir {
-        write_copy(ctx.store, dir, "config.json", &config)?;
-        write_copy(ctx.store, dir, "model.safetensors", &weights)?;
+        for (name, hash) in &outputs {
+            write_copy(ctx.store, dir, name, hash)?;
+        }
         ctx.ui
             .say(&format!("{}: wrote {}", ctx.spec.name, dir.display()));
     }
-    let outputs = BTreeMap::from([
-        ("config.json".to_string(), config),
-        ("model.safetensors".to_string(), weights),
-    ]);
     Ok(Produced {
         outputs,
         metrics: json!({ "parameters": ck.params.len() }),

@@ -17,7 +17,6 @@ use crate::store::{Hash, Store};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -388,7 +387,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let hash = w.commit()?;
     let n = crate::gpt::params::ParamLayout::new(&config).total;
     Ok(Produced {
-        outputs: BTreeMap::from([("ckpt".to_string(), hash)]),
+        outputs: crate::store::outputs([("ckpt", hash)]),
         metrics: json!({ "parameters": n, "from": p.from, "model_args": config }),
         resumed: false,
     })

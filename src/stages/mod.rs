@@ -13,12 +13,11 @@ use crate::error::err;
 use crate::gpt::checkpoint::{Checkpoint, CheckpointFile, Parts};
 use crate::manifest::{Defaults, Manifest, StageKind, StageSpec};
 use crate::run::{RunEvent, RunLog};
-use crate::store::{Hash, Key, Mapped, Store};
+use crate::store::{Hash, Key, Mapped, Outputs, Store};
 use crate::ui::Ui;
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 static DOWNLOADS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -37,7 +36,7 @@ pub fn downloads_allowed() -> bool {
 pub struct Input {
     pub stage: String,
     pub kind: StageKind,
-    pub outputs: BTreeMap<String, Hash>,
+    pub outputs: Outputs,
 }
 
 impl Input {
@@ -51,7 +50,7 @@ impl Input {
 /// What a stage produced.
 #[derive(Clone, Debug, Default)]
 pub struct Produced {
-    pub outputs: BTreeMap<String, Hash>,
+    pub outputs: Outputs,
     pub metrics: Value,
     /// Continued from a checkpoint of an earlier, interrupted attempt.
     pub resumed: bool,
@@ -204,20 +203,48 @@ pub fn check_needs(m: &Manifest, spec: &StageSpec) -> Result<()> {
 
 /// The names of the outputs a stage produces (what `needs` consumers see).
 pub fn output_names(spec: &StageSpec) -> Vec<String> {
-    let fixed: &[&str] = match spec.kind {
-        StageKind::Prepare => &["meta.json", "train.bin", "val.bin"],
-        StageKind::Init => &["ckpt"],
-        StageKind::Train => &["ckpt", "loss.svg", "metrics.json"],
-        StageKind::Evaluate => &["metrics.json"],
-        StageKind::Sample => &["samples.txt"],
-        StageKind::Export => &["config.json", "model.safetensors"],
-        StageKind::Command => {
-            return command::params(spec, &spec.params)
-                .map(|p| p.outs)
-                .unwrap_or_default();
-        }
+    match spec.kind.fixed_outputs() {
+        Some(fixed) => fixed.iter().map(|s| s.to_string()).collect(),
+        None => command::params(spec, &spec.params)
+            .map(|p| p.outs.into_iter().map(String::from).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// Why the object `hash` cannot be a built-in stage's output `name`, if it cannot: a record
+/// pulled from a remote may point an output at any object there (say, a checkpoint's name at a
+/// token file), and the stage reading it would then fail on every run. A cheap look at the
+/// format: JSON that parses, an even number of token bytes, a checkpoint or safetensors header
+/// that reads, UTF-8 text. A command's outputs are any bytes.
+pub fn output_problem(store: &Store, name: &str, hash: &Hash) -> Option<String> {
+    let small = || -> Result<Vec<u8>> {
+        let size = std::fs::metadata(store.object_path(hash))?.len();
+        anyhow::ensure!(size <= 64 << 20, "{size} bytes");
+        store.get(hash)
     };
-    fixed.iter().map(|s| s.to_string()).collect()
+    let check = || -> Result<()> {
+        match name {
+            "meta.json" | "metrics.json" | "config.json" => {
+                serde_json::from_slice::<Value>(&small()?)?;
+            }
+            "samples.txt" | "loss.svg" => {
+                String::from_utf8(small()?)?;
+            }
+            "train.bin" | "val.bin" => {
+                map_tokens(store, hash)?;
+            }
+            "ckpt" => with_checkpoint(store, hash, |_| Ok(()))?,
+            "model.safetensors" => {
+                let map = store.map(hash)?;
+                safetensors::SafeTensors::read_metadata(map.bytes())?;
+            }
+            _ => {}
+        }
+        Ok(())
+    };
+    check()
+        .err()
+        .map(|e| format!("its `{name}` ({}) is not one: {e:#}", hash.short()))
 }
 
 /// A stage's parameters, typed once when the plan is built (`parse`); key parts, `execute` and

@@ -14,7 +14,6 @@ use crate::manifest::StageSpec;
 use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -140,7 +139,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let tokens = samples.iter().map(Vec::len).sum::<usize>();
     let hash = ctx.store.put(text.as_bytes())?;
     Ok(Produced {
-        outputs: BTreeMap::from([("samples.txt".to_string(), hash)]),
+        outputs: crate::store::outputs([("samples.txt", hash)]),
         metrics: json!({ "samples": samples.len(), "new_tokens": tokens, "tokens_per_second": tokens as f64 / secs.max(1e-9) }),
         resumed: false,
     })

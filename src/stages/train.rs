@@ -29,7 +29,7 @@ use crate::store::{Hash, SavedCheckpoint, Store};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 #[derive(Clone, Debug, Serialize)]
@@ -339,15 +339,15 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
         "training and validation loss",
         &[series("train", |e| e.1), series("val", |e| e.2)],
     );
-    let outputs = BTreeMap::from([
-        ("ckpt".to_string(), ckpt),
+    let outputs = crate::store::outputs([
+        ("ckpt", ckpt),
         (
-            "metrics.json".to_string(),
+            "metrics.json",
             ctx.store.put(&serde_json::to_vec_pretty(
                 &json!({ "evals": evals, "summary": summary }),
             )?)?,
         ),
-        ("loss.svg".to_string(), ctx.store.put(svg.as_bytes())?),
+        ("loss.svg", ctx.store.put(svg.as_bytes())?),
     ]);
     Ok(Produced {
         outputs,

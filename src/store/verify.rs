@@ -1,6 +1,6 @@
 //! `Store::verify`: the whole store checked, and repaired where it can be.
 
-use super::{ActionRecord, Hash, Progress, Store};
+use super::{ActionRecord, Hash, Key, Progress, Store};
 use anyhow::{Context, Result};
 use std::collections::BTreeSet;
 use std::fs;
@@ -9,7 +9,9 @@ use std::path::PathBuf;
 impl Store {
     /// Checks the whole store and repairs what it can:
     /// - every object is re-hashed; corrupted ones are moved aside into `tmp/` (gc removes them);
-    /// - every action record must parse, name outputs that are present and intact, and have been
+    /// - every action record must parse, be a true record of the key its file is named by
+    ///   (`ActionRecord::problem`: its outputs are the ones its kind declares), name outputs that
+    ///   are present and intact, and have been
     ///   built from inputs that are intact; a record that fails is set aside into `damaged/`, and so,
     ///   transitively, is every record built from its outputs, so nothing computed from damaged bytes
     ///   stays cached;
@@ -37,7 +39,7 @@ impl Store {
         let mut bad: BTreeSet<Hash> = report.corrupted.iter().cloned().collect();
         let mut records: Vec<(PathBuf, Option<ActionRecord>)> = Vec::new();
         for p in self.json_files("actions")? {
-            let parsed = fs::read(&p)
+            let parsed = super::read_bounded(&p, super::MAX_RECORD_BYTES)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<ActionRecord>(&b).ok());
             records.push((p, parsed));
@@ -47,7 +49,7 @@ impl Store {
             for (path, slot) in records.iter_mut() {
                 let why = match slot {
                     None => Some("not a valid action record".to_string()),
-                    Some(rec) => self.record_problem(rec, &bad),
+                    Some(rec) => self.record_problem(path, rec, &bad),
                 };
                 let Some(why) = why else { continue };
                 if let Some(rec) = slot.take() {
@@ -68,7 +70,9 @@ impl Store {
         }
         for key in self.progress_keys()? {
             let path = self.progress_path(&key);
-            let Ok(bytes) = fs::read(&path) else { continue };
+            let Ok(bytes) = super::read_bounded(&path, super::MAX_RECORD_BYTES) else {
+                continue;
+            };
             let Ok(mut p) = serde_json::from_slice::<Progress>(&bytes) else {
                 self.set_aside(&path, "not a valid progress record");
                 report.damaged.push(format!(
@@ -100,7 +104,19 @@ impl Store {
     }
 
     /// Why an action record cannot be trusted, if it cannot.
-    fn record_problem(&self, rec: &ActionRecord, bad: &BTreeSet<Hash>) -> Option<String> {
+    fn record_problem(
+        &self,
+        path: &std::path::Path,
+        rec: &ActionRecord,
+        bad: &BTreeSet<Hash>,
+    ) -> Option<String> {
+        let named = path.file_stem().map(|s| s.to_string_lossy().to_string());
+        let Some(key) = named.as_deref().and_then(|n| Key::parse(n).ok()) else {
+            return Some("its file is not named by a stage key".into());
+        };
+        if let Some(why) = rec.problem(&key) {
+            return Some(format!("not a true record of its key: {why}"));
+        }
         for (name, h) in &rec.outputs {
             if bad.contains(h) {
                 return Some(format!("its output `{name}` ({}) is damaged", short(h)));

@@ -26,7 +26,6 @@ use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use text::{read_text, sha256_file};
 
@@ -404,11 +403,11 @@ fn execute_one_text(
         train.len(),
         val.len()
     ));
-    let outputs = BTreeMap::from([
-        ("train.bin".to_string(), ctx.store.put(&u16_bytes(&train)?)?),
-        ("val.bin".to_string(), ctx.store.put(&u16_bytes(&val)?)?),
+    let outputs = crate::store::outputs([
+        ("train.bin", ctx.store.put(&u16_bytes(&train)?)?),
+        ("val.bin", ctx.store.put(&u16_bytes(&val)?)?),
         (
-            "meta.json".to_string(),
+            "meta.json",
             ctx.store.put(&serde_json::to_vec_pretty(&meta)?)?,
         ),
     ]);
@@ -523,11 +522,11 @@ fn execute_corpus(
         vocab_size: tok.vocab_size(),
         tokenizer: tok,
     };
-    let outputs = BTreeMap::from([
-        ("train.bin".to_string(), train.commit()?),
-        ("val.bin".to_string(), val.commit()?),
+    let outputs = crate::store::outputs([
+        ("train.bin", train.commit()?),
+        ("val.bin", val.commit()?),
         (
-            "meta.json".to_string(),
+            "meta.json",
             ctx.store.put(&serde_json::to_vec_pretty(&meta)?)?,
         ),
     ]);

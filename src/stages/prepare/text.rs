@@ -9,7 +9,6 @@ use crate::store::{ActionRecord, Store};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -107,8 +106,7 @@ pub(super) fn read_text(
 
 /// Downloads `url` once (with curl) and keeps it in the store, indexed by its sha256.
 fn fetch_pinned(store: &Store, url: &str, sha256: &str, stage: &str, ctx: &Ctx) -> Result<Vec<u8>> {
-    let index_key =
-        crate::store::Key::from(blake3::hash(format!("download-sha256-{sha256}").as_bytes()));
+    let index_key = crate::store::download_key(sha256);
     if let Some(rec) = store.action(&index_key)? {
         return store.get(&rec.outputs["content"]);
     }
@@ -139,9 +137,9 @@ fn fetch_pinned(store: &Store, url: &str, sha256: &str, stage: &str, ctx: &Ctx) 
     store.put_action(&ActionRecord {
         key: index_key,
         stage: stage.to_string(),
-        kind: "download".into(),
+        kind: crate::store::RecordKind::Download,
         key_material: json!({ "url": url, "sha256": sha256 }),
-        outputs: BTreeMap::from([("content".to_string(), hash)]),
+        outputs: crate::store::outputs([("content", hash)]),
         metrics: Value::Null,
         created: crate::run::utc_now(),
     })?;

@@ -6,7 +6,14 @@
 //!   missing or corrupt object makes the record a miss (with a warning), never a stored object.
 //! - A push uploads outputs first and the record last, the record with a create-if-absent put, so
 //!   a reader never sees a record whose objects are missing, and the first of two writers wins.
-//! - Network and credential errors are errors, never misses.
+//! - Network and credential errors are errors, never misses; so is a URL that `pipe remote init`
+//!   did not make a remote (a missing bucket, prefix or folder).
+//! - What a remote holds is untrusted: a record is used only if it is a true record of the key
+//!   looked up (`ActionRecord::problem`: its material hashes to the key, it names exactly the
+//!   outputs that stage declares, each a plain file name), every read is bounded by what the
+//!   record or the object's size promises, and a shared folder's files are read only if they are
+//!   regular files. A push repairs what it finds damaged: objects by hash, records that are
+//!   unreadable or name missing objects.
 //!
 //! `object_store` is async; one current-thread tokio runtime per `Remote` drives it, and each
 //! call blocks until done (up to 8 transfers at once).
@@ -39,6 +46,8 @@ pub enum Pulled {
 pub struct Pushed {
     pub objects: usize,
     pub bytes: u64,
-    /// The remote already had a record for this key (another writer got there first).
+    /// The remote already had a sound record for this key (another writer got there first).
     pub record_existed: bool,
+    /// The remote's record for this key was damaged (why) and this push replaced it.
+    pub record_repaired: Option<String>,
 }

@@ -2,7 +2,7 @@
 //! the same API, but no [`Remote`] can exist, so asking for one is a clear error.
 
 use super::{Pulled, Pushed};
-use crate::store::{ActionRecord, Store};
+use crate::store::{ActionRecord, Key, Store};
 use anyhow::{Result, bail};
 use std::convert::Infallible;
 
@@ -17,13 +17,19 @@ impl Remote {
              `cargo install --path . --features remote` (or `cargo build --release --features remote`)"
         )
     }
+    pub fn init(url: &str) -> Result<String> {
+        Remote::open(url).map(|r| match r.never {})
+    }
+    pub fn lacks(&self, _rec: &ActionRecord) -> Result<Option<String>> {
+        match self.never {}
+    }
     pub fn url(&self) -> &str {
         match self.never {}
     }
-    pub fn action(&self, _key: &str) -> Result<Option<ActionRecord>> {
+    pub fn action(&self, _key: &Key) -> Result<Option<ActionRecord>> {
         match self.never {}
     }
-    pub fn pull(&self, _local: &Store, _key: &str) -> Result<Pulled> {
+    pub fn pull(&self, _local: &Store, _key: &Key) -> Result<Pulled> {
         match self.never {}
     }
     pub fn push(&self, _local: &Store, _rec: &ActionRecord) -> Result<Pushed> {
