@@ -37,8 +37,10 @@
 //!   are not bit-stable from run to run anyway (the embedding gradient uses atomics).
 //! - **The thread count** (`--threads`), deliberately: CPU results are bit-identical across thread
 //!   counts by construction (fixed row blocks, reductions in block order, counter-based dropout).
-//! - **`log_interval` and `keep_checkpoints`** (train), deliberately: what is printed and which
-//!   intermediate checkpoints are retained, never an output's bytes.
+//! - **`keep_checkpoints`** (train), deliberately: which intermediate checkpoints are retained,
+//!   never an output's bytes. (`log_interval` is keyed since `ENGINE_FORMAT` 2: metrics.json
+//!   records every `log_interval`-th iteration's loss, learning rate and gradient norm; and a
+//!   checkpoint's metadata holds the whole training config, `log_interval` included.)
 //! - **`resources` and `sbatch_args`**, deliberately: they say where a Slurm job runs and what it
 //!   may use (GPUs, memory, time, partition), not what it computes; the executor (`local` or
 //!   `slurm`) is not keyed either, so a stage run on Slurm is cached for a local run and back.
@@ -53,14 +55,15 @@
 //! - **Where sources came from**: a text's `url`, GPT-2's `hf_dir` or `revision`, a checkpoint's
 //!   `RUN_ID/STAGE` name; only the content they resolve to.
 //! - **The wall clock**: no time or date enters any key, so outputs must not depend on it (the
-//!   `seconds` and ms/iter a run measures are metrics in its action record and run log, not in
-//!   any output's bytes).
+//!   `seconds`, ms/iter and tokens/s a run measures are metrics in its action record and run
+//!   log, or in the run folder's curves and TensorBoard files, not in any output's bytes).
 
 use crate::hash::Key;
 use serde_json::{Value, json};
 
-/// Bump when any stage's output for the same key material would change.
-pub const ENGINE_FORMAT: u32 = 1;
+/// Bump when any stage's output for the same key material would change. 2: a train stage's
+/// metrics.json has `steps` (every `log_interval` iterations), its loss.svg draws them.
+pub const ENGINE_FORMAT: u32 = 2;
 
 pub fn material(kind: &str, device: &str, params: Value, sources: Value, inputs: Value) -> Value {
     json!({ "format": ENGINE_FORMAT, "kind": kind, "device": device, "params": params, "sources": sources, "inputs": inputs })

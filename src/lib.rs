@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod cli;
+pub mod compare;
+pub mod curves;
 pub mod data;
 pub mod error;
 pub mod exec;
@@ -16,5 +18,7 @@ pub mod show;
 pub mod slurm;
 pub mod stages;
 pub mod store;
+pub mod sweep;
+pub mod tensorboard;
 pub mod tokenizer;
 pub mod ui;

@@ -133,6 +133,9 @@ pub enum RunEvent {
         /// Absent (local) in logs written before there was a choice.
         #[serde(default, skip_serializing_if = "Executor::is_local")]
         executor: Executor,
+        /// The sweep this run is a variant of, and the variant's overrides (`--set` form).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sweep: Option<SweepMember>,
     },
     /// A stage handed to Slurm as job `job_id` (script and log paths in the store's run folder;
     /// `script` is empty for a job submitted by hand, logged by the job itself).
@@ -193,6 +196,13 @@ pub enum RunEvent {
     },
 }
 
+/// A run's place in a sweep (`src/sweep.rs`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SweepMember {
+    pub sweep_id: String,
+    pub overrides: Vec<String>,
+}
+
 /// Current UTC time as `YYYY-MM-DDTHH:MM:SSZ` (no date crate needed for one format).
 pub fn utc_now() -> String {
     let secs = std::time::SystemTime::now()
@@ -250,7 +260,8 @@ pub struct RunLog {
     _lock: Option<File>,
 }
 
-fn new_run_id() -> String {
+/// A new id: the UTC time and 16 random bits (`20261202-013000-ab12`).
+pub fn new_run_id() -> String {
     let t = utc_now();
     let compact: String = t.chars().filter(|c| c.is_ascii_digit()).collect();
     let nanos = std::time::SystemTime::now()
@@ -336,6 +347,13 @@ impl RunLog {
             file: Mutex::new(file),
             _lock: lock,
         })
+    }
+
+    /// The run's name (its manifest's `name`, from plan.json); `None` if plan.json cannot be read.
+    pub fn name(&self) -> Option<String> {
+        let plan: serde_json::Value =
+            serde_json::from_slice(&fs::read(self.dir.join("plan.json")).ok()?).ok()?;
+        plan["name"].as_str().map(String::from)
     }
 
     /// Appends one event durably (write, flush, fsync).
@@ -614,6 +632,7 @@ mod tests {
                 keep: true,
             }],
             evals: vec![],
+            steps: vec![],
         };
         store
             .put_progress(&k("K"), &progress("own-progress"))
@@ -660,6 +679,7 @@ mod tests {
             name: "n".into(),
             pid: 1,
             executor: Executor::Local,
+            sweep: None,
         };
         let eval = |s| RunEvent::Eval {
             time: t(s),

@@ -143,7 +143,58 @@ pub fn runs_json(store: &Store) -> Result<Value> {
         }
         runs.push(run);
     }
-    Ok(json!({ "runs": runs }))
+    let sweeps: Vec<Value> = crate::sweep::SweepRecord::list(store)?
+        .iter()
+        .map(|s| sweep_json(store, s))
+        .collect();
+    Ok(json!({ "runs": runs, "sweeps": sweeps }))
+}
+
+/// A sweep as `show` lists it: its id, name, status, and each variant's run, status and
+/// overrides.
+pub fn sweep_json(store: &Store, s: &crate::sweep::SweepRecord) -> Value {
+    let statuses = s.run_statuses(store);
+    let runs: Vec<Value> = s
+        .variants
+        .iter()
+        .zip(&statuses)
+        .map(|(v, st)| json!({ "run_id": v.run_id, "status": st, "overrides": v.overrides }))
+        .collect();
+    json!({
+        "sweep_id": s.sweep_id,
+        "name": s.name,
+        "manifest": s.manifest,
+        "created": s.created,
+        "status": crate::sweep::status_of(&statuses),
+        "runs": runs,
+    })
+}
+
+/// One sweep's table: each variant's run, status and overrides.
+pub fn print_sweep(v: &Value) {
+    let runs = v["runs"].as_array().cloned().unwrap_or_default();
+    println!(
+        "sweep {} ({}: {} variants): {}",
+        v["sweep_id"].as_str().unwrap_or(""),
+        v["name"].as_str().unwrap_or(""),
+        runs.len(),
+        v["status"].as_str().unwrap_or("")
+    );
+    println!("  {:<22} {:<12} OVERRIDES", "RUN", "STATUS");
+    for r in runs {
+        let overrides: Vec<&str> = r["overrides"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!(
+            "  {:<22} {:<12} {}",
+            r["run_id"].as_str().unwrap_or(""),
+            r["status"].as_str().unwrap_or(""),
+            overrides.join(" ")
+        );
+    }
 }
 
 pub fn print_runs(v: &Value) {
@@ -169,6 +220,22 @@ pub fn print_runs(v: &Value) {
             r["started"].as_str().unwrap_or(""),
             dur
         );
+    }
+    let sweeps = v["sweeps"].as_array().cloned().unwrap_or_default();
+    if !sweeps.is_empty() {
+        println!(
+            "\n{:<32} {:<28} {:<12} {:>8}",
+            "SWEEP", "NAME", "STATUS", "VARIANTS"
+        );
+        for s in sweeps {
+            println!(
+                "{:<32} {:<28} {:<12} {:>8}",
+                s["sweep_id"].as_str().unwrap_or(""),
+                s["name"].as_str().unwrap_or(""),
+                s["status"].as_str().unwrap_or(""),
+                s["runs"].as_array().map_or(0, |r| r.len())
+            );
+        }
     }
 }
 

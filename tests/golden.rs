@@ -17,7 +17,7 @@ use common::*;
 
 /// (ENGINE_FORMAT, [("stage/output", blake3 hash)]) for `manifest()` over `corpus(20_000)`.
 const GOLDEN: (u32, &[(&str, &str)]) = (
-    1,
+    2,
     &[
         (
             "data/meta.json",
@@ -57,11 +57,11 @@ const GOLDEN: (u32, &[(&str, &str)]) = (
         ),
         (
             "train/loss.svg",
-            "8df335ae5f7c5c4dbefbe149ed2cf491e2703733ff99dff7f443ed3656202a5f",
+            "742d506c3d70474d6f839801354cdeb14d03c8316cc948fa0a27c575119a050e",
         ),
         (
             "train/metrics.json",
-            "3f23b766f70688df558c0a35d70bedfce8f7a33fd97612526bd8b0fdcbe9998d",
+            "695164d7f35633707438aee04d447f1200b0ddd2cf43a6f6412399c9911b72a6",
         ),
     ],
 );

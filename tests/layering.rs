@@ -6,7 +6,7 @@ use std::path::Path;
 /// Highest first.
 const LAYERS: &[&[&str]] = &[
     &["main", "cli"],
-    &["exec", "plan", "show", "slurm", "bench"],
+    &["exec", "plan", "show", "slurm", "bench", "compare"],
     &["stages"],
     &[
         "manifest",
@@ -17,6 +17,9 @@ const LAYERS: &[&[&str]] = &[
         "error",
         "ui",
         "plot",
+        "curves",
+        "tensorboard",
+        "sweep",
         "data",
         "tokenizer",
     ],

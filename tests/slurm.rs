@@ -513,3 +513,58 @@ fn a_bad_resources_field_is_a_located_error() {
     ]);
     assert_eq!(st["status"], "up-to-date", "{st}");
 }
+
+/// A sweep on Slurm: every variant submits at once, and a stage the variants share (the data,
+/// the model) is submitted once, its job watched by the others; each stage key is submitted
+/// exactly once.
+#[test]
+fn a_sweep_submits_each_uncached_stage_key_once() {
+    let s = Slurm::new("sweep");
+    let (code, doc) = s.json(
+        &[
+            "run",
+            "tiny.yaml",
+            "--executor",
+            "slurm",
+            "--sweep",
+            "train.learning_rate=1e-3,3e-4,1e-4",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{doc}");
+    let runs = doc["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3);
+    let mut names = s.submitted();
+    names.sort();
+    // data and model once; train and sample once per variant.
+    assert_eq!(
+        names,
+        [
+            "pipe-data",
+            "pipe-model",
+            "pipe-sample",
+            "pipe-sample",
+            "pipe-sample",
+            "pipe-train",
+            "pipe-train",
+            "pipe-train"
+        ],
+        "{doc}"
+    );
+    let executed: usize = runs
+        .iter()
+        .map(|r| {
+            statuses(r)
+                .iter()
+                .filter(|(n, st)| (n == "data" || n == "model") && st == "executed")
+                .count()
+        })
+        .sum();
+    assert_eq!(executed, 2, "{doc}");
+    let trains: std::collections::BTreeSet<String> = runs
+        .iter()
+        .map(|r| stage(r, "train")["outputs"]["ckpt"].to_string())
+        .collect();
+    assert_eq!(trains.len(), 3);
+}

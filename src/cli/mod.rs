@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod running;
+mod sweeping;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -38,19 +39,28 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Run a manifest, reusing every cached stage.
+    /// Run a manifest, reusing every cached stage; with `--sweep` (or a manifest's `sweep:`),
+    /// every variant of it.
     Run {
         manifest: PathBuf,
         /// Override a parameter: stage.key=value (or device=, seed=), like nanoGPT's --key=value.
         #[arg(long = "set", value_name = "STAGE.KEY=VALUE")]
         set: Vec<String>,
+        /// Sweep a parameter over values (read as YAML, like --set's): every combination of the
+        /// --sweep axes (and the manifest's `sweep:`) is one variant, an ordinary run.
+        #[arg(long = "sweep", value_name = "STAGE.KEY=V1,V2,...")]
+        sweep: Vec<String>,
+        /// Run a sweep of more than 1,000 variants.
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         flags: RunFlags,
         /// Where stages run: here (local), or as Slurm jobs against this store (slurm).
         #[arg(long, value_enum, default_value_t = Executor::Local)]
         executor: Executor,
     },
-    /// Continue an interrupted (or failed) run from its last cached stage and checkpoint.
+    /// Continue an interrupted (or failed) run from its last cached stage and checkpoint; for a
+    /// sweep id, every variant that did not finish.
     Resume {
         run_id: String,
         #[command(flatten)]
@@ -72,6 +82,29 @@ pub enum Command {
         target: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Compare runs: one row per run, the parameters that differ and the training metrics. By
+    /// default the latest sweep, or the runs of the latest run's manifest.
+    Compare {
+        /// A sweep id, or run ids.
+        targets: Vec<String>,
+        /// The runs of this manifest file.
+        #[arg(long, conflicts_with = "targets")]
+        manifest: Option<PathBuf>,
+        /// Show every parameter, not only those that differ.
+        #[arg(long)]
+        all: bool,
+        /// The metric to sort by: best_val_loss (default), best_iter, final_train_loss,
+        /// final_val_loss, tokens_per_second (highest first), wall_seconds.
+        #[arg(long, default_value = "best_val_loss")]
+        sort: String,
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        #[arg(long)]
+        csv: bool,
+        /// Overlay the runs' loss curves: FILE.svg, or FILE.html (one self-contained page).
+        #[arg(long, value_name = "FILE")]
+        plot: Option<PathBuf>,
     },
     /// Remove objects that no run record and no pin references (and leftovers of killed processes).
     Gc {
@@ -149,6 +182,10 @@ pub struct RunFlags {
     /// Upload each finished stage (outputs, then its record) to the remote store.
     #[arg(long)]
     pub push: bool,
+    /// A sweep: stop at the first variant that fails (no new variant starts; the ones running
+    /// finish). The sweep can still be resumed.
+    #[arg(long)]
+    pub fail_fast: bool,
 }
 
 #[derive(Subcommand)]
@@ -168,7 +205,9 @@ impl Cli {
     pub fn wants_json(&self) -> bool {
         match &self.command {
             Command::Run { flags, .. } | Command::Resume { flags, .. } => flags.json,
-            Command::Status { json, .. } | Command::Show { json, .. } => *json,
+            Command::Status { json, .. }
+            | Command::Show { json, .. }
+            | Command::Compare { json, .. } => *json,
             _ => false,
         }
     }
@@ -185,6 +224,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Run {
             manifest,
             set,
+            sweep,
+            yes,
             flags,
             executor,
         } => running::run(
@@ -192,6 +233,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             cli.remote.as_deref(),
             &manifest,
             &set,
+            &sweep,
+            yes,
             flags,
             executor,
         ),
@@ -218,7 +261,14 @@ pub fn run(cli: Cli) -> Result<i32> {
                 }
                 Some(t) => {
                     let is_run = RunRecord::load(&store, &t).is_ok();
-                    if is_run {
+                    if let Some(sweep) = crate::sweep::SweepRecord::find(&store, &t)? {
+                        let v = show::sweep_json(&store, &sweep);
+                        if json {
+                            println!("{}", serde_json::to_string_pretty(&v)?)
+                        } else {
+                            show::print_sweep(&v)
+                        }
+                    } else if is_run {
                         let summary = show::run_summary(&store, &t)?;
                         if json {
                             println!("{}", serde_json::to_string_pretty(&summary)?)
@@ -239,6 +289,59 @@ pub fn run(cli: Cli) -> Result<i32> {
                         );
                     }
                 }
+            }
+            Ok(0)
+        }
+        Command::Compare {
+            targets,
+            manifest,
+            all,
+            sort,
+            json,
+            csv,
+            plot,
+        } => {
+            let store = Store::at(&cli.cache);
+            let manifest = manifest.map(|m| m.display().to_string());
+            let ids = crate::compare::select(&store, &targets, manifest.as_deref())?;
+            if !crate::compare::METRICS.contains(&sort.as_str()) {
+                return Err(InputError::new(
+                    format!("--sort {sort:?} is not a metric"),
+                    Some(&format!(
+                        "choose one of {}",
+                        crate::compare::METRICS.join(", ")
+                    )),
+                )
+                .into());
+            }
+            let rows = crate::compare::rows(&store, &ids, &sort)?;
+            let shown = if all {
+                let mut keys: Vec<String> =
+                    rows.iter().flat_map(|r| r.params.keys().cloned()).collect();
+                keys.sort();
+                keys.dedup();
+                keys
+            } else {
+                crate::compare::differing(&rows)
+            };
+            if let Some(path) = &plot {
+                let html = path.extension().is_some_and(|e| e == "html" || e == "htm");
+                let text = if html {
+                    crate::compare::plot_html(&rows, &shown)
+                } else {
+                    crate::compare::plot_svg(&rows, &shown)
+                };
+                std::fs::write(path, text)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+            if json {
+                let doc = crate::compare::to_json(&rows, &shown);
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else if csv {
+                print!("{}", crate::compare::csv(&rows, &shown));
+            } else {
+                print!("{}", crate::compare::table(&rows, &shown));
             }
             Ok(0)
         }

@@ -14,16 +14,35 @@ use crate::ui::Ui;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
+/// `pipe run`: one run, or a sweep's variants when the manifest has `sweep:` or `sweep` (the
+/// `--sweep` axes) is not empty.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     cache: &Path,
     remote_flag: Option<&str>,
     manifest: &Path,
     set: &[String],
+    sweep: &[String],
+    yes: bool,
     flags: RunFlags,
     executor: Executor,
 ) -> Result<i32> {
     crate::stages::allow_downloads();
-    let plan = load_plan(manifest, set)?;
+    let overrides = parse_overrides(set)?;
+    let variants = manifest::sweep::variants(manifest, sweep, &overrides, yes)?;
+    if !variants.is_empty() {
+        return super::sweeping::run(
+            cache,
+            remote_flag,
+            manifest,
+            set,
+            &overrides,
+            variants,
+            flags,
+            executor,
+        );
+    }
+    let plan = plan::build(manifest::load(manifest, &overrides)?)?;
     let remote = remote_url(remote_flag, &plan.manifest);
     let opts = RunOptions::new(flags, remote, executor)?;
     // Validate what can fail before anything is written (missing files, bad checkpoints).
@@ -45,6 +64,9 @@ pub fn resume(
     executor: Option<Executor>,
 ) -> Result<i32> {
     crate::stages::allow_downloads();
+    if let Some(sweep) = crate::sweep::SweepRecord::find(&Store::at(cache), run_id)? {
+        return super::sweeping::resume(cache, remote_flag, sweep, flags, executor);
+    }
     let store = Store::open(cache)?;
     let shared = store.lock_store_shared()?;
     let rec = RunRecord::load(&store, run_id)?;
@@ -145,6 +167,7 @@ pub fn export_slurm(
         name: plan.manifest.name.clone(),
         pid: std::process::id(),
         executor: Executor::Slurm,
+        sweep: None,
     })?;
     let dir = out.unwrap_or_else(|| PathBuf::from(format!("slurm-{}", plan.manifest.name)));
     let files = crate::slurm::export(&store, &plan, &run.id, &dir)?;
@@ -195,14 +218,18 @@ pub fn run_stage(
 }
 
 /// How `run` and `resume` execute a plan.
-struct RunOptions {
-    flags: RunFlags,
-    remote: Option<Remote>,
-    executor: Executor,
+pub(super) struct RunOptions {
+    pub(super) flags: RunFlags,
+    pub(super) remote: Option<Remote>,
+    pub(super) executor: Executor,
 }
 
 impl RunOptions {
-    fn new(flags: RunFlags, remote: Option<&str>, executor: Executor) -> Result<RunOptions> {
+    pub(super) fn new(
+        flags: RunFlags,
+        remote: Option<&str>,
+        executor: Executor,
+    ) -> Result<RunOptions> {
         let remote = if flags.push {
             Some(required_remote(remote, "--push")?)
         } else {
@@ -217,7 +244,7 @@ impl RunOptions {
 }
 
 /// `--remote` (or PIPE_REMOTE), else the manifest's `defaults.remote`.
-fn remote_url<'a>(flag: Option<&'a str>, m: &'a Manifest) -> Option<&'a str> {
+pub(super) fn remote_url<'a>(flag: Option<&'a str>, m: &'a Manifest) -> Option<&'a str> {
     flag.or(m.defaults.remote.as_deref())
 }
 
@@ -243,7 +270,7 @@ pub(super) fn open_remote(url: &str) -> Result<Remote> {
 
 /// Everything that can be checked before a run writes anything: each stage's key parts (missing
 /// files, bad checkpoints), export destinations, and the GPU (not with Slurm: the jobs find theirs).
-fn check_plan(
+pub(super) fn check_plan(
     store: &Store,
     plan: &plan::Plan,
     allow_outside: bool,
@@ -273,13 +300,71 @@ fn check_device(m: &Manifest) -> Result<()> {
     Ok(())
 }
 
+/// Executes `plan` as run `run` (logged from `run_started` to `run_finished`), up to `jobs`
+/// stages at once: its summary.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run_plan(
+    store: &Store,
+    plan: &plan::Plan,
+    run: &RunLog,
+    command: &str,
+    opts: &RunOptions,
+    ui: &Ui,
+    jobs: usize,
+    sweep: Option<crate::run::SweepMember>,
+) -> Result<RunSummary> {
+    let executor = opts.executor;
+    run.append(&RunEvent::RunStarted {
+        time: utc_now(),
+        command: command.into(),
+        manifest: plan.manifest.path.display().to_string(),
+        name: plan.manifest.name.clone(),
+        pid: std::process::id(),
+        executor,
+        sweep,
+    })?;
+    ui.say(&format!(
+        "run {} ({}: {})",
+        run.id,
+        plan.manifest.name,
+        plan.manifest.path.display()
+    ));
+    let runner = exec::Runner {
+        store,
+        run,
+        ui,
+        remote: opts.remote.as_ref(),
+        push: opts.flags.push,
+    };
+    let stages = match executor {
+        Executor::Local => exec::execute(&runner, plan, jobs)?,
+        Executor::Slurm => crate::slurm::execute(&runner, plan)?,
+    };
+    let status = if stages.iter().all(|s| s.done()) {
+        RunStatus::Succeeded
+    } else {
+        RunStatus::Failed
+    };
+    run.append(&RunEvent::RunFinished {
+        time: utc_now(),
+        status,
+    })?;
+    Ok(RunSummary {
+        run_id: run.id.clone(),
+        name: plan.manifest.name.clone(),
+        manifest: plan.manifest.path.display().to_string(),
+        status,
+        stages,
+    })
+}
+
 /// A manifest with its `--set` overrides, validated into a plan.
 fn load_plan(manifest: &std::path::Path, set: &[String]) -> Result<plan::Plan> {
-    let overrides = set
-        .iter()
-        .map(|s| manifest::parse_override(s))
-        .collect::<Result<Vec<_>>>()?;
-    plan::build(manifest::load(manifest, &overrides)?)
+    plan::build(manifest::load(manifest, &parse_overrides(set)?)?)
+}
+
+fn parse_overrides(set: &[String]) -> Result<Vec<manifest::Override>> {
+    set.iter().map(|s| manifest::parse_override(s)).collect()
 }
 
 fn execute_run(
@@ -305,48 +390,8 @@ fn execute_run(
             std::process::exit(130);
         }
     });
-    run.append(&RunEvent::RunStarted {
-        time: utc_now(),
-        command: command.into(),
-        manifest: plan.manifest.path.display().to_string(),
-        name: plan.manifest.name.clone(),
-        pid: std::process::id(),
-        executor,
-    })?;
-    ui.say(&format!(
-        "run {} ({}: {})",
-        run.id,
-        plan.manifest.name,
-        plan.manifest.path.display()
-    ));
-    let runner = exec::Runner {
-        store,
-        run: &run,
-        ui: &ui,
-        remote: opts.remote.as_ref(),
-        push: opts.flags.push,
-    };
-    let stages = match executor {
-        Executor::Local => exec::execute(&runner, plan, opts.flags.jobs)?,
-        Executor::Slurm => crate::slurm::execute(&runner, plan)?,
-    };
-    let ok = stages.iter().all(|s| s.done());
-    let status = if ok {
-        RunStatus::Succeeded
-    } else {
-        RunStatus::Failed
-    };
-    run.append(&RunEvent::RunFinished {
-        time: utc_now(),
-        status,
-    })?;
-    let summary = RunSummary {
-        run_id: run.id.clone(),
-        name: plan.manifest.name.clone(),
-        manifest: plan.manifest.path.display().to_string(),
-        status,
-        stages,
-    };
+    let summary = run_plan(store, plan, &run, command, opts, &ui, opts.flags.jobs, None)?;
+    let ok = summary.status == RunStatus::Succeeded;
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 mod overrides;
 mod resources;
+pub mod sweep;
 mod yaml;
 
 pub use overrides::*;
@@ -192,6 +193,10 @@ struct RawManifest {
     #[serde(default)]
     defaults: Option<RawDefaults>,
     stages: Spanned<Yaml>,
+    /// Read by `sweep::variants` from the located tree.
+    #[serde(default)]
+    #[allow(dead_code)]
+    sweep: Option<Spanned<Yaml>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -5,6 +5,7 @@ use anyhow::Result;
 use std::path::Path;
 
 /// One `--set target.key=value` override.
+#[derive(Clone, Debug)]
 pub struct Override {
     pub target: Option<String>,
     pub key: String,

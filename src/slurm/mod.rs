@@ -29,6 +29,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// The jobs this process submitted, by what they compute: a stage key, or (for a stage whose
+/// inputs are not known yet) its key material without inputs plus the jobs or outputs of the
+/// stages it needs, which make the same key once they finish. The variants of a sweep run side
+/// by side, one `execute` each; a stage they share is submitted by the first and watched by the
+/// others.
+static SUBMITTED: std::sync::Mutex<BTreeMap<String, Job>> = std::sync::Mutex::new(BTreeMap::new());
+
 /// Asks a running [`execute`] to cancel its jobs and exit (from the Ctrl-C handler).
 pub fn interrupt() {
     INTERRUPTED.store(true, Ordering::SeqCst);
@@ -185,6 +192,25 @@ fn logged(run: &RunLog) -> Vec<RunEvent> {
         .collect()
 }
 
+/// What stage `i` will compute, as [`SUBMITTED`] names it; `None` when a stage it needs has
+/// neither outputs nor a job (it is failing).
+fn identity(w: &Watch, i: usize) -> Result<Option<String>> {
+    if let Some(key) = &w.keys[i] {
+        return Ok(Some(format!("key {key}")));
+    }
+    let mut deps = Vec::new();
+    for &j in &w.plan.deps[i] {
+        match (&w.results[j], &w.jobs[j]) {
+            (Some(r), _) if r.done() => deps.push(serde_json::json!(r.outputs)),
+            (None, Some(job)) => deps.push(serde_json::json!(job.id)),
+            _ => return Ok(None),
+        }
+    }
+    let material = exec::material(w.runner.store, w.plan, i, &[])?;
+    let text = serde_json::to_vec(&serde_json::json!({ "material": material, "deps": deps }))?;
+    Ok(Some(format!("pending {}", blake3::hash(&text).to_hex())))
+}
+
 /// Runs the plan as Slurm jobs; returns each stage's result in manifest order. In a resumed run,
 /// the jobs of earlier attempts that are still queued or running are watched, not submitted again.
 pub fn execute(runner: &Runner, plan: &Plan) -> Result<Vec<StageResult>> {
@@ -195,6 +221,7 @@ pub fn execute(runner: &Runner, plan: &Plan) -> Result<Vec<StageResult>> {
         results: vec![None; n],
         jobs: vec![None; n],
         keys: vec![None; n],
+        adopted: vec![false; n],
     };
     let previous = earlier_jobs(&logged(runner.run));
     let ids: Vec<String> = previous.values().map(|j| j.id.clone()).collect();
@@ -247,8 +274,19 @@ pub fn execute(runner: &Runner, plan: &Plan) -> Result<Vec<StageResult>> {
             }
             scheduler::cancel(std::slice::from_ref(&old.id))?;
         }
-        if let Err(e) = w.submit(i) {
-            w.fail(i, format!("{e:#}"))?;
+        let identity = identity(&w, i)?;
+        let mut submitted = SUBMITTED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(job) = identity.as_ref().and_then(|id| submitted.get(id)) {
+            w.adopt(i, job.clone())?;
+            continue;
+        }
+        match w.submit(i) {
+            Ok(()) => {
+                if let (Some(id), Some(job)) = (identity, &w.jobs[i]) {
+                    submitted.insert(id, job.clone());
+                }
+            }
+            Err(e) => w.fail(i, format!("{e:#}"))?,
         }
     }
     watch(&mut w)?;

@@ -40,6 +40,9 @@ pub(super) struct Watch<'a> {
     pub(super) results: Vec<Option<StageResult>>,
     pub(super) jobs: Vec<Option<Job>>,
     pub(super) keys: Vec<Option<Key>>,
+    /// Stages whose job another run of this process submitted (a sweep's shared stage): done
+    /// here as `cached`, since this run computed nothing.
+    pub(super) adopted: Vec<bool>,
 }
 
 impl Watch<'_> {
@@ -132,6 +135,19 @@ impl Watch<'_> {
             });
         let status = match logged_status {
             Some(s) => s,
+            None if self.adopted[i] => {
+                self.runner.run.append(&RunEvent::StageFinished {
+                    time: utc_now(),
+                    stage: spec.name.clone(),
+                    kind: spec.kind.name().into(),
+                    key: key.clone(),
+                    status: StageStatus::Cached,
+                    outputs: rec.outputs.clone(),
+                    metrics: rec.metrics.clone(),
+                    seconds: 0.0,
+                })?;
+                StageStatus::Cached
+            }
             None => {
                 // The job died between its record and its log line: log it here (gc keeps
                 // what run logs reference).
@@ -186,6 +202,27 @@ impl Watch<'_> {
             RunEvent::StageFailed { stage, error, .. } if stage == name => Some(error.clone()),
             _ => None,
         })
+    }
+
+    /// Watches `job`, submitted by another run of this process for the same computation, as
+    /// stage `i`'s job (logged as its submission, so `show` and `resume` follow it).
+    pub(super) fn adopt(&mut self, i: usize, job: Job) -> Result<()> {
+        let spec = self.spec(i).clone();
+        self.runner.run.append(&RunEvent::StageSubmitted {
+            time: utc_now(),
+            stage: spec.name.clone(),
+            kind: spec.kind.name().into(),
+            job_id: job.id.clone(),
+            script: job.script.display().to_string(),
+            log: job.log.display().to_string(),
+        })?;
+        self.runner.ui.say(&format!(
+            "{}: slurm job {} (submitted by another variant) computes it; watching it",
+            spec.name, job.id
+        ));
+        self.jobs[i] = Some(job);
+        self.adopted[i] = true;
+        Ok(())
     }
 
     pub(super) fn submit(&mut self, i: usize) -> Result<()> {

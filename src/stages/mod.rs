@@ -305,10 +305,9 @@ pub fn key_parts(
         Params::Init(p) => init::key_parts(store, &m.base_dir, spec, p)?,
         Params::Train(p) => {
             let mut v = serde_json::to_value(p)?;
-            // What is printed, and how many checkpoints are kept: never part of the key (neither
-            // changes an output's bytes).
+            // How many checkpoints are kept: never part of the key (it changes no output's bytes).
+            // `log_interval` is: metrics.json records every log_interval-th iteration.
             let obj = v.as_object_mut().expect("object");
-            obj.remove("log_interval");
             obj.remove("keep_checkpoints");
             (v, Value::Null)
         }

@@ -2,8 +2,15 @@
 //! train) stage's checkpoint. At every evaluation the full training state goes into the store and
 //! into the stage's progress record, so an interrupted run resumes from there bit-identically.
 //! Outputs: `ckpt` (what nanoGPT's ckpt.pt would hold at the end: the latest checkpoint with
-//! `always_save_checkpoint`, else the best by val loss), `metrics.json` (eval history) and
-//! `loss.svg` (the loss curves).
+//! `always_save_checkpoint`, else the best by val loss), `metrics.json` (`evals`: every
+//! evaluation; `steps`: every `log_interval`-th iteration's loss, learning rate and gradient norm;
+//! `summary`) and `loss.svg` (the loss curves). The steps so far are kept in the progress record
+//! with the evaluations, so a resumed stage's metrics.json is an uninterrupted one's, byte for byte.
+//!
+//! While it trains, the stage also writes into its run's folder (not outputs: they hold wall-clock
+//! throughput and elapsed time): `curves/<stage>.jsonl` (see `curves.rs`), a TensorBoard event file
+//! in `tensorboard/<stage>/` (see `tensorboard.rs`), and `curves/<stage>.svg`, the loss plot
+//! titled with the run's name.
 //!
 //! The token files are memory-mapped, not read; checkpoints are streamed into the store from the
 //! trainer's buffers and read back through a memory map (see `gpt/checkpoint/`).
@@ -16,6 +23,7 @@
 //! output.
 
 use super::{Ctx, Produced, map_tokens, typed, with_checkpoint};
+use crate::curves::{CurveLine, CurveWriter, EvalPoint, StepPoint, curve_path, read_curve};
 use crate::error::err;
 use crate::gpt::checkpoint::Parts;
 use crate::gpt::device::check_host;
@@ -25,11 +33,12 @@ use crate::gpt::{TrainConfig, Trainer};
 use crate::manifest::StageSpec;
 use crate::plot::{Series, loss_svg};
 use crate::run::RunEvent;
-use crate::store::{Hash, SavedCheckpoint, Store};
+use crate::store::{Hash, Progress, SavedCheckpoint, Store, TrainStep};
+use crate::tensorboard::EventWriter;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{Value, json};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 #[derive(Clone, Debug, Serialize)]
@@ -151,6 +160,199 @@ fn remove_superseded(
     Ok(removed)
 }
 
+/// The stage's live record in its run's folder: the curve (`curves/<stage>.jsonl`) and a
+/// TensorBoard event file (`tensorboard/<stage>/`), a point appended to both at each logged
+/// iteration and each evaluation.
+struct Live {
+    curve: CurveWriter,
+    tb: EventWriter,
+    /// When this attempt started, and the seconds of training in this run before it.
+    started: Instant,
+    offset: f64,
+    /// When the previous step point was written, and how many iterations were done then.
+    last_log: Instant,
+    last_done: u64,
+    /// Train tokens per iteration: batch_size x block_size x gradient_accumulation_steps.
+    tokens_per_iter: f64,
+}
+
+impl Live {
+    /// Opens both and says where this attempt starts. Resumed from the checkpoint of iteration
+    /// `c` in the run whose curve already holds the history before it (`pipe resume`), both
+    /// restart at `c` (the points a killed attempt wrote from there on are void, TensorBoard's
+    /// `SessionLog.START`), and the checkpoint's evaluation is written again. Otherwise (a new
+    /// run continuing another's interrupted training, or a fresh start), both restart at 0 and
+    /// get the progress record's history (without throughput or times).
+    fn open(
+        ctx: &Ctx,
+        progress: &Progress,
+        resumed: Option<u64>,
+        start_iter: u64,
+        tokens_per_iter: f64,
+    ) -> Result<Live> {
+        let name = &ctx.spec.name;
+        let path = curve_path(&ctx.run.dir, name);
+        let existing = read_curve(&path)?;
+        let evals_had: BTreeMap<u64, Option<f64>> = existing
+            .evals
+            .iter()
+            .map(|e| (e.iter, e.elapsed_s))
+            .collect();
+        let steps_had: BTreeSet<u64> = existing.steps.iter().map(|s| s.iter).collect();
+        let has_history = resumed.is_some()
+            && progress.evals.iter().all(|e| evals_had.contains_key(&e.0))
+            && progress.steps.iter().all(|s| steps_had.contains(&s.iter));
+        let from = if has_history { resumed.unwrap_or(0) } else { 0 };
+        let offset = if has_history {
+            let steps = existing.steps.iter().filter(|s| s.iter < from);
+            let evals = existing.evals.iter().filter(|e| e.iter <= from);
+            steps
+                .filter_map(|s| s.elapsed_s)
+                .chain(evals.filter_map(|e| e.elapsed_s))
+                .fold(0.0, f64::max)
+        } else {
+            0.0
+        };
+        let mut live = Live {
+            curve: CurveWriter::append(&path)?,
+            tb: EventWriter::create(&ctx.run.dir.join("tensorboard").join(name))?,
+            started: Instant::now(),
+            offset,
+            last_log: Instant::now(),
+            last_done: start_iter,
+            tokens_per_iter,
+        };
+        live.curve.write(&CurveLine::Start { iter: from })?;
+        live.tb.session_start(from)?;
+        // The history from `from` on, in training order (an iteration's evaluation before it).
+        let mut evals = progress.evals.iter().filter(|e| e.0 >= from).peekable();
+        for s in progress.steps.iter().filter(|s| s.iter >= from) {
+            while let Some(e) = evals.next_if(|e| e.0 <= s.iter) {
+                live.eval(e.0, e.1, e.2, None)?;
+            }
+            live.record_step(s, None, None)?;
+        }
+        for e in evals {
+            let elapsed = evals_had
+                .get(&e.0)
+                .copied()
+                .flatten()
+                .filter(|_| has_history);
+            live.eval(e.0, e.1, e.2, elapsed)?;
+        }
+        Ok(live)
+    }
+
+    /// A logged iteration, just computed.
+    fn step(&mut self, s: &TrainStep) -> Result<()> {
+        let now = Instant::now();
+        let done = s.iter + 1;
+        let secs = now.duration_since(self.last_log).as_secs_f64();
+        let tokens = done.saturating_sub(self.last_done) as f64 * self.tokens_per_iter;
+        let tps = (secs > 0.0).then(|| tokens / secs);
+        (self.last_log, self.last_done) = (now, done);
+        self.record_step(s, tps, Some(self.elapsed()))
+    }
+
+    fn record_step(
+        &mut self,
+        s: &TrainStep,
+        tokens_per_second: Option<f64>,
+        elapsed_s: Option<f64>,
+    ) -> Result<()> {
+        self.curve.write(&CurveLine::Step(StepPoint {
+            iter: s.iter,
+            loss: s.loss,
+            lr: s.lr,
+            grad_norm: s.grad_norm,
+            tokens_per_second,
+            elapsed_s,
+        }))?;
+        self.tb.scalars(
+            s.iter,
+            &[
+                ("loss/train", s.loss),
+                ("lr", s.lr as f32),
+                ("grad_norm", s.grad_norm.unwrap_or(f32::NAN)),
+                (
+                    "tokens_per_second",
+                    tokens_per_second.map_or(f32::NAN, |t| t as f32),
+                ),
+            ],
+        )
+    }
+
+    fn eval(
+        &mut self,
+        iter: u64,
+        train_loss: f32,
+        val_loss: f32,
+        elapsed_s: Option<f64>,
+    ) -> Result<()> {
+        self.curve.write(&CurveLine::Eval(EvalPoint {
+            iter,
+            train_loss,
+            val_loss,
+            elapsed_s,
+        }))?;
+        self.tb.scalars(
+            iter,
+            &[("loss/val", val_loss), ("loss/train_eval", train_loss)],
+        )
+    }
+
+    /// Seconds of training in this run so far.
+    fn elapsed(&self) -> f64 {
+        self.offset + self.started.elapsed().as_secs_f64()
+    }
+}
+
+/// The loss plot: every logged iteration's training loss, and the evaluations.
+fn loss_plot(title: &str, progress: &Progress) -> String {
+    let evals = |f: fn(&(u64, f32, f32)) -> f32| -> Vec<(f64, f64)> {
+        progress
+            .evals
+            .iter()
+            .map(|e| (e.0 as f64, f(e) as f64))
+            .collect()
+    };
+    let series = [
+        Series {
+            name: "train (logged iterations)".into(),
+            points: progress
+                .steps
+                .iter()
+                .map(|s| (s.iter as f64, s.loss as f64))
+                .collect(),
+        },
+        Series {
+            name: "train (evaluation)".into(),
+            points: evals(|e| e.1),
+        },
+        Series {
+            name: "val (evaluation)".into(),
+            points: evals(|e| e.2),
+        },
+    ];
+    loss_svg(title, &series)
+}
+
+/// The run folder's copy of the loss plot, titled with the run's name (which the stage's
+/// `loss.svg` output cannot carry: the name is not part of the key, so a cached output may have
+/// been made by another run). Written whole each time (atomically).
+fn write_run_plot(ctx: &Ctx, progress: &Progress) -> Result<()> {
+    let name = &ctx.spec.name;
+    let title = match ctx.run.name() {
+        Some(run) => format!("{run}: {name}"),
+        None => name.clone(),
+    };
+    crate::store::write_atomic(
+        &ctx.store.root.join("tmp"),
+        &ctx.run.dir.join("curves").join(format!("{name}.svg")),
+        loss_plot(&title, progress).as_bytes(),
+    )
+}
+
 pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let data = ctx.data_input().context("train needs a data stage")?;
     let train_map = map_tokens(ctx.store, data.output("train.bin")?)?;
@@ -159,8 +361,10 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let mut progress = ctx.store.progress(&ctx.key)?;
     let name = ctx.spec.name.clone();
 
-    // Continue from the last checkpoint of an interrupted attempt at this same key, if any.
+    // Continue from the last checkpoint of an interrupted attempt at this same key, if any, with
+    // the history up to it (what the resumed trainer does not compute again).
     let resumed_from = progress.checkpoints.last().cloned();
+    progress.keep_until(resumed_from.as_ref().map(|c| c.iter));
     let device = ctx.device();
     let mut trainer = match &resumed_from {
         Some(c) => {
@@ -216,6 +420,17 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     }
     let start_iter = trainer.iter_num;
     let max_iters = p.cfg.max_iters;
+    // nanoGPT's tokens_per_iter (one process): gradient_accumulation_steps x batch_size x block_size.
+    let tokens_per_iter = (p.cfg.gradient_accumulation_steps
+        * p.cfg.batch_size
+        * trainer.model.config.block_size) as f64;
+    let mut live = Live::open(
+        ctx,
+        &progress,
+        resumed_from.as_ref().map(|c| c.iter),
+        start_iter,
+        tokens_per_iter,
+    )?;
     let pb = ctx.ui.bar(start_iter, max_iters, &name);
     let started = Instant::now();
     let mut last_ms = 0.0;
@@ -256,9 +471,23 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
         guard.check(&ev)?;
         match ev {
             Event::Log {
-                iter, loss, lr, ms, ..
+                iter,
+                loss,
+                lr,
+                grad_norm,
+                ms,
             } => {
                 last_ms = ms;
+                let step = TrainStep {
+                    iter,
+                    loss,
+                    lr,
+                    // NaN when not computed (no clipping); a non-finite norm with clipping has
+                    // already stopped the stage.
+                    grad_norm: Some(grad_norm).filter(|g| g.is_finite()),
+                };
+                progress.steps.push(step);
+                live.step(&step)?;
                 pb.set_position(iter + 1);
                 pb.set_message(format!("loss {loss:.4}, {ms:.1}ms/iter"));
                 if !ctx.ui.tty
@@ -283,6 +512,8 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
                     ),
                 );
                 progress.evals.push((iter, train_loss, val_loss));
+                live.eval(iter, train_loss, val_loss, Some(live.elapsed()))?;
+                write_run_plot(ctx, &progress)?;
                 ctx.log(RunEvent::Eval {
                     time: crate::run::utc_now(),
                     stage: name.clone(),
@@ -314,6 +545,11 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
         .iter()
         .map(|(i, t, v)| json!({ "iter": i, "train_loss": t, "val_loss": v }))
         .collect();
+    let steps: Vec<Value> = progress
+        .steps
+        .iter()
+        .map(|s| json!({ "iter": s.iter, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm }))
+        .collect();
     let last = progress.evals.last().copied();
     // metrics.json is an output, so it holds only deterministic values; timings go in the run record.
     let summary = json!({
@@ -327,24 +563,18 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     metrics["last_ms_per_iter"] = json!(last_ms);
     metrics["resumed_from_iter"] = json!(resumed_from.as_ref().map(|c| c.iter));
     metrics["device"] = json!(trainer.device_name().unwrap_or("cpu"));
-    let series = |name: &str, f: fn(&(u64, f32, f32)) -> f32| Series {
-        name: name.to_string(),
-        points: progress
-            .evals
-            .iter()
-            .map(|e| (e.0 as f64, f(e) as f64))
-            .collect(),
-    };
-    let svg = loss_svg(
-        "training and validation loss",
-        &[series("train", |e| e.1), series("val", |e| e.2)],
-    );
+    // Train tokens per second of this attempt: the iterations it ran x tokens_per_iter over its
+    // seconds, evaluations and checkpoints included (a resumed stage counts only its own part).
+    metrics["tokens_per_second"] =
+        json!((max_iters.saturating_sub(start_iter)) as f64 * tokens_per_iter / seconds);
+    write_run_plot(ctx, &progress)?;
+    let svg = loss_plot("training and validation loss", &progress);
     let outputs = crate::store::outputs([
         ("ckpt", ckpt),
         (
             "metrics.json",
             ctx.store.put(&serde_json::to_vec_pretty(
-                &json!({ "evals": evals, "summary": summary }),
+                &json!({ "evals": evals, "steps": steps, "summary": summary }),
             )?)?,
         ),
         ("loss.svg", ctx.store.put(svg.as_bytes())?),

@@ -30,9 +30,13 @@ use std::path::{Path, PathBuf};
 pub use crate::hash::{Hash, Key, OutputName, Outputs, outputs};
 use crate::manifest::StageKind;
 
-/// Records (action, progress) larger than this are refused unread: a few KB is typical, and a
-/// record is read whole.
+/// Action records larger than this are refused unread: a few KB is typical, and a record is read
+/// whole.
 pub const MAX_RECORD_BYTES: u64 = 4 << 20;
+
+/// The same bound for progress records, which hold every logged iteration of a training stage:
+/// about 50 bytes each, so 600,000 iterations at `log_interval: 1` make about 30 MB.
+pub const MAX_PROGRESS_BYTES: u64 = 128 << 20;
 
 /// What made an action record: a stage of a kind, or the store's own index of a pinned download
 /// (a source text fetched by `prepare`, keyed by its sha256). Serialized as the kind's name.
@@ -155,6 +159,52 @@ pub struct Progress {
     pub checkpoints: Vec<SavedCheckpoint>,
     /// Eval history so far: (iter, train_loss, val_loss).
     pub evals: Vec<(u64, f32, f32)>,
+    /// Logged iterations so far (every `log_interval`), up to the last checkpoint. Absent in
+    /// records written before there were any.
+    #[serde(default)]
+    pub steps: Vec<TrainStep>,
+}
+
+impl Progress {
+    /// Keeps the history that a trainer resuming from the checkpoint of iteration `iter` (the
+    /// state after that iteration's evaluation) does not compute again: evaluations up to `iter`,
+    /// logged iterations before it. `None` (no checkpoint left): nothing.
+    pub fn keep_until(&mut self, iter: Option<u64>) {
+        self.evals.retain(|e| iter.is_some_and(|i| e.0 <= i));
+        self.steps.retain(|s| iter.is_some_and(|i| s.iter < i));
+    }
+}
+
+/// One logged training iteration: the loss of its last micro-batch, its learning rate and the
+/// gradient norm (`None` when not computed: `grad_clip: 0`). Stored as `[iter, loss, lr,
+/// grad_norm]`: a progress record holds every one of a stage's, so it is kept compact.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(
+    from = "(u64, f32, f64, Option<f32>)",
+    into = "(u64, f32, f64, Option<f32>)"
+)]
+pub struct TrainStep {
+    pub iter: u64,
+    pub loss: f32,
+    pub lr: f64,
+    pub grad_norm: Option<f32>,
+}
+
+impl From<(u64, f32, f64, Option<f32>)> for TrainStep {
+    fn from((iter, loss, lr, grad_norm): (u64, f32, f64, Option<f32>)) -> Self {
+        TrainStep {
+            iter,
+            loss,
+            lr,
+            grad_norm,
+        }
+    }
+}
+
+impl From<TrainStep> for (u64, f32, f64, Option<f32>) {
+    fn from(s: TrainStep) -> Self {
+        (s.iter, s.loss, s.lr, s.grad_norm)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -432,9 +482,14 @@ impl Store {
     }
 
     /// Reads a JSON record; a record that does not parse, that is not a regular file or that is
-    /// larger than [`MAX_RECORD_BYTES`] is set aside and read as absent.
-    fn read_record<T: serde::de::DeserializeOwned>(&self, path: &Path) -> Result<Option<T>> {
-        let bytes = match read_bounded(path, MAX_RECORD_BYTES) {
+    /// larger than `limit` ([`MAX_RECORD_BYTES`], [`MAX_PROGRESS_BYTES`]) is set aside and read
+    /// as absent.
+    fn read_record<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &Path,
+        limit: u64,
+    ) -> Result<Option<T>> {
+        let bytes = match read_bounded(path, limit) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
@@ -465,7 +520,7 @@ impl Store {
     /// store can be copied from anywhere), is set aside (with a warning) and counts as a miss.
     pub fn action(&self, key: &Key) -> Result<Option<ActionRecord>> {
         let path = self.action_path(key);
-        let rec: Option<ActionRecord> = self.read_record(&path)?;
+        let rec: Option<ActionRecord> = self.read_record(&path, MAX_RECORD_BYTES)?;
         if let Some(why) = rec.as_ref().and_then(|r| r.problem(key)) {
             self.set_aside(&path, &format!("not a true record of its key: {why}"));
             return Ok(None);
@@ -491,7 +546,7 @@ impl Store {
             if stem.as_deref().map(Key::parse).is_none_or(|k| k.is_err()) {
                 continue;
             }
-            if let Some(r) = self.read_record(&p)? {
+            if let Some(r) = self.read_record(&p, MAX_RECORD_BYTES)? {
                 out.push(r);
             }
         }
@@ -522,7 +577,7 @@ impl Store {
     /// The checkpoints saved so far for `key` (none if the record is absent or damaged).
     pub fn progress(&self, key: &str) -> Result<Progress> {
         Ok(self
-            .read_record(&self.progress_path(key))?
+            .read_record(&self.progress_path(key), MAX_PROGRESS_BYTES)?
             .unwrap_or_default())
     }
 
@@ -721,6 +776,37 @@ pub fn open_regular(path: &Path) -> std::io::Result<(File, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_keeps_steps_compact_and_reads_older_records() {
+        // A record written before there were steps.
+        let old = r#"{"checkpoints":[],"evals":[[0,4.0,4.1]]}"#;
+        let p: Progress = serde_json::from_str(old).unwrap();
+        assert!(p.steps.is_empty());
+        let step = |iter, grad_norm| TrainStep {
+            iter,
+            loss: 2.5,
+            lr: 1e-3,
+            grad_norm,
+        };
+        let mut p = Progress {
+            checkpoints: vec![],
+            evals: vec![(0, 4.0, 4.1), (20, 3.0, 3.1), (40, 2.0, 2.1)],
+            steps: vec![step(0, Some(0.5)), step(10, None), step(20, Some(0.25))],
+        };
+        let text = serde_json::to_string(&p).unwrap();
+        assert!(
+            text.contains(r#""steps":[[0,2.5,0.001,0.5],[10,2.5,0.001,null],"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Progress>(&text).unwrap(), p);
+        // Resuming from the checkpoint at 20: its evaluation stays, its iteration is redone.
+        p.keep_until(Some(20));
+        assert_eq!(p.evals.iter().map(|e| e.0).collect::<Vec<_>>(), [0, 20]);
+        assert_eq!(p.steps.iter().map(|s| s.iter).collect::<Vec<_>>(), [0, 10]);
+        p.keep_until(None);
+        assert!(p.evals.is_empty() && p.steps.is_empty());
+    }
 
     #[test]
     fn put_get_and_corruption_detection() {

@@ -70,7 +70,7 @@ impl Store {
         }
         for key in self.progress_keys()? {
             let path = self.progress_path(&key);
-            let Ok(bytes) = super::read_bounded(&path, super::MAX_RECORD_BYTES) else {
+            let Ok(bytes) = super::read_bounded(&path, super::MAX_PROGRESS_BYTES) else {
                 continue;
             };
             let Ok(mut p) = serde_json::from_slice::<Progress>(&bytes) else {
@@ -90,8 +90,7 @@ impl Store {
                 let lost = p.checkpoints[good].iter;
                 p.checkpoints.truncate(good);
                 let last = p.checkpoints.last().map_or(0, |c| c.iter);
-                p.evals
-                    .retain(|e| p.checkpoints.last().is_some() && e.0 <= last);
+                p.keep_until(p.checkpoints.last().map(|c| c.iter));
                 self.put_progress(&key, &p)?;
                 report.damaged.push(format!(
                     "progress record {}: the checkpoint at iter {lost} is missing or corrupted; training resumes from {}",
