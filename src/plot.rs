@@ -1,10 +1,13 @@
-//! A small, dependency-free SVG line plot for loss curves.
+//! Loss curves as SVG, drawn by `plotters` (its SVG backend only: no fonts, no bitmaps; text
+//! widths are estimated, which is all an SVG needs).
 //!
-//! [`loss_svg`] draws iteration (x) against loss (y) for any number of series, with
-//! "nice" ticks (steps of 1, 2, 2.5 or 5 times a power of ten), grid lines, a title,
-//! a legend and, for sparse series, point markers.
+//! [`loss_svg`] draws iteration (x) against loss (y) for any number of series: a title, axes with
+//! labelled ticks, a legend, one colour per series (matplotlib's tab10), and a circle per point
+//! for sparse series. Points that are not finite are left out; a plot with nothing to draw says
+//! "no data". The bytes depend only on the input (a train stage's `loss.svg` is an output).
 
-use std::fmt::Write as _;
+use plotters::coord::Shift;
+use plotters::prelude::*;
 
 /// One curve: `(iteration, loss)` points, drawn in the given order.
 pub struct Series {
@@ -12,422 +15,144 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-const WIDTH: f64 = 720.0;
-const HEIGHT: f64 = 420.0;
-/// The plot area (inside the axes), in SVG pixels.
-const LEFT: f64 = 78.0;
-const RIGHT: f64 = WIDTH - 24.0;
-const TOP: f64 = 44.0;
-const BOTTOM: f64 = HEIGHT - 58.0;
+const SIZE: (u32, u32) = (720, 420);
 /// Series with at most this many points also get a circle per point.
 const MARKER_MAX_POINTS: usize = 50;
-/// Aim for about this many ticks per axis.
-const TARGET_TICKS: usize = 5;
 /// Matplotlib's "tab10" palette: distinct and colour-blind friendly enough.
-const COLORS: [&str; 10] = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    "#bcbd22", "#17becf",
+const COLORS: [RGBColor; 10] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0xe3, 0x77, 0xc2),
+    RGBColor(0x7f, 0x7f, 0x7f),
+    RGBColor(0xbc, 0xbd, 0x22),
+    RGBColor(0x17, 0xbe, 0xcf),
 ];
-/// Estimated average glyph width at font-size 12 (there are no font metrics here).
-const CHAR_WIDTH: f64 = 6.6;
-const FONT: &str = "font-family=\"Helvetica, Arial, sans-serif\"";
+const FONT: &str = "sans-serif";
 
-/// An SVG document (width 720, height 420) with axes, ~5 "nice" tick labels on each axis (iteration on x, loss on y),
-/// a title, one polyline per series with a distinct color, a legend, and small circle markers when a series has <= 50 points.
-/// Empty series or all-empty input must still produce a valid SVG ("no data" text). NaN/inf points are skipped.
+/// An SVG document (720 × 420) of `series` under `title`.
 pub fn loss_svg(title: &str, series: &[Series]) -> String {
-    // Only finite points are drawn; a series left with none is "empty".
+    // Only finite points are drawn, and only values whose span is finite too.
     let finite: Vec<Vec<(f64, f64)>> = series
         .iter()
         .map(|s| {
             s.points
                 .iter()
                 .copied()
-                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .filter(|(x, y)| {
+                    x.is_finite() && y.is_finite() && x.abs() < 1e300 && y.abs() < 1e300
+                })
                 .collect()
         })
         .collect();
-
     let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{HEIGHT}\" \
-         viewBox=\"0 0 {WIDTH} {HEIGHT}\">"
-    );
-    let _ = writeln!(svg, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
-    let _ = writeln!(
-        svg,
-        "<text x=\"{:.1}\" y=\"26\" text-anchor=\"middle\" font-size=\"16\" font-weight=\"bold\" {FONT}>{}</text>",
-        (LEFT + RIGHT) / 2.0,
-        xml_escape(title)
-    );
-
-    let all = finite.iter().flatten();
-    let x_bounds = bounds(all.clone().map(|p| p.0));
-    let y_bounds = bounds(all.map(|p| p.1));
-    let axes = match (x_bounds, y_bounds) {
-        // Iterations usually start at 0 and end at a round number: no margin on x.
-        // Losses get a 4% margin so a curve doesn't run along the frame.
-        (Some(xb), Some(yb)) => Axis::new(xb, 0.0).zip(Axis::new(yb, 0.04)),
-        _ => None,
-    };
-
-    match axes {
-        Some((x_axis, y_axis)) => {
-            draw_axes(&mut svg, &x_axis, &y_axis);
-            for (i, points) in finite.iter().enumerate() {
-                if !points.is_empty() {
-                    draw_series(&mut svg, points, COLORS[i % COLORS.len()], &x_axis, &y_axis);
-                }
-            }
-            draw_legend(&mut svg, series, &finite, &x_axis, &y_axis);
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        // Drawing into a string cannot fail but for a bug in the layout; an error leaves what
+        // was drawn (still a valid document).
+        if let Err(e) = draw(&root, title, series, &finite) {
+            tracing::debug!("plot {title:?}: {e}");
         }
-        None => {
-            // No drawable point (or values so large their span overflows): an empty frame.
-            draw_frame_and_labels(&mut svg, 20.0);
-            let _ = writeln!(
-                svg,
-                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" dy=\"0.35em\" \
-                 font-size=\"14\" fill=\"#888\" {FONT}>no data</text>",
-                (LEFT + RIGHT) / 2.0,
-                (TOP + BOTTOM) / 2.0
-            );
-        }
+        let _ = root.present();
     }
-
-    svg.push_str("</svg>\n");
+    svg.push('\n');
     svg
 }
 
-/// `(min, max)` of the values, or `None` for no values.
-fn bounds(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
-    values.fold(None, |acc, v| match acc {
-        None => Some((v, v)),
-        Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
-    })
-}
-
-/// A linear axis whose domain is widened to whole tick steps.
-struct Axis {
-    lo: f64,
-    hi: f64,
-    step: f64,
-}
-
-impl Axis {
-    /// The axis for data spanning `(min, max)`, widened by `margin` times the span on
-    /// each side (but not below zero for non-negative data); `None` if the span is not finite.
-    fn new((min, max): (f64, f64), margin: f64) -> Option<Axis> {
-        let pad = if max > min {
-            (max - min) * margin
-        } else if min == 0.0 {
-            1.0 // A single value: give it some room, 1 around zero...
-        } else {
-            min.abs() * 0.1 // ...or 10% of its magnitude.
-        };
-        // Non-negative data (iterations, losses) stays non-negative.
-        let lo = if min >= 0.0 && min - pad < 0.0 {
-            0.0
-        } else {
-            min - pad
-        };
-        let hi = max + pad;
-        let step = nice_step((hi - lo) / (TARGET_TICKS - 1) as f64);
-        if !step.is_finite() || step <= 0.0 {
-            return None;
-        }
-        let lo = (lo / step).floor() * step;
-        let hi = (hi / step).ceil() * step;
-        // Guard against overflow at the extremes of f64.
-        (lo.is_finite() && hi.is_finite() && hi > lo).then_some(Axis { lo, hi, step })
-    }
-
-    /// Tick values from `lo` to `hi` inclusive.
-    fn ticks(&self) -> Vec<f64> {
-        let n = ((self.hi - self.lo) / self.step).round() as usize;
-        (0..=n).map(|i| self.lo + i as f64 * self.step).collect()
-    }
-
-    /// Maps a value to `[0, 1]` along the axis.
-    fn frac(&self, v: f64) -> f64 {
-        (v - self.lo) / (self.hi - self.lo)
-    }
-
-    /// The tick label for `v`, with just enough decimals for the step.
-    fn label(&self, v: f64) -> String {
-        let v = if v.abs() < self.step * 1e-9 { 0.0 } else { v }; // no "-0" or "1e-17"
-        let magnitude = self.lo.abs().max(self.hi.abs());
-        if magnitude >= 1e7 || self.step < 1e-5 {
-            // Scientific notation, with enough mantissa digits to show the step
-            // (one more for steps of 2.5 x 10^k).
-            if v == 0.0 {
-                return "0".to_string();
-            }
-            let exponent = |x: f64| x.abs().log10().floor();
-            let mantissa = self.step / 10f64.powf(exponent(self.step));
-            let extra = if (mantissa - mantissa.round()).abs() > 1e-6 {
-                1.0
-            } else {
-                0.0
-            };
-            let precision =
-                (exponent(magnitude) - exponent(self.step) + extra).clamp(0.0, 8.0) as usize;
-            return format!("{v:.precision$e}");
-        }
-        // Decimals needed to show the step exactly (2.5 and 0.25 steps need one more).
-        let mut decimals = (-self.step.log10().floor()).max(0.0) as usize;
-        while decimals < 10 && {
-            let scaled = self.step * 10f64.powi(decimals as i32);
-            (scaled - scaled.round()).abs() > 1e-6 * scaled.max(1.0)
-        } {
-            decimals += 1;
-        }
-        format!("{v:.decimals$}")
-    }
-}
-
-/// The "nice" number (1, 2, 2.5 or 5 times a power of ten) closest to `raw`.
-fn nice_step(raw: f64) -> f64 {
-    let power = 10f64.powf(raw.log10().floor());
-    let fraction = raw / power;
-    let nice = if fraction < 1.5 {
-        1.0
-    } else if fraction < 2.25 {
-        2.0
-    } else if fraction < 3.5 {
-        2.5
-    } else if fraction < 7.5 {
-        5.0
-    } else {
-        10.0
-    };
-    nice * power
-}
-
-fn px(x_axis: &Axis, x: f64) -> f64 {
-    LEFT + x_axis.frac(x) * (RIGHT - LEFT)
-}
-
-fn py(y_axis: &Axis, y: f64) -> f64 {
-    BOTTOM - y_axis.frac(y) * (BOTTOM - TOP)
-}
-
-/// The plot frame and the axis titles, shared by the empty and the normal plot.
-/// `y_title_x` is where the rotated "loss" goes, clear of the tick labels.
-fn draw_frame_and_labels(svg: &mut String, y_title_x: f64) {
-    let _ = writeln!(
-        svg,
-        "<rect x=\"{LEFT}\" y=\"{TOP}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#333\" stroke-width=\"1\"/>",
-        RIGHT - LEFT,
-        BOTTOM - TOP
-    );
-    let _ = writeln!(
-        svg,
-        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"13\" {FONT}>iteration</text>",
-        (LEFT + RIGHT) / 2.0,
-        HEIGHT - 14.0
-    );
-    let (lx, ly) = (y_title_x, (TOP + BOTTOM) / 2.0);
-    let _ = writeln!(
-        svg,
-        "<text x=\"{lx}\" y=\"{ly:.1}\" text-anchor=\"middle\" font-size=\"13\" \
-         transform=\"rotate(-90 {lx} {ly:.1})\" {FONT}>loss</text>"
-    );
-}
-
-/// Grid lines, tick marks and tick labels, then the frame on top.
-fn draw_axes(svg: &mut String, x_axis: &Axis, y_axis: &Axis) {
-    svg.push_str("<g stroke=\"#e5e5e5\" stroke-width=\"1\">\n");
-    for x in x_axis.ticks() {
-        let x = px(x_axis, x);
-        let _ = writeln!(
-            svg,
-            "<line x1=\"{x:.2}\" y1=\"{TOP}\" x2=\"{x:.2}\" y2=\"{BOTTOM}\"/>"
-        );
-    }
-    for y in y_axis.ticks() {
-        let y = py(y_axis, y);
-        let _ = writeln!(
-            svg,
-            "<line x1=\"{LEFT}\" y1=\"{y:.2}\" x2=\"{RIGHT}\" y2=\"{y:.2}\"/>"
-        );
-    }
-    svg.push_str("</g>\n");
-
-    let _ = writeln!(svg, "<g font-size=\"12\" fill=\"#333\" {FONT}>");
-    for x in x_axis.ticks() {
-        let xp = px(x_axis, x);
-        let _ = writeln!(
-            svg,
-            "<line x1=\"{xp:.2}\" y1=\"{BOTTOM}\" x2=\"{xp:.2}\" y2=\"{}\" stroke=\"#333\"/>\
-             <text x=\"{xp:.2}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-            BOTTOM + 5.0,
-            BOTTOM + 20.0,
-            x_axis.label(x)
-        );
-    }
-    for y in y_axis.ticks() {
-        let yp = py(y_axis, y);
-        let _ = writeln!(
-            svg,
-            "<line x1=\"{}\" y1=\"{yp:.2}\" x2=\"{LEFT}\" y2=\"{yp:.2}\" stroke=\"#333\"/>\
-             <text x=\"{}\" y=\"{yp:.2}\" text-anchor=\"end\" dy=\"0.35em\">{}</text>",
-            LEFT - 5.0,
-            LEFT - 8.0,
-            y_axis.label(y)
-        );
-    }
-    svg.push_str("</g>\n");
-    // Keep the axis title clear of the widest y tick label.
-    let widest = y_axis
-        .ticks()
-        .iter()
-        .map(|&y| y_axis.label(y).len())
-        .max()
-        .unwrap_or(0);
-    let y_title_x = (LEFT - 8.0 - widest as f64 * CHAR_WIDTH - 10.0).clamp(14.0, 20.0);
-    draw_frame_and_labels(svg, y_title_x);
-}
-
-fn draw_series(svg: &mut String, points: &[(f64, f64)], color: &str, x_axis: &Axis, y_axis: &Axis) {
-    let coords: Vec<String> = points
-        .iter()
-        .map(|&(x, y)| format!("{:.2},{:.2}", px(x_axis, x), py(y_axis, y)))
-        .collect();
-    let _ = writeln!(
-        svg,
-        "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.8\" stroke-linejoin=\"round\" \
-         stroke-linecap=\"round\" points=\"{}\"/>",
-        coords.join(" ")
-    );
-    if points.len() <= MARKER_MAX_POINTS {
-        let _ = writeln!(svg, "<g fill=\"{color}\">");
-        for &(x, y) in points {
-            let _ = writeln!(
-                svg,
-                "<circle cx=\"{:.2}\" cy=\"{:.2}\" r=\"2.8\"/>",
-                px(x_axis, x),
-                py(y_axis, y)
-            );
-        }
-        svg.push_str("</g>\n");
-    }
-}
-
-/// The legend, on a translucent white box in the corner of the plot area that the
-/// curves cross least (preferring top-right, where falling loss curves rarely are).
-/// Series without data are listed as such.
-fn draw_legend(
-    svg: &mut String,
+fn draw(
+    root: &DrawingArea<SVGBackend, Shift>,
+    title: &str,
     series: &[Series],
     finite: &[Vec<(f64, f64)>],
-    x_axis: &Axis,
-    y_axis: &Axis,
-) {
-    const MAX_CHARS: usize = 40;
-    const LINE: f64 = 18.0;
-    if series.is_empty() {
-        return;
+) -> Result<(), Box<dyn std::error::Error>> {
+    root.fill(&WHITE)?;
+    let all: Vec<(f64, f64)> = finite.iter().flatten().copied().collect();
+    if all.is_empty() {
+        let area = root.titled(title, (FONT, 18))?;
+        area.draw(&Text::new(
+            "no data",
+            ((SIZE.0 / 2 - 30) as i32, (SIZE.1 / 2 - 30) as i32),
+            (FONT, 16),
+        ))?;
+        return Ok(());
     }
-    let labels: Vec<String> = series
-        .iter()
-        .zip(finite)
-        .map(|(s, pts)| {
-            let mut name: String = s.name.chars().take(MAX_CHARS).collect();
-            if s.name.chars().count() > MAX_CHARS {
-                name.push('…');
-            }
-            if pts.is_empty() {
-                name.push_str(" (no data)");
-            }
-            name
-        })
-        .collect();
-    let text_width =
-        labels.iter().map(|l| l.chars().count()).max().unwrap_or(0) as f64 * CHAR_WIDTH;
-    let width = 36.0 + text_width + 10.0;
-    let height = 8.0 + LINE * labels.len() as f64;
-    let (left, right) = (LEFT + 10.0, RIGHT - 10.0 - width);
-    let (top, bottom) = (TOP + 10.0, BOTTOM - 10.0 - height);
-    let candidates = [(right, top), (left, bottom), (left, top), (right, bottom)];
-    let (x0, y0) = candidates
-        .into_iter()
-        .min_by_key(|&(x, y)| curve_samples_inside(finite, x_axis, y_axis, (x, y, width, height)))
-        .expect("candidates is not empty");
-    let _ = writeln!(
-        svg,
-        "<g font-size=\"12\" {FONT}>\n<rect x=\"{x0:.1}\" y=\"{y0:.1}\" width=\"{width:.1}\" height=\"{height:.1}\" \
-         fill=\"white\" fill-opacity=\"0.85\" stroke=\"#bbb\" rx=\"3\"/>"
-    );
-    for (i, (label, pts)) in labels.iter().zip(finite).enumerate() {
+    let x = span(all.iter().map(|p| p.0), 0.0);
+    let y = span(all.iter().map(|p| p.1), 0.05);
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, (FONT, 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x.0..x.1, y.0..y.1)?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .bold_line_style(RGBColor(0xe5, 0xe5, 0xe5))
+        .x_desc("iteration")
+        .y_desc("loss")
+        .x_label_formatter(&|v| label(*v))
+        .y_label_formatter(&|v| label(*v))
+        .label_style((FONT, 12))
+        .draw()?;
+    for (i, (s, points)) in series.iter().zip(finite).enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let y = y0 + 4.0 + LINE * (i as f64 + 0.5);
-        if !pts.is_empty() {
-            let _ = writeln!(
-                svg,
-                "<line x1=\"{:.1}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"{color}\" stroke-width=\"2.5\"/>",
-                x0 + 8.0,
-                x0 + 28.0
-            );
+        let name = if points.is_empty() {
+            format!("{} (no data)", s.name)
+        } else {
+            s.name.clone()
+        };
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        if !points.is_empty() && points.len() <= MARKER_MAX_POINTS {
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
         }
-        let _ = writeln!(
-            svg,
-            "<text x=\"{:.1}\" y=\"{y:.1}\" dy=\"0.35em\" fill=\"#222\">{}</text>",
-            x0 + 36.0,
-            xml_escape(label)
-        );
     }
-    svg.push_str("</g>\n");
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FONT, 12))
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(0xbb, 0xbb, 0xbb))
+        .draw()?;
+    Ok(())
 }
 
-/// How much of the curves falls inside the rectangle `(x, y, width, height)` (in
-/// pixels): the number of points sampled every few pixels along each polyline.
-fn curve_samples_inside(
-    finite: &[Vec<(f64, f64)>],
-    x_axis: &Axis,
-    y_axis: &Axis,
-    (x, y, width, height): (f64, f64, f64, f64),
-) -> usize {
-    let inside = |(px, py): (f64, f64)| px >= x && px <= x + width && py >= y && py <= y + height;
-    let mut count = 0;
-    for points in finite {
-        let pixels: Vec<(f64, f64)> = points
-            .iter()
-            .map(|&(a, b)| (px(x_axis, a), py(y_axis, b)))
-            .collect();
-        count += pixels.iter().filter(|&&p| inside(p)).count();
-        for pair in pixels.windows(2) {
-            let ((x1, y1), (x2, y2)) = (pair[0], pair[1]);
-            // Samples strictly between the ends, about every 4 pixels (at most 200).
-            let n = ((x2 - x1).hypot(y2 - y1) / 4.0).ceil().min(200.0) as usize;
-            count += (1..n)
-                .map(|i| {
-                    let t = i as f64 / n as f64;
-                    (x1 + t * (x2 - x1), y1 + t * (y2 - y1))
-                })
-                .filter(|&p| inside(p))
-                .count();
-        }
+/// The range an axis shows for `values`: their extent, widened by `pad` of it on each side (and
+/// to a unit around a single value, so a flat curve is drawn mid-height).
+fn span(values: impl Iterator<Item = f64>, pad: f64) -> (f64, f64) {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    let width = hi - lo;
+    if !(width.is_finite() && width > 0.0) {
+        let d = (lo.abs() * 0.05).clamp(1e-9, 0.5);
+        return (lo - d, hi + d);
     }
-    count
+    (lo - width * pad, hi + width * pad)
 }
 
-/// Escapes text for use in SVG element content and attribute values.
-fn xml_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            // Control characters other than tab/newline are not allowed in XML 1.0.
-            c if c.is_control() && c != '\t' && c != '\n' => out.push('\u{FFFD}'),
-            c => out.push(c),
-        }
+/// A tick label: plain for moderate magnitudes, exponent form for others, never `-0`.
+fn label(v: f64) -> String {
+    let v = if v == 0.0 { 0.0 } else { v };
+    let a = v.abs();
+    if a != 0.0 && !(1e-3..1e6).contains(&a) {
+        format!("{v:.2e}")
+    } else if a >= 100.0 || v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        let s = format!("{v:.4}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
     }
-    out
 }
 
 #[cfg(test)]
@@ -436,14 +161,22 @@ mod tests {
 
     fn series(name: &str, points: Vec<(f64, f64)>) -> Series {
         Series {
-            name: name.to_string(),
+            name: name.into(),
             points,
         }
     }
 
+    /// What a curve (and a legend line) is drawn with.
+    const CURVE: &str = "stroke-width=\"2\"";
+
+    /// A text element's content, as the SVG backend writes it.
+    fn text(s: &str) -> String {
+        format!(">\n{s}\n</text>")
+    }
+
     fn assert_well_formed(svg: &str) {
         assert!(svg.starts_with("<svg"), "{svg}");
-        assert!(svg.ends_with("</svg>\n"), "{svg}");
+        assert!(svg.trim_end().ends_with("</svg>"), "{svg}");
         assert!(!svg.contains("NaN"), "{svg}");
         assert!(!svg.contains("inf"), "{svg}");
         assert_eq!(svg.matches("<svg").count(), 1);
@@ -459,7 +192,7 @@ mod tests {
     }
 
     #[test]
-    fn one_polyline_per_non_empty_series() {
+    fn one_polyline_per_non_empty_series_with_markers_when_sparse() {
         let svg = loss_svg(
             "training",
             &[
@@ -470,13 +203,21 @@ mod tests {
             ],
         );
         assert_well_formed(&svg);
-        assert_eq!(svg.matches("<polyline").count(), 2);
+        // Two curves, and a legend line for each of the four series (the axes are thinner).
+        assert_eq!(svg.matches(CURVE).count(), 2 + 4, "{svg}");
         // Markers only for the 20-point series.
         assert_eq!(svg.matches("<circle").count(), 20);
-        assert!(svg.contains("#1f77b4") && svg.contains("#2ca02c"));
-        assert!(svg.contains(">train</text>") && svg.contains(">val</text>"));
-        assert!(svg.contains("empty (no data)"));
-        assert!(!svg.contains("no data</text>\n</svg>"));
+        assert!(svg.contains("#1F77B4") && svg.contains("#2CA02C"), "{svg}");
+        for name in [
+            "training",
+            "train",
+            "val",
+            "empty (no data)",
+            "all nan (no data)",
+        ] {
+            assert!(svg.contains(&text(name)), "{name}: {svg}");
+        }
+        assert!(!svg.contains(&text("no data")));
     }
 
     #[test]
@@ -487,8 +228,8 @@ mod tests {
         );
         assert_well_formed(&svg);
         assert!(svg.contains("a &lt; b &amp; c &gt; d"), "{svg}");
-        assert!(svg.contains("&quot;x&quot; &amp; &lt;y&gt;"), "{svg}");
         assert!(!svg.contains("a < b"));
+        assert!(!svg.contains("<y>"));
     }
 
     #[test]
@@ -500,89 +241,46 @@ mod tests {
         ] {
             let svg = loss_svg("nothing", &input);
             assert_well_formed(&svg);
-            assert!(svg.contains(">no data</text>"), "{svg}");
-            assert_eq!(svg.matches("<polyline").count(), 0);
+            assert!(svg.contains(&text("no data")), "{svg}");
+            assert_eq!(svg.matches(CURVE).count(), 0);
         }
     }
 
     #[test]
-    fn single_point_and_constant_series() {
+    fn single_point_constant_and_extreme_series_stay_finite() {
         let svg = loss_svg("one", &[series("p", vec![(0.0, 2.5)])]);
         assert_well_formed(&svg);
-        assert_eq!(svg.matches("<polyline").count(), 1);
         assert_eq!(svg.matches("<circle").count(), 1);
-
-        let svg = loss_svg(
-            "flat",
-            &[series("c", (0..100).map(|i| (i as f64, 3.0)).collect())],
-        );
-        assert_well_formed(&svg);
-        assert_eq!(svg.matches("<polyline").count(), 1);
-
-        let svg = loss_svg("zero", &[series("z", vec![(5.0, 0.0), (5.0, 0.0)])]);
-        assert_well_formed(&svg);
-    }
-
-    #[test]
-    fn extreme_values_stay_finite() {
-        let svg = loss_svg(
+        let flat: Vec<(f64, f64)> = (0..100).map(|i| (i as f64, 3.0)).collect();
+        assert_well_formed(&loss_svg("flat", &[series("c", flat)]));
+        assert_well_formed(&loss_svg(
+            "zero",
+            &[series("z", vec![(5.0, 0.0), (5.0, 0.0)])],
+        ));
+        assert_well_formed(&loss_svg(
             "big",
-            &[series("b", vec![(0.0, -f64::MAX), (1.0, f64::MAX)])],
-        );
-        assert_well_formed(&svg);
-        let svg = loss_svg("tiny", &[series("t", vec![(0.0, 1e-12), (1e9, 3e-12)])]);
-        assert_well_formed(&svg);
+            &[series("b", vec![(0.0, -f64::MAX), (1.0, 1.0)])],
+        ));
+        assert_well_formed(&loss_svg(
+            "tiny",
+            &[series("t", vec![(0.0, 1e-12), (1e9, 3e-12)])],
+        ));
     }
 
     #[test]
-    fn points_stay_inside_the_plot_area() {
-        let svg = loss_svg(
-            "t",
-            &[series("s", vec![(3.0, 7.3), (1234.0, 0.02), (999.0, 11.1)])],
-        );
-        for circle in svg.split("<circle ").skip(1) {
-            let attr = |name: &str| -> f64 {
-                let start = circle.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
-                let end = start + circle[start..].find('"').unwrap();
-                circle[start..end].parse().unwrap()
-            };
-            let (cx, cy) = (attr("cx"), attr("cy"));
-            assert!((LEFT..=RIGHT).contains(&cx), "{cx}");
-            assert!((TOP..=BOTTOM).contains(&cy), "{cy}");
-        }
+    fn the_same_input_gives_the_same_bytes() {
+        let s = || [series("train", decaying(30, 2.0))];
+        assert_eq!(loss_svg("t", &s()), loss_svg("t", &s()));
     }
 
     #[test]
-    fn nice_ticks_and_labels() {
-        let axis = Axis::new((0.0, 5000.0), 0.0).unwrap();
-        assert_eq!(axis.step, 1000.0);
-        let labels: Vec<String> = axis.ticks().iter().map(|&v| axis.label(v)).collect();
-        assert_eq!(labels, ["0", "1000", "2000", "3000", "4000", "5000"]);
-
-        let axis = Axis::new((1.47, 10.93), 0.0).unwrap();
-        let labels: Vec<String> = axis.ticks().iter().map(|&v| axis.label(v)).collect();
-        assert_eq!(labels, ["0.0", "2.5", "5.0", "7.5", "10.0", "12.5"]);
-
-        let axis = Axis::new((2.5, 2.5), 0.04).unwrap();
-        assert!(axis.lo <= 2.5 && axis.hi >= 2.5 && axis.hi > axis.lo);
-        let n = axis.ticks().len();
-        assert!((3..=8).contains(&n), "{n}");
-
-        let axis = Axis::new((0.0, 1e9), 0.0).unwrap();
-        let labels: Vec<String> = axis.ticks().iter().map(|&v| axis.label(v)).collect();
-        assert_eq!(labels, ["0", "2.50e8", "5.00e8", "7.50e8", "1.00e9"]);
-
-        let axis = Axis::new((-0.3, 0.3), 0.04).unwrap();
-        assert!(axis.ticks().iter().all(|&v| axis.label(v) != "-0.0"));
-    }
-
-    #[test]
-    fn nice_step_values() {
-        assert_eq!(nice_step(1.0), 1.0);
-        assert_eq!(nice_step(0.21), 0.2);
-        assert_eq!(nice_step(0.23), 0.25);
-        assert_eq!(nice_step(2.6), 2.5);
-        assert_eq!(nice_step(4.0), 5.0);
-        assert_eq!(nice_step(800.0), 1000.0);
+    fn tick_labels() {
+        assert_eq!(label(0.0), "0");
+        assert_eq!(label(-0.0), "0");
+        assert_eq!(label(2000.0), "2000");
+        assert_eq!(label(2.5), "2.5");
+        assert_eq!(label(3.125), "3.125");
+        assert_eq!(label(1e9), "1.00e9");
+        assert_eq!(span([2.5].into_iter(), 0.05), (2.375, 2.625));
     }
 }

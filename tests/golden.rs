@@ -57,7 +57,7 @@ const GOLDEN: (u32, &[(&str, &str)]) = (
         ),
         (
             "train/loss.svg",
-            "742d506c3d70474d6f839801354cdeb14d03c8316cc948fa0a27c575119a050e",
+            "235f468befc1e05a56628659bafe247519ada0e9fc50b65362a70ac50e60812f",
         ),
         (
             "train/metrics.json",

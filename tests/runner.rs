@@ -264,7 +264,7 @@ fn a_train_stage_records_every_logged_iteration_for_tensorboard_and_its_run() {
     assert!(elapsed.windows(2).all(|w| w[0] <= w[1]), "{elapsed:?}");
     // The run folder's plot carries the run's name; the output's cannot (it is not keyed).
     let svg = std::fs::read_to_string(dir.join("curves/train.svg")).unwrap();
-    assert!(svg.contains(">tiny: train</text>"), "{svg}");
+    assert!(svg.contains(">\ntiny: train\n</text>"), "{svg}");
     let out = String::from_utf8(object(&sb, &train["outputs"]["loss.svg"])).unwrap();
     assert!(out.contains("train (logged iterations)") && !out.contains("tiny"));
 

@@ -381,11 +381,8 @@ fn compare_shows_the_differing_parameters_sorted_with_json_csv_and_plots() {
         assert!(out.status.success());
         let text = std::fs::read_to_string(sb.dir.join(file)).unwrap();
         assert_eq!(text.matches("<svg").count(), text.matches("</svg>").count());
-        assert_eq!(
-            text.matches("<polyline").count(),
-            6,
-            "two panels of 3 runs: {file}"
-        );
+        // Two panels, each with 3 curves and 3 legend lines.
+        assert_eq!(text.matches("stroke-width=\"2\"").count(), 12, "{file}");
         assert!(text.contains("learning_rate=0.003"), "{file}: the legend");
         assert!(
             !text.contains("<script") && !text.contains("src=\"http"),
