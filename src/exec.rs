@@ -14,6 +14,7 @@ use crate::ui::Ui;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{Value, json};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// One stage's outcome, as `--json` prints it.
@@ -158,7 +159,20 @@ pub struct Runner<'a> {
     pub remote: Option<&'a Remote>,
     /// Upload each finished stage's outputs and record to `remote`.
     pub push: bool,
+    /// A sweep's `--fail-fast`: set by the first stage that fails (in any of the sweep's runs);
+    /// once set, no stage starts and training stops at its next step (resumable from its last
+    /// checkpoint).
+    pub cancel: Option<&'a AtomicBool>,
 }
+
+impl Runner<'_> {
+    pub fn cancelled(&self) -> bool {
+        self.cancel.is_some_and(|c| c.load(Ordering::SeqCst))
+    }
+}
+
+/// Why a stage did not start after `--fail-fast` cancelled the sweep.
+const CANCELLED: &str = "cancelled: another stage of the sweep failed (--fail-fast)";
 
 /// Runs the plan; returns each stage's result in manifest order.
 pub fn execute(runner: &Runner, plan: &Plan, jobs: usize) -> Result<Vec<StageResult>> {
@@ -199,6 +213,21 @@ pub fn execute(runner: &Runner, plan: &Plan, jobs: usize) -> Result<Vec<StageRes
             jobs.max(1)
         };
         for chunk in wave.chunks(width) {
+            if runner.cancelled() {
+                for (i, _) in chunk {
+                    let spec = &m.stages[*i];
+                    let mut r = StageResult::new(spec, StageStatus::Skipped);
+                    r.error = Some(CANCELLED.into());
+                    run.append(&RunEvent::StageSkipped {
+                        time: utc_now(),
+                        stage: spec.name.clone(),
+                        kind: spec.kind.name().into(),
+                        reason: CANCELLED.into(),
+                    })?;
+                    results[*i] = Some(r);
+                }
+                continue;
+            }
             let done: Vec<(usize, StageResult)> = std::thread::scope(|s| {
                 let handles: Vec<_> = chunk
                     .iter()
@@ -233,6 +262,11 @@ pub fn execute(runner: &Runner, plan: &Plan, jobs: usize) -> Result<Vec<StageRes
                     .collect()
             });
             for (i, r) in done {
+                if r.status == StageStatus::Failed
+                    && let Some(c) = runner.cancel
+                {
+                    c.store(true, Ordering::SeqCst);
+                }
                 results[i] = Some(r);
             }
         }
@@ -355,6 +389,7 @@ pub fn run_stage(
     ui.say(&format!("{}: running ({} {})", spec.name, kind, &key[..12]));
     let ctx = Ctx {
         store,
+        cancel: runner.cancel,
         run,
         spec,
         defaults: &m.defaults,

@@ -182,8 +182,8 @@ pub struct RunFlags {
     /// Upload each finished stage (outputs, then its record) to the remote store.
     #[arg(long)]
     pub push: bool,
-    /// A sweep: stop at the first variant that fails (no new variant starts; the ones running
-    /// finish). The sweep can still be resumed.
+    /// A sweep: stop at the first stage that fails, in any variant: no stage starts after it and
+    /// running training stops at its next step. The sweep can still be resumed.
     #[arg(long)]
     pub fail_fast: bool,
 }

@@ -211,6 +211,7 @@ pub fn run_stage(
         ui: &ui,
         remote: remote.as_ref(),
         push: push && remote.is_some(),
+        cancel: None,
     };
     let by_hand = rec.status != RunStatus::Running;
     let r = crate::slurm::run_stage(&runner, &plan, stage, by_hand)?;
@@ -312,6 +313,7 @@ pub(super) fn run_plan(
     ui: &Ui,
     jobs: usize,
     sweep: Option<crate::run::SweepMember>,
+    cancel: Option<&std::sync::atomic::AtomicBool>,
 ) -> Result<RunSummary> {
     let executor = opts.executor;
     run.append(&RunEvent::RunStarted {
@@ -335,6 +337,7 @@ pub(super) fn run_plan(
         ui,
         remote: opts.remote.as_ref(),
         push: opts.flags.push,
+        cancel,
     };
     let stages = match executor {
         Executor::Local => exec::execute(&runner, plan, jobs)?,
@@ -390,7 +393,17 @@ fn execute_run(
             std::process::exit(130);
         }
     });
-    let summary = run_plan(store, plan, &run, command, opts, &ui, opts.flags.jobs, None)?;
+    let summary = run_plan(
+        store,
+        plan,
+        &run,
+        command,
+        opts,
+        &ui,
+        opts.flags.jobs,
+        None,
+        None,
+    )?;
     let ok = summary.status == RunStatus::Succeeded;
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);

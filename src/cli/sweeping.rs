@@ -224,7 +224,18 @@ fn execute(
                     };
                     let r = RunLog::open(store, &v.run_id)
                         .and_then(|run| {
-                            run_plan(store, plan, &run, command, opts, &ui, 1, Some(member))
+                            let cancel = opts.flags.fail_fast.then_some(&stop);
+                            run_plan(
+                                store,
+                                plan,
+                                &run,
+                                command,
+                                opts,
+                                &ui,
+                                1,
+                                Some(member),
+                                cancel,
+                            )
                         })
                         .map_err(|e| format!("{e:#}"));
                     if !matches!(&r, Ok(s) if s.status == RunStatus::Succeeded) {

@@ -59,6 +59,8 @@ pub struct Produced {
 /// Everything a stage's `execute` gets.
 pub struct Ctx<'a> {
     pub store: &'a Store,
+    /// Set when a sweep run with `--fail-fast` is cancelled: long stages stop at their next step.
+    pub cancel: Option<&'a std::sync::atomic::AtomicBool>,
     pub run: &'a RunLog,
     pub spec: &'a StageSpec,
     pub defaults: &'a Defaults,
@@ -73,6 +75,11 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    pub fn cancelled(&self) -> bool {
+        self.cancel
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
     /// The device (and matmul precision) the manifest asks for.
     pub fn device(&self) -> crate::gpt::device::Device {
         self.defaults.device

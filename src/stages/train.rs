@@ -437,6 +437,11 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let mut guard = DivergenceGuard::new(&p.cfg, progress.evals.first().map(|e| e.2));
     let mut superseded = 0usize;
     trainer.run_streaming(&mut |report| {
+        if ctx.cancelled() {
+            anyhow::bail!(
+                "cancelled: another stage of the sweep failed (--fail-fast); `pipe resume` continues from the last checkpoint"
+            );
+        }
         let ev = match report {
             Report::Event(ev) => ev,
             Report::Checkpoint { iter, keep, state } => {

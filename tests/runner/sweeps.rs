@@ -393,3 +393,43 @@ fn compare_shows_the_differing_parameters_sorted_with_json_csv_and_plots() {
         }
     }
 }
+
+/// `--fail-fast` with two variants at once: the first failure (a command that fails after 2 s)
+/// cancels the other variant while it trains, at its next step.
+#[test]
+fn fail_fast_cancels_a_variant_that_is_training() {
+    let sb = setup("sweep-cancel", 50_000, 25_000);
+    let text = format!(
+        "{}  gate:\n    kind: command\n    cmd: 'true'\n",
+        tiny_manifest(50_000, 25_000)
+    );
+    sb.write("gated.yaml", &text);
+    let sweep = "gate.cmd=sleep 2; exit 1,echo ok";
+    let t0 = Instant::now();
+    let out = sb.pipe(&[
+        "run",
+        "gated.yaml",
+        "--sweep",
+        sweep,
+        "-j",
+        "2",
+        "--fail-fast",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "{:?}: not cancelled",
+        t0.elapsed()
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = sweep_runs(&doc);
+    assert_eq!(stage(&runs[0], "gate")["status"], "failed", "{doc}");
+    let train = stage(&runs[1], "train");
+    assert_eq!(train["status"], "failed", "{doc}");
+    assert!(
+        train["error"].as_str().unwrap().contains("cancelled"),
+        "{doc}"
+    );
+    assert_eq!(runs[1]["status"], "failed");
+}
