@@ -463,3 +463,101 @@ fn gc_keeps_downloads_for_an_offline_re_prepare() {
     let doc: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(stage(&doc, "data")["status"], "executed");
 }
+
+/// A tiny HTTP server on 127.0.0.1 that misbehaves by path: `/hang` accepts and never answers,
+/// `/404` and `/500` answer with that status, `/short` announces 1000 bytes and sends 10.
+fn misbehaving_server() -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let mut conn = conn;
+                let reply = match path.as_str() {
+                    "/hang" => {
+                        std::thread::sleep(std::time::Duration::from_secs(120));
+                        return;
+                    }
+                    "/404" => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string(),
+                    "/500" => "HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n".to_string(),
+                    _ => "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789".to_string(),
+                };
+                let _ = conn.write_all(reply.as_bytes());
+            });
+        }
+    });
+    port
+}
+
+/// Nothing waits forever, and the message says what happened: a download from a server that
+/// never answers stops after the stall timeout; HTTP errors and a body cut short are named; a
+/// FIFO as `path` is refused before anything reads it; `--threads` has a bound.
+#[test]
+fn waits_on_the_outside_world_are_bounded_and_named() {
+    let sb = Sandbox::new("bounded-waits");
+    let port = misbehaving_server();
+    let zero = "0".repeat(64);
+    for (path, says) in [
+        ("hang", "timed out"),
+        ("404", "HTTP 404 (not found)"),
+        ("500", "HTTP 500 (a server error"),
+        ("short", "cut short"),
+    ] {
+        sb.write(
+            "m.yaml",
+            &format!(
+                "name: dl\nstages:\n  data:\n    kind: prepare\n    url: http://127.0.0.1:{port}/{path}\n    sha256: {zero}\n    tokenizer: char\n"
+            ),
+        );
+        let t0 = std::time::Instant::now();
+        let out = sb
+            .cmd(&["run", "m.yaml"])
+            .env("PIPE_DOWNLOAD_STALL_TIMEOUT", "1")
+            .env("PIPE_DOWNLOAD_RETRIES", "0")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{path}: {}", stderr(&out));
+        assert!(t0.elapsed().as_secs() < 30, "{path}: {:?}", t0.elapsed());
+        assert!(stderr(&out).contains(says), "{path}: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("offline?"),
+            "{path}: {}",
+            stderr(&out)
+        );
+    }
+    // A FIFO as `path`: run and status refuse it (exit 2, located) instead of blocking.
+    let fifo = sb.dir.join("f.txt");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    sb.write(
+        "fifo.yaml",
+        "name: fifo\nstages:\n  data:\n    kind: prepare\n    path: f.txt\n    tokenizer: char\n",
+    );
+    for cmd in ["run", "status"] {
+        let t0 = std::time::Instant::now();
+        let out = sb.pipe(&[cmd, "fifo.yaml"]);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {}", stderr(&out));
+        assert!(t0.elapsed().as_secs() < 30);
+        assert!(
+            stderr(&out).contains("not a regular file"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains("fifo.yaml:5"), "{}", stderr(&out));
+    }
+    for threads in ["0", "5000"] {
+        let out = sb.pipe(&["--threads", threads, "show"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr(&out).contains(&format!("--threads {threads}: expected 1 to 1024")));
+    }
+}

@@ -568,3 +568,83 @@ fn a_sweep_submits_each_uncached_stage_key_once() {
         .collect();
     assert_eq!(trains.len(), 3);
 }
+
+/// Nothing waits forever on the scheduler: an sbatch that hangs is killed after the call
+/// timeout and fails its stage; a missing squeue fails the run at once; a scheduler that stays
+/// unreachable stops the run after the limit, and `pipe resume` then finishes it.
+#[test]
+fn scheduler_waits_are_bounded() {
+    let s = Slurm::new("bounded");
+    let run = ["run", "tiny.yaml", "--executor", "slurm", "--json"];
+    let t0 = Instant::now();
+    let out = s
+        .cmd(
+            &run,
+            &[
+                ("FAKE_SLURM_HANG", "sbatch"),
+                ("PIPE_SLURM_CALL_TIMEOUT", "1"),
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let err = stage(&doc, "data")["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(err.contains("did not answer within 1 s"), "{doc}");
+
+    // No squeue on PATH: a clear error, at once, not a warning and polling forever.
+    let bin = s.sb.dir.join("no-squeue");
+    std::fs::create_dir_all(&bin).unwrap();
+    let fakes = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake-slurm");
+    for f in ["sbatch", "sacct", "scancel", "common.sh"] {
+        std::os::unix::fs::symlink(fakes.join(f), bin.join(f)).unwrap();
+    }
+    let t0 = Instant::now();
+    let out = s
+        .cmd(&run, &[])
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("`squeue` is not on PATH"), "{text}");
+
+    // squeue hangs: each call is killed after 0.5 s, and after 2 s unreachable the run stops.
+    let s = Slurm::new("bounded-unreachable");
+    let out = s
+        .cmd(
+            &run,
+            &[
+                ("FAKE_SLURM_HANG", "squeue"),
+                ("FAKE_SLURM_HOLD", "pipe-train"),
+                ("PIPE_SLURM_CALL_TIMEOUT", "0.5"),
+                ("PIPE_SLURM_UNREACHABLE_SECONDS", "2"),
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("has not answered for 2 s"), "{text}");
+    let id = text
+        .split("pipe resume ")
+        .nth(1)
+        .and_then(|r| r.split('`').next())
+        .unwrap()
+        .to_string();
+    // The held train job was not cancelled: released, the resumed run watches it to the end.
+    std::fs::write(s.state.join("release"), "").unwrap();
+    let (code, doc) = s.json(
+        &["resume", &id, "--json"],
+        &[("FAKE_SLURM_HOLD", "pipe-train")],
+    );
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(doc["status"], "succeeded");
+}

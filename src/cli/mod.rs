@@ -213,8 +213,20 @@ impl Cli {
     }
 }
 
+/// The most engine threads `--threads` takes.
+const MAX_THREADS: usize = 1024;
+
 pub fn run(cli: Cli) -> Result<i32> {
     if let Some(t) = cli.threads {
+        // Each thread is a process-wide resource: 5000 took 20 s to start, 100000 would exhaust
+        // the machine's PIDs.
+        if t == 0 || t > MAX_THREADS {
+            return Err(InputError::new(
+                format!("--threads {t}: expected 1 to {MAX_THREADS}"),
+                Some("leave it out to use every core (results do not depend on it)"),
+            )
+            .into());
+        }
         rayon::ThreadPoolBuilder::new()
             .num_threads(t)
             .build_global()

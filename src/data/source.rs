@@ -66,6 +66,17 @@ pub fn resolve(path: &Path, format: Option<Format>) -> Result<Corpus, InputError
     if meta.is_dir() {
         return resolve_folder(path, format);
     }
+    if !meta.is_file() {
+        // A FIFO would block the first read forever, and a device (/dev/zero) never ends.
+        return Err(InputError::new(
+            "path",
+            format!(
+                "{} is not a regular file (a FIFO, device or socket)",
+                path.display()
+            ),
+        )
+        .help("give a file, a folder or a glob: pipe hashes what it reads, so it must end"));
+    }
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())

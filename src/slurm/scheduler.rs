@@ -5,18 +5,72 @@ use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-/// Runs a scheduler command and returns its output; a missing command is a clear error.
+/// A scheduler command that is not on PATH: fatal (asking again cannot help), unlike a command
+/// that failed or did not answer in time.
+#[derive(Debug)]
+pub struct Missing(pub String);
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` is not on PATH: is Slurm installed here? (--executor slurm runs sbatch, squeue, sacct and scancel)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Missing {}
+
+/// How long one scheduler command may take: `PIPE_SLURM_CALL_TIMEOUT` seconds, default 60.
+fn call_timeout() -> Duration {
+    std::env::var("PIPE_SLURM_CALL_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map_or(Duration::from_secs(60), Duration::from_secs_f64)
+}
+
+/// Runs a scheduler command and returns its output. A missing command is [`Missing`]; one that
+/// does not finish within [`call_timeout`] is killed (its whole process group) and is an error.
 fn call(program: &str, args: &[String]) -> Result<Output> {
     tracing::debug!(%program, ?args, "slurm");
     // In its own process group, so a Ctrl-C at the terminal reaches pipe (which then cancels
     // its jobs) but not an sbatch halfway through submitting one.
-    Command::new(program)
+    let child = Command::new(program)
         .args(args)
         .process_group(0)
-        .output()
-        .with_context(|| format!("running `{program}` (is Slurm installed and on PATH?)"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Missing(program.to_string()).into());
+        }
+        Err(e) => return Err(e).with_context(|| format!("running `{program}`")),
+    };
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let limit = call_timeout();
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.with_context(|| format!("waiting for `{program}`")),
+        Err(_) => {
+            // SAFETY: signals the process group this call started (its pgid is the child's pid).
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            bail!(
+                "`{program}` did not answer within {:.0} s (killed); PIPE_SLURM_CALL_TIMEOUT sets the limit",
+                limit.as_secs_f64()
+            )
+        }
+    }
 }
 
 /// Submits `script` after the jobs in `after` succeed; returns the job id.
@@ -104,6 +158,9 @@ pub fn states(ids: &[String]) -> Result<BTreeMap<String, String>> {
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
+            Err(e) if e.is::<Missing>() => {
+                tracing::debug!("{e:#}: finished jobs are known while squeue lists them")
+            }
             Err(e) => tracing::warn!("{e:#}"),
         }
     }

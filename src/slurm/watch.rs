@@ -23,6 +23,16 @@ fn poll_interval() -> Duration {
     Duration::from_secs_f64(secs)
 }
 
+/// How long the scheduler may stay unreachable before the run stops (resumable):
+/// `PIPE_SLURM_UNREACHABLE_SECONDS`, default 600.
+fn unreachable_limit() -> Duration {
+    std::env::var("PIPE_SLURM_UNREACHABLE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map_or(Duration::from_secs(600), Duration::from_secs_f64)
+}
+
 /// Sleeps `d` in short steps, returning early on Ctrl-C.
 fn nap(d: Duration) {
     let step = Duration::from_millis(50);
@@ -308,8 +318,10 @@ impl Watch<'_> {
 /// Polls until every submitted stage has an outcome.
 pub(super) fn watch(w: &mut Watch) -> Result<()> {
     let poll = poll_interval();
+    let give_up = unreachable_limit();
     let n = w.results.len();
     let mut warned = false;
+    let mut unreachable_since: Option<std::time::Instant> = None;
     loop {
         if INTERRUPTED.load(Ordering::SeqCst) {
             w.interrupted();
@@ -337,12 +349,26 @@ pub(super) fn watch(w: &mut Watch) -> Result<()> {
             .filter_map(|&i| w.jobs[i].as_ref().map(|j| j.id.clone()))
             .collect();
         let states = match scheduler::states(&ids) {
-            Ok(s) => s,
+            Ok(s) => {
+                unreachable_since = None;
+                s
+            }
+            // Asking again cannot bring a missing squeue.
+            Err(e) if e.is::<scheduler::Missing>() => return Err(e),
             Err(e) => {
+                let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > give_up {
+                    anyhow::bail!(
+                        "the scheduler has not answered for {:.0} s ({e:#}); the run stops here, its jobs are not cancelled: `pipe resume {}` watches them again (PIPE_SLURM_UNREACHABLE_SECONDS sets the limit)",
+                        give_up.as_secs_f64(),
+                        w.runner.run.id
+                    );
+                }
                 if !warned {
-                    w.runner
-                        .ui
-                        .say(&format!("warning: {e:#}; asking again every {poll:?}"));
+                    w.runner.ui.say(&format!(
+                        "warning: {e:#}; asking again every {poll:?} for up to {:.0} s",
+                        give_up.as_secs_f64()
+                    ));
                     warned = true;
                 }
                 nap(poll);

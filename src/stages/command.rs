@@ -57,7 +57,7 @@ pub fn key_parts(base: &Path, spec: &StageSpec, params: &Params) -> Result<(Valu
     let mut deps = BTreeMap::new();
     for d in &params.deps {
         let full = resolve_path(base, d);
-        let bytes = std::fs::read(&full).map_err(|e| {
+        let bytes = super::read_input_file(&full).map_err(|e| {
             err(
                 spec.origin_of("deps").clone(),
                 format!("cannot read dependency {}: {e}", full.display()),

@@ -242,16 +242,9 @@ fn download_hf(root: &Path, repo: &str, revision: &str) -> Result<PathBuf> {
         );
         eprintln!("downloading {url}");
         let tmp = dir.join(format!(".{file}.partial"));
-        let ok = std::process::Command::new("curl")
-            .args(["-fSL", "--retry", "2", "-o"])
-            .arg(&tmp)
-            .arg(&url)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = std::fs::remove_file(&tmp);
+        if let Err(e) = super::download::fetch(&url, &tmp) {
             bail!(
-                "could not download {url} (offline?).\n  help: fetch the folder where you have internet (`huggingface-cli download {repo} config.json model.safetensors --local-dir DIR`) and pass --set STAGE.hf_dir=DIR"
+                "{e:#}.\n  help: fetch the folder where you have internet (`huggingface-cli download {repo} config.json model.safetensors --local-dir DIR`) and pass --set STAGE.hf_dir=DIR"
             );
         }
         std::fs::rename(&tmp, &dest)?;

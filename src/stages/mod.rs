@@ -2,6 +2,7 @@
 //! errors pointing into the manifest), a function giving the parts of its key, and `execute`.
 
 pub mod command;
+pub mod download;
 pub mod evaluate;
 pub mod export;
 pub mod init;
@@ -397,7 +398,7 @@ pub fn file_source(
         return Ok(Value::Null);
     };
     let full = resolve_path(base, path);
-    let bytes = std::fs::read(&full).map_err(|e| {
+    let bytes = read_input_file(&full).map_err(|e| {
         err(
             spec.origin_of(field).clone(),
             format!("cannot read {}: {e}", full.display()),
@@ -405,6 +406,17 @@ pub fn file_source(
         )
     })?;
     Ok(serde_json::json!({ format!("{field}_file"): blake3::hash(&bytes).to_hex().to_string() }))
+}
+
+/// A small file the manifest names (a `FILE:` value, a command's `deps`), read whole: only a
+/// regular file, opened without blocking (a FIFO would hang `run` and `status`; /dev/zero never
+/// ends).
+pub fn read_input_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let (f, len) = crate::store::open_regular(path)?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    f.take(len).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Resolves a path from the manifest: relative paths are relative to the manifest's folder.

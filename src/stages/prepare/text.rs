@@ -115,16 +115,9 @@ fn fetch_pinned(store: &Store, url: &str, sha256: &str, stage: &str, ctx: &Ctx) 
         .root
         .join("tmp")
         .join(crate::store::temp_name(&format!("download-{sha256}")));
-    let status = std::process::Command::new("curl")
-        .args(["-fsSL", "--retry", "2", "-o"])
-        .arg(&tmp)
-        .arg(url)
-        .status();
-    let ok = matches!(status, Ok(s) if s.success());
-    if !ok {
-        let _ = std::fs::remove_file(&tmp);
+    if let Err(e) = crate::stages::download::fetch(url, &tmp) {
         bail!(
-            "could not download {url} (offline, or curl missing?).\n  help: download it elsewhere (or find a local copy) and give that file: `--set {stage}.path=FILE` (its sha256 is still checked); check the path if you gave one"
+            "{e:#}.\n  help: download it elsewhere (or find a local copy) and give that file: `--set {stage}.path=FILE` (its sha256 is still checked); check the path if you gave one"
         );
     }
     let bytes = std::fs::read(&tmp)?;
