@@ -164,6 +164,23 @@ fn cases() -> Vec<Case> {
             &["bad.yaml:6:", "plain file name"],
         ),
         case(
+            "stage name read as an option",
+            "name: bad\nstages:\n  -h:\n    kind: command\n    cmd: 'true'\n",
+            &[
+                "bad.yaml:3:",
+                "invalid stage name \"-h\"",
+                "starting with a letter or digit",
+            ],
+        ),
+        case(
+            "stage name too long",
+            &format!(
+                "name: bad\nstages:\n  {}:\n    kind: command\n    cmd: 'true'\n",
+                "s".repeat(65)
+            ),
+            &["bad.yaml:3:", "invalid stage name", "at most 64 characters"],
+        ),
+        case(
             "stage is a scalar",
             "name: bad\nstages:\n  data: 42\n",
             &["bad.yaml:3:", "must be a mapping", "the number 42"],

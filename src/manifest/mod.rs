@@ -217,11 +217,20 @@ fn find_stage_def(base_dir: &Path, name: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
+/// A manifest's or a stage's name: it names files in the store and arguments of job scripts, so
+/// letters, digits, `_` and `-`, starting with a letter or digit (never read as an option), at
+/// most [`MAX_NAME_LEN`] characters.
 pub fn valid_name(s: &str) -> bool {
-    !s.is_empty()
+    s.len() <= MAX_NAME_LEN
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
+
+pub const MAX_NAME_LEN: usize = 64;
+
+const NAME_HELP: &str =
+    "use letters, digits, `_` and `-`, starting with a letter or digit, at most 64 characters";
 
 /// Reads a manifest: parse, then each stage with its `use:` definition merged in, then the
 /// command line's overrides, then the checks that need the whole manifest.
@@ -273,7 +282,7 @@ impl Doc {
             return Err(err(
                 self.top("name"),
                 format!("invalid manifest name {:?}", self.raw.name),
-                Some("use letters, digits, `_` and `-` only (it names files in the store)"),
+                Some(NAME_HELP),
             ));
         }
         if self.stages.is_empty() {
@@ -314,7 +323,7 @@ impl Doc {
             return Err(err(
                 origin,
                 format!("invalid stage name {name:?}"),
-                Some("use letters, digits, `_` and `-` only"),
+                Some(NAME_HELP),
             ));
         }
         let Some(body) = entry.value.as_mapping() else {

@@ -85,13 +85,36 @@ impl Resources {
             }
             Ok(Some(s))
         };
+        let checked =
+            |s: Option<String>, ok: fn(&str) -> bool, what: &str| -> Result<Option<String>> {
+                match s {
+                    Some(s) if !ok(&s) => Err(err(
+                        o.clone(),
+                        format!("`resources.{field}` must be {what}, found {s:?}"),
+                        None,
+                    )),
+                    s => Ok(s),
+                }
+            };
         match field {
             "gpus" => self.gpus = count(0)?,
             "nodes" => self.nodes = count(1)?,
             "tasks_per_node" => self.tasks_per_node = count(1)?,
             "cpus" => self.cpus = count(1)?,
-            "mem" => self.mem = word("16G")?,
-            "time" => self.time = word("\"2:00:00\"")?,
+            "mem" => {
+                self.mem = checked(
+                    word("16G")?,
+                    is_mem,
+                    "a size: a number with an optional unit K, M, G or T (16G, 512M, 4096)",
+                )?
+            }
+            "time" => {
+                self.time = checked(
+                    word("\"2:00:00\"")?,
+                    is_time,
+                    "minutes (30), MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS, as sbatch --time takes it",
+                )?
+            }
             "partition" => self.partition = word("gpu")?,
             _ => {
                 return Err(err(
@@ -162,6 +185,23 @@ pub fn sbatch_args_of(v: &Value, o: &Origin) -> Result<Vec<String>> {
         .collect()
 }
 
+/// sbatch's `--mem`: digits, then at most one unit letter.
+fn is_mem(s: &str) -> bool {
+    let digits = s.trim_end_matches(['K', 'M', 'G', 'T', 'k', 'm', 'g', 't']);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && s.len() - digits.len() <= 1
+}
+
+/// sbatch's `--time`: `M`, `M:S`, `H:M:S`, `D-H`, `D-H:M` or `D-H:M:S` (all numbers).
+fn is_time(s: &str) -> bool {
+    let number = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    let (days, rest) = match s.split_once('-') {
+        Some((d, r)) => (Some(d), r),
+        None => (None, s),
+    };
+    let parts: Vec<&str> = rest.split(':').collect();
+    days.is_none_or(number) && parts.iter().all(|p| number(p)) && (1..=3).contains(&parts.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +253,21 @@ mod tests {
             (Some("16G"), Some("30"))
         );
         assert!(r.set("nodes", &serde_json::json!(0), &o).is_err());
+        for good in ["16G", "512m", "4096"] {
+            assert!(r.set("mem", &serde_json::json!(good), &o).is_ok(), "{good}");
+        }
+        for bad in ["lots", "16GB", "G", "1.5G"] {
+            assert!(r.set("mem", &serde_json::json!(bad), &o).is_err(), "{bad}");
+        }
+        for good in ["30", "30:00", "2:00:00", "1-12", "1-12:30", "1-12:30:00"] {
+            assert!(
+                r.set("time", &serde_json::json!(good), &o).is_ok(),
+                "{good}"
+            );
+        }
+        for bad in ["forever", "1:2:3:4", "-1", "1-", "a-1", "1:x"] {
+            assert!(r.set("time", &serde_json::json!(bad), &o).is_err(), "{bad}");
+        }
         assert!(r.set("partition", &serde_json::json!("a b"), &o).is_err());
         let e = r.set("gpu", &serde_json::json!(1), &o).unwrap_err();
         assert!(e.to_string().contains("unknown field `gpu`"), "{e}");
