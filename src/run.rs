@@ -18,44 +18,58 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-/// A stage's status. A run logs `executed`, `cached`, `pulled` or `resumed` when a stage
-/// finishes; `show` rebuilds the others from the log (`pending`, `running`, `interrupted`,
-/// `failed`, `skipped`); `pipe status` predicts `cached`, `stale`, `pulled` or `blocked`.
-/// Serialized as the lower-case name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StageStatus {
-    Executed,
-    Cached,
-    /// Downloaded from the remote store (`--remote`): computed elsewhere, not here.
-    Pulled,
-    Resumed,
-    Failed,
-    Skipped,
-    Pending,
-    Running,
-    Interrupted,
-    Stale,
-    Blocked,
+/// A status enum, its `as_str` (the log's and `--json`'s string) and `ALL` (every variant), from
+/// one list, so no list of them can leave one out.
+macro_rules! status_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(rename_all = "kebab-case")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)*
+        }
+
+        impl $name {
+            /// Every status, in declaration order.
+            pub const ALL: &[$name] = &[$($name::$variant),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    };
 }
 
-impl StageStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StageStatus::Executed => "executed",
-            StageStatus::Cached => "cached",
-            StageStatus::Pulled => "pulled",
-            StageStatus::Resumed => "resumed",
-            StageStatus::Failed => "failed",
-            StageStatus::Skipped => "skipped",
-            StageStatus::Pending => "pending",
-            StageStatus::Running => "running",
-            StageStatus::Interrupted => "interrupted",
-            StageStatus::Stale => "stale",
-            StageStatus::Blocked => "blocked",
-        }
+status_enum!(
+    /// A stage's status. A run logs `executed`, `cached`, `pulled` or `resumed` when a stage
+    /// finishes; `show` rebuilds the others from the log (`pending`, `running`, `interrupted`,
+    /// `failed`, `skipped`); `pipe status` predicts `cached`, `stale`, `pulled` or `blocked`.
+    /// Serialized as the lower-case name.
+    StageStatus {
+        Executed => "executed",
+        Cached => "cached",
+        /// Downloaded from the remote store (`--remote`): computed elsewhere, not here.
+        Pulled => "pulled",
+        Resumed => "resumed",
+        Failed => "failed",
+        Skipped => "skipped",
+        Pending => "pending",
+        Running => "running",
+        Interrupted => "interrupted",
+        Stale => "stale",
+        Blocked => "blocked",
     }
+);
 
+impl StageStatus {
     /// Whether the stage's outputs exist (it ran, was cached, or resumed to the end).
     pub fn done(self) -> bool {
         matches!(
@@ -68,42 +82,18 @@ impl StageStatus {
     }
 }
 
-impl std::fmt::Display for StageStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.pad(self.as_str())
+status_enum!(
+    /// A run's status. A run logs `succeeded` or `failed` when it finishes; reading it back adds
+    /// `running` (its lock is held), `interrupted` (no `run_finished` and nobody holds the lock)
+    /// and `damaged` (its plan cannot be read). Serialized as the lower-case name.
+    RunStatus {
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Interrupted => "interrupted",
+        Running => "running",
+        Damaged => "damaged",
     }
-}
-
-/// A run's status. A run logs `succeeded` or `failed` when it finishes; reading it back adds
-/// `running` (its lock is held), `interrupted` (no `run_finished` and nobody holds the lock) and
-/// `damaged` (its plan cannot be read). Serialized as the lower-case name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RunStatus {
-    Succeeded,
-    Failed,
-    Interrupted,
-    Running,
-    Damaged,
-}
-
-impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Succeeded => "succeeded",
-            RunStatus::Failed => "failed",
-            RunStatus::Interrupted => "interrupted",
-            RunStatus::Running => "running",
-            RunStatus::Damaged => "damaged",
-        }
-    }
-}
-
-impl std::fmt::Display for RunStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.pad(self.as_str())
-    }
-}
+);
 
 /// Where a run's stages execute: in the run's own process, or as Slurm jobs (`src/slurm/`).
 /// Logged in `run_started`, so `pipe resume` continues a run the way it started.
@@ -709,31 +699,13 @@ mod tests {
 
     #[test]
     fn statuses_serialize_as_the_log_and_json_strings() {
-        let all = [
-            StageStatus::Executed,
-            StageStatus::Cached,
-            StageStatus::Resumed,
-            StageStatus::Failed,
-            StageStatus::Skipped,
-            StageStatus::Pending,
-            StageStatus::Running,
-            StageStatus::Interrupted,
-            StageStatus::Stale,
-            StageStatus::Blocked,
-        ];
-        for s in all {
+        for &s in StageStatus::ALL {
             let j = serde_json::to_string(&s).unwrap();
             assert_eq!(j, format!("\"{}\"", s.as_str()));
             assert_eq!(serde_json::from_str::<StageStatus>(&j).unwrap(), s);
         }
-        let runs = [
-            RunStatus::Succeeded,
-            RunStatus::Failed,
-            RunStatus::Interrupted,
-            RunStatus::Running,
-            RunStatus::Damaged,
-        ];
-        for s in runs {
+        assert_eq!(StageStatus::ALL.len(), 11);
+        for &s in RunStatus::ALL {
             let j = serde_json::to_string(&s).unwrap();
             assert_eq!(j, format!("\"{}\"", s.as_str()));
             assert_eq!(serde_json::from_str::<RunStatus>(&j).unwrap(), s);

@@ -155,7 +155,7 @@ fn matches_transformers_on_committed_fixture() {
 fn matches_transformers_on_shared_tiny_gpt2() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tiny-gpt2");
     if !dir.exists() {
-        eprintln!("skipped: {} is absent", dir.display());
+        common::missing(&format!("{} is absent", dir.display()));
         return;
     }
     let r = read_json(&dir.join("reference.json"));

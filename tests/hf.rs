@@ -58,8 +58,8 @@ fn exported_model_loads_in_transformers_with_the_same_logits() {
     assert_eq!(back.logits(), &our_logits[..]);
 
     let Some(py) = python_with_transformers() else {
-        eprintln!(
-            "skipped the transformers check: no Python with torch and transformers (set PIPE_TEST_PYTHON)"
+        missing(
+            "the transformers check: no Python with torch and transformers (set PIPE_TEST_PYTHON)",
         );
         return;
     };
@@ -100,14 +100,14 @@ fn exported_model_loads_in_transformers_with_the_same_logits() {
 #[test]
 fn finetune_from_a_hugging_face_folder_and_match_transformers_loss() {
     let Some(tiny) = shared("fixtures/tiny-gpt2") else {
-        eprintln!("skipped: ../shared/fixtures/tiny-gpt2 is absent");
+        missing("../shared/fixtures/tiny-gpt2 is absent");
         return;
     };
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(tiny.join("reference.json")).unwrap())
             .unwrap();
     let Some(text) = shared("data/tinyshakespeare.txt") else {
-        eprintln!("skipped: ../shared/data/tinyshakespeare.txt is absent");
+        missing("../shared/data/tinyshakespeare.txt is absent");
         return;
     };
     let sb = Sandbox::new("finetune");

@@ -397,7 +397,7 @@ fn lineage_prints_a_shared_input_once() {
 fn a_full_disk_fails_the_stage_and_leaves_nothing_partial() {
     let sb = Sandbox::new("diskfull");
     let Some(disk) = SmallDisk::mount(sb.dir.join("small"), "1m") else {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        missing("cannot mount a tmpfs here (needs root)");
         return;
     };
     sb.write("text.txt", &corpus(700_000));

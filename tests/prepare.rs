@@ -470,7 +470,7 @@ fn bad_input_is_reported_where_it_is() {
 fn a_disk_that_fills_during_prepare_fails_it_cleanly() {
     let sb = Sandbox::new("prepfull");
     let Some(disk) = SmallDisk::mount(sb.dir.join("small"), "2m") else {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        common::missing("cannot mount a tmpfs here (needs root)");
         return;
     };
     // About 5 MB of tokens: more than the 2 MB disk.
