@@ -348,7 +348,7 @@ pub fn run_stage(
             metrics: rec.metrics.clone(),
             seconds: 0.0,
         })?;
-        ui.say(&format!("{}: {status} ({})", spec.name, &key[..12]));
+        ui.say(&format!("{}: {status} ({})", spec.name, key.short()));
         if status == StageStatus::Cached {
             push(runner, spec, &rec)?;
         }
@@ -386,7 +386,12 @@ pub fn run_stage(
         kind: kind.clone(),
         key: key.clone(),
     })?;
-    ui.say(&format!("{}: running ({} {})", spec.name, kind, &key[..12]));
+    ui.say(&format!(
+        "{}: running ({} {})",
+        spec.name,
+        kind,
+        key.short()
+    ));
     let ctx = Ctx {
         store,
         cancel: runner.cancel,

@@ -514,7 +514,7 @@ pub fn logged_events(dir: &std::path::Path) -> Vec<RunEvent> {
 /// counts as another's), the outputs of every action record (including downloads), the checkpoints
 /// of every other progress record, and pins. Checkpoints that runs logged for `key` itself are the
 /// stage's own history, which retention manages.
-pub fn referenced_elsewhere(store: &Store, key: &str) -> Result<BTreeSet<Hash>> {
+pub fn referenced_elsewhere(store: &Store, key: &Key) -> Result<BTreeSet<Hash>> {
     let mut refs = BTreeSet::new();
     if let Ok(rd) = std::fs::read_dir(store.root.join("runs")) {
         for dir in rd.filter_map(|e| e.ok()).map(|e| e.path()) {
@@ -525,9 +525,7 @@ pub fn referenced_elsewhere(store: &Store, key: &str) -> Result<BTreeSet<Hash>> 
                         key_of.insert(stage, key);
                     }
                     RunEvent::StageFinished { outputs, .. } => refs.extend(outputs.into_values()),
-                    RunEvent::Checkpoint { stage, hash, .. }
-                        if key_of.get(&stage).map(Key::as_str) != Some(key) =>
-                    {
+                    RunEvent::Checkpoint { stage, hash, .. } if key_of.get(&stage) != Some(key) => {
                         refs.insert(hash);
                     }
                     _ => {}
@@ -537,7 +535,7 @@ pub fn referenced_elsewhere(store: &Store, key: &str) -> Result<BTreeSet<Hash>> 
     }
     refs.extend(store.pins()?);
     for k in store.progress_keys()? {
-        if k != key {
+        if k != *key {
             refs.extend(store.progress(&k)?.checkpoints.into_iter().map(|c| c.hash));
         }
     }

@@ -258,13 +258,13 @@ pub fn print_summary(s: &RunSummary) {
         s.status.as_str().to_uppercase()
     );
     for st in &s.stages {
-        let key = st.key.as_deref().map(|k| &k[..12]).unwrap_or("-");
+        let key = st.key.as_ref().map(|k| k.short()).unwrap_or("-");
         println!(
             "  {:<14} {:<9} {:<12} key {}",
             st.name, st.kind, st.status, key
         );
         for (name, h) in &st.outputs {
-            println!("      {name:<18} {}", &h[..16]);
+            println!("      {name:<18} {}", h.short());
         }
         if let Some(m) = st.metrics.as_object() {
             let shown: Vec<String> = m
@@ -300,9 +300,9 @@ fn fmt_num(v: &Value) -> String {
 }
 
 /// The stages and inputs that produced `hash`, recursively.
-pub fn lineage(store: &Store, hash: &str) -> Result<Value> {
+pub fn lineage(store: &Store, hash: &Hash) -> Result<Value> {
     let actions = store.actions()?;
-    fn producer(actions: &[crate::store::ActionRecord], hash: &str, depth: usize) -> Value {
+    fn producer(actions: &[crate::store::ActionRecord], hash: &Hash, depth: usize) -> Value {
         let Some(rec) = actions
             .iter()
             .find(|a| a.outputs.values().any(|h| h == hash) && a.kind != RecordKind::Download)
@@ -323,8 +323,11 @@ pub fn lineage(store: &Store, hash: &str) -> Result<Value> {
         {
             for (role, outs) in ins {
                 let outs = outs.as_object().cloned().unwrap_or_default();
-                let first = outs.values().next().and_then(Value::as_str).unwrap_or("");
-                let up = producer(actions, first, depth + 1);
+                let first = outs.values().next().and_then(Value::as_str);
+                let up = match first.map(Hash::parse) {
+                    Some(Ok(h)) => producer(actions, &h, depth + 1),
+                    _ => json!({ "produced_by": null }),
+                };
                 inputs.push(
                     json!({ "role": role, "outputs": outs, "produced_by": up["produced_by"] }),
                 );

@@ -138,7 +138,7 @@ pub fn status(
                 st.name,
                 st.kind,
                 st.status,
-                st.key.as_deref().map(|k| &k[..12]).unwrap_or("-")
+                st.key.as_ref().map(|k| k.short()).unwrap_or("-")
             );
             for r in &st.reasons {
                 println!("      {r}");

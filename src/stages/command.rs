@@ -117,7 +117,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
         .store
         .root
         .join("tmp")
-        .join(temp_name(&format!("cmd-{}", &ctx.key[..16])));
+        .join(temp_name(&format!("cmd-{}", ctx.key.short())));
     let result = run_in(ctx, p, &work);
     let _ = std::fs::remove_dir_all(&work);
     result

@@ -90,7 +90,7 @@ fn write_copy(
     store: &crate::store::Store,
     dir: &Path,
     name: &OutputName,
-    hash: &str,
+    hash: &crate::store::Hash,
 ) -> Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating the folder {}", dir.display()))?;

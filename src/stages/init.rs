@@ -271,7 +271,7 @@ pub fn resolve_checkpoint(store: &Store, s: &str) -> Result<Hash> {
             bail!(
                 "the last checkpoint of run {} stage `{stage}` ({}) is no longer in the store: a later run of the same training superseded it (train keeps its latest `keep_checkpoints`), or `pipe gc` removed it; give a checkpoint hash from `pipe show` instead",
                 rec.id,
-                &hash[..12]
+                hash.short()
             );
         }
         return Ok(hash);

@@ -344,10 +344,10 @@ pub fn execute(ctx: &Ctx, params: &Params) -> Result<Produced> {
 /// A token stream written by `prepare` (uint16 little-endian, like nanoGPT's .bin), memory-mapped:
 /// `Mapped::tokens` reads it in place, so memory does not grow with the data set (nanoGPT's
 /// np.memmap). Only the pages a batch touches are read.
-pub fn map_tokens(store: &Store, hash: &str) -> Result<Mapped> {
+pub fn map_tokens(store: &Store, hash: &Hash) -> Result<Mapped> {
     let map = store.map(hash)?;
     map.tokens()
-        .with_context(|| format!("token object {}", &hash[..hash.len().min(12)]))?;
+        .with_context(|| format!("token object {}", hash.short()))?;
     Ok(map)
 }
 
@@ -363,12 +363,12 @@ pub fn read_meta(store: &Store, data: &Input) -> Result<prepare::Meta> {
 /// as well.
 pub fn with_checkpoint<T>(
     store: &Store,
-    hash: &str,
+    hash: &Hash,
     f: impl FnOnce(&CheckpointFile) -> Result<T>,
 ) -> Result<T> {
     let map = store.map(hash)?;
     let file = CheckpointFile::parse(map.bytes())
-        .with_context(|| format!("reading checkpoint {}", &hash[..hash.len().min(12)]))?
+        .with_context(|| format!("reading checkpoint {}", hash.short()))?
         .releasing(|r| map.release(r));
     f(&file)
 }

@@ -33,7 +33,7 @@ use crate::gpt::{TrainConfig, Trainer};
 use crate::manifest::StageSpec;
 use crate::plot::{Series, loss_svg};
 use crate::run::RunEvent;
-use crate::store::{Hash, Progress, SavedCheckpoint, Store, TrainStep};
+use crate::store::{Hash, Key, Progress, SavedCheckpoint, Store, TrainStep};
 use crate::tensorboard::EventWriter;
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -133,7 +133,7 @@ pub fn retain(checkpoints: &mut Vec<SavedCheckpoint>, keep: usize) -> Vec<SavedC
 /// object stays for `gc`.
 fn remove_superseded(
     store: &Store,
-    key: &str,
+    key: &Key,
     dropped: &[SavedCheckpoint],
     still: &[SavedCheckpoint],
 ) -> Result<usize> {
@@ -152,7 +152,7 @@ fn remove_superseded(
             Ok(_) => removed += 1,
             Err(e) => tracing::warn!(
                 "could not remove the superseded checkpoint {} (iter {}): {e:#}; `pipe gc --drop-checkpoints` removes it once the run has finished",
-                &c.hash[..12],
+                c.hash.short(),
                 c.iter
             ),
         }
@@ -371,7 +371,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
             ctx.ui.say(&format!(
                 "{name}: resuming from iter {} (checkpoint {})",
                 c.iter,
-                &c.hash[..12]
+                c.hash.short()
             ));
             let ck = with_checkpoint(ctx.store, &c.hash, |f| {
                 // Refused before the state is read.

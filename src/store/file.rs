@@ -140,10 +140,10 @@ impl ObjectWriter<'_> {
 
     /// Finishes the object only if its bytes hash to `expected` (a download): otherwise nothing
     /// is stored and the error names both hashes.
-    pub fn commit_expecting(mut self, expected: &str) -> Result<Hash> {
+    pub fn commit_expecting(mut self, expected: &Hash) -> Result<Hash> {
         self.flush_buf()?;
         let hash = Hash::from(self.hasher.finalize());
-        if hash != expected {
+        if hash != *expected {
             bail!("the bytes hash to {hash}, not {expected} (a corrupt copy; it was not stored)");
         }
         self.commit()

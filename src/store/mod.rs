@@ -284,8 +284,8 @@ impl Store {
     }
 
     /// Pins protect objects from `gc`: one empty file per pinned hash in `pins/`.
-    pub fn set_pin(&self, hash: &str, on: bool) -> Result<()> {
-        let p = self.root.join("pins").join(hash);
+    pub fn set_pin(&self, hash: &Hash, on: bool) -> Result<()> {
+        let p = self.root.join("pins").join(hash.as_str());
         if on {
             fs::create_dir_all(self.root.join("pins"))?;
             write_atomic(&self.tmp(), &p, b"")
@@ -311,8 +311,9 @@ impl Store {
         self.root.join("tmp")
     }
 
-    pub fn object_path(&self, hash: &str) -> PathBuf {
-        self.root.join("objects").join(&hash[..2]).join(&hash[2..])
+    pub fn object_path(&self, hash: &Hash) -> PathBuf {
+        let hex = hash.as_str();
+        self.root.join("objects").join(&hex[..2]).join(&hex[2..])
     }
 
     /// Stores a blob; returns its hash. Existing objects are not rewritten.
@@ -367,7 +368,7 @@ impl Store {
     /// Maps an object into memory, read-only, after checking its hash once (blake3 on all cores).
     /// The bytes stay in the page cache, not in this process's heap: memory does not grow with
     /// the object's size.
-    pub fn map(&self, hash: &str) -> Result<Mapped> {
+    pub fn map(&self, hash: &Hash) -> Result<Mapped> {
         let path = self.object_path(hash);
         let file = File::open(&path).with_context(|| format!("object {hash} is missing from the store {} (was it removed by hand? rerun the stage that made it)", self.root.display()))?;
         // SAFETY: objects are read-only once committed and never rewritten in place (a new
@@ -384,8 +385,8 @@ impl Store {
             hasher.update_rayon(&mapped.map[r.clone()]);
             mapped.release(r);
         }
-        let actual = hasher.finalize().to_hex().to_string();
-        if actual != hash {
+        let actual = Hash::from(hasher.finalize());
+        if actual != *hash {
             bail!(
                 "object {hash} in {} is corrupted (its content hashes to {actual}); run `pipe verify`, which removes it, then rerun",
                 self.root.display()
@@ -395,11 +396,11 @@ impl Store {
     }
 
     /// Reads a blob and checks its hash.
-    pub fn get(&self, hash: &str) -> Result<Vec<u8>> {
+    pub fn get(&self, hash: &Hash) -> Result<Vec<u8>> {
         let path = self.object_path(hash);
         let bytes = fs::read(&path).with_context(|| format!("object {hash} is missing from the store {} (was it removed by hand? rerun the stage that made it)", self.root.display()))?;
         let actual = hash_bytes(&bytes);
-        if actual != hash {
+        if actual != *hash {
             bail!(
                 "object {hash} in {} is corrupted (its content hashes to {actual}); run `pipe verify`, which removes it, then rerun",
                 self.root.display()
@@ -410,7 +411,7 @@ impl Store {
 
     /// Copies an object to `dest` (a private copy that a command may change freely), streaming,
     /// and checks the object's hash on the way.
-    pub fn copy_out(&self, hash: &str, dest: &Path) -> Result<()> {
+    pub fn copy_out(&self, hash: &Hash, dest: &Path) -> Result<()> {
         let src = self.object_path(hash);
         let mut r = File::open(&src).with_context(|| {
             format!(
@@ -432,7 +433,7 @@ impl Store {
             w.write_all(&buf[..n])
                 .with_context(|| format!("writing {}", dest.display()))?;
         }
-        if hasher.finalize().to_hex().as_str() != hash {
+        if Hash::from(hasher.finalize()) != *hash {
             let _ = fs::remove_file(dest);
             bail!(
                 "object {hash} in {} is corrupted; run `pipe verify`, which removes it, then rerun",
@@ -507,11 +508,11 @@ impl Store {
         }
     }
 
-    pub fn has(&self, hash: &str) -> bool {
+    pub fn has(&self, hash: &Hash) -> bool {
         self.object_path(hash).exists()
     }
 
-    fn action_path(&self, key: &str) -> PathBuf {
+    fn action_path(&self, key: &Key) -> PathBuf {
         self.root.join("actions").join(format!("{key}.json"))
     }
 
@@ -570,18 +571,18 @@ impl Store {
         Ok(out)
     }
 
-    fn progress_path(&self, key: &str) -> PathBuf {
+    fn progress_path(&self, key: &Key) -> PathBuf {
         self.root.join("progress").join(format!("{key}.json"))
     }
 
     /// The checkpoints saved so far for `key` (none if the record is absent or damaged).
-    pub fn progress(&self, key: &str) -> Result<Progress> {
+    pub fn progress(&self, key: &Key) -> Result<Progress> {
         Ok(self
             .read_record(&self.progress_path(key), MAX_PROGRESS_BYTES)?
             .unwrap_or_default())
     }
 
-    pub fn put_progress(&self, key: &str, p: &Progress) -> Result<()> {
+    pub fn put_progress(&self, key: &Key, p: &Progress) -> Result<()> {
         write_atomic(
             &self.tmp(),
             &self.progress_path(key),
@@ -589,7 +590,7 @@ impl Store {
         )
     }
 
-    pub fn clear_progress(&self, key: &str) -> Result<()> {
+    pub fn clear_progress(&self, key: &Key) -> Result<()> {
         match fs::remove_file(self.progress_path(key)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
@@ -618,14 +619,14 @@ impl Store {
     }
 
     /// Blocks until this process holds the lock for computing `key`.
-    pub fn lock_key(&self, key: &str) -> Result<Lock> {
+    pub fn lock_key(&self, key: &Key) -> Result<Lock> {
         let f = self.lock_file(&format!("{key}.lock"))?;
         f.lock()?;
         Ok(Lock { _file: f })
     }
 
     /// Non-blocking: `None` when another process holds it.
-    pub fn try_lock_key(&self, key: &str) -> Result<Option<Lock>> {
+    pub fn try_lock_key(&self, key: &Key) -> Result<Option<Lock>> {
         let f = self.lock_file(&format!("{key}.lock"))?;
         match f.try_lock() {
             Ok(()) => Ok(Some(Lock { _file: f })),
@@ -686,7 +687,7 @@ impl Store {
         let matches: Vec<Hash> = self
             .all_objects()?
             .into_iter()
-            .filter(|h| h.starts_with(prefix))
+            .filter(|h| h.as_str().starts_with(prefix))
             .collect();
         match matches.len() {
             0 => Ok(None),
@@ -695,14 +696,14 @@ impl Store {
         }
     }
 
-    pub fn remove_object(&self, hash: &str) -> Result<u64> {
+    pub fn remove_object(&self, hash: &Hash) -> Result<u64> {
         let p = self.object_path(hash);
         let size = fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
         fs::remove_file(p)?;
         Ok(size)
     }
 
-    pub fn remove_action(&self, key: &str) -> Result<()> {
+    pub fn remove_action(&self, key: &Key) -> Result<()> {
         Ok(fs::remove_file(self.action_path(key))?)
     }
 

@@ -118,29 +118,27 @@ impl Store {
         }
         for (name, h) in &rec.outputs {
             if bad.contains(h) {
-                return Some(format!("its output `{name}` ({}) is damaged", short(h)));
+                return Some(format!("its output `{name}` ({}) is damaged", h.short()));
             }
             if !self.has(h) {
-                return Some(format!("its output `{name}` ({}) is missing", short(h)));
+                return Some(format!("its output `{name}` ({}) is missing", h.short()));
             }
         }
         let inputs = rec.key_material.get("inputs").and_then(|v| v.as_object());
         for (role, outs) in inputs.into_iter().flatten() {
             for (name, h) in outs.as_object().into_iter().flatten() {
-                if h.as_str().is_some_and(|h| bad.contains(h)) {
+                if let Some(h) = h.as_str().and_then(|h| Hash::parse(h).ok())
+                    && bad.contains(&h)
+                {
                     return Some(format!(
                         "it was built from input {role}/{name} ({}), which is damaged",
-                        short(h.as_str().unwrap_or(""))
+                        h.short()
                     ));
                 }
             }
         }
         None
     }
-}
-
-fn short(h: &str) -> &str {
-    &h[..h.len().min(12)]
 }
 
 /// What `Store::verify` found and did.

@@ -262,8 +262,8 @@ impl Remote {
         self.root
             .clone()
             .join("objects")
-            .join(&hash[..2])
-            .join(&hash[2..])
+            .join(&hash.as_str()[..2])
+            .join(&hash.as_str()[2..])
     }
 
     fn action_path(&self, key: &Key) -> RemotePath {
