@@ -9,6 +9,8 @@
 //! Also what run logs reference (`logged_events`, `referenced_elsewhere`, which training's
 //! checkpoint retention asks). ~540 lines of code, then its tests.
 
+use crate::clock::parse_utc;
+pub use crate::clock::{new_run_id, utc_now};
 use crate::store::{Hash, Key, Outputs, Store};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -193,54 +195,6 @@ pub struct SweepMember {
     pub overrides: Vec<String>,
 }
 
-/// Current UTC time as `YYYY-MM-DDTHH:MM:SSZ` (no date crate needed for one format).
-pub fn utc_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format_utc(secs)
-}
-
-pub fn format_utc(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-pub fn parse_utc(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() != 20 {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some((days * 86_400 + hh * 3600 + mm * 60 + ss) as u64)
-}
-
 /// An open run: appends events to its log. Shared between stage threads.
 pub struct RunLog {
     pub id: String,
@@ -248,18 +202,6 @@ pub struct RunLog {
     file: Mutex<File>,
     /// The run's flock; `None` for a Slurm job appending to a run its submitter holds.
     _lock: Option<File>,
-}
-
-/// A new id: the UTC time and 16 random bits (`20261202-013000-ab12`).
-pub fn new_run_id() -> String {
-    let t = utc_now();
-    let compact: String = t.chars().filter(|c| c.is_ascii_digit()).collect();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let salt = crate::gpt::rng::mix64(nanos as u64 ^ ((std::process::id() as u64) << 32)) & 0xffff;
-    format!("{}-{}-{salt:04x}", &compact[..8], &compact[8..14])
 }
 
 impl RunLog {
@@ -659,7 +601,7 @@ mod tests {
 
     #[test]
     fn active_time_leaves_out_the_gap_before_a_resume() {
-        let t = |s: u64| format_utc(1_795_824_000 + s);
+        let t = |s: u64| crate::clock::format_utc(1_795_824_000 + s);
         let start = |s| RunEvent::RunStarted {
             time: t(s),
             command: "run".into(),
@@ -726,14 +668,5 @@ mod tests {
                 ..
             }
         ));
-    }
-
-    #[test]
-    fn utc_round_trip() {
-        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_utc(1_795_824_000), "2026-11-28T00:00:00Z");
-        for s in [0u64, 951_782_400, 1_795_881_645, 4_102_444_799] {
-            assert_eq!(parse_utc(&format_utc(s)), Some(s));
-        }
     }
 }

@@ -23,6 +23,7 @@ const LAYERS: &[&[&str]] = &[
         "data",
         "tokenizer",
     ],
+    &["clock"],
     &["gpt"],
 ];
 

@@ -28,31 +28,31 @@ pub mod tokenize;
 
 use std::fmt;
 
-/// A problem with the input that the manifest can be pointed at: `field` names the parameter
+/// A problem with a corpus that the manifest can be pointed at: `field` names the parameter
 /// (`path`, `format`, `field`, `column`) whose line the error is reported at.
 #[derive(Debug, Clone)]
-pub struct InputError {
+pub struct FieldError {
     pub field: &'static str,
     pub message: String,
     pub help: Option<String>,
 }
 
-impl InputError {
-    pub fn new(field: &'static str, message: impl Into<String>) -> InputError {
-        InputError {
+impl FieldError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> FieldError {
+        FieldError {
             field,
             message: message.into(),
             help: None,
         }
     }
 
-    pub fn help(mut self, help: impl Into<String>) -> InputError {
+    pub fn help(mut self, help: impl Into<String>) -> FieldError {
         self.help = Some(help.into());
         self
     }
 }
 
-impl fmt::Display for InputError {
+impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "{}", self.message)?;
         if let Some(h) = &self.help {
@@ -62,4 +62,4 @@ impl fmt::Display for InputError {
     }
 }
 
-impl std::error::Error for InputError {}
+impl std::error::Error for FieldError {}

@@ -3,7 +3,7 @@
 //! one row group at a time, without arrow. What can go wrong in the footer (a missing column, one
 //! that is not text, a compression this build cannot read) is found before anything runs.
 
-use super::InputError;
+use super::FieldError;
 use super::source::InputFile;
 use anyhow::{Context, Result, bail};
 use parquet::basic::{Compression, Type as PhysicalType};
@@ -20,12 +20,12 @@ pub struct ColumnInfo {
     pub rows: u64,
 }
 
-fn open(file: &InputFile) -> Result<SerializedFileReader<File>, InputError> {
+fn open(file: &InputFile) -> Result<SerializedFileReader<File>, FieldError> {
     let f = File::open(&file.path).map_err(|e| {
-        InputError::new("path", format!("cannot read {}: {e}", file.path.display()))
+        FieldError::new("path", format!("cannot read {}: {e}", file.path.display()))
     })?;
     SerializedFileReader::new(f).map_err(|e| {
-        InputError::new(
+        FieldError::new(
             "path",
             format!(
                 "{} is not a readable Parquet file: {e}",
@@ -56,7 +56,7 @@ fn supported(c: Compression) -> bool {
 }
 
 /// Checks, from the footer, that `column` is a top-level text column this build can read.
-pub fn inspect(file: &InputFile, column: &str) -> Result<ColumnInfo, InputError> {
+pub fn inspect(file: &InputFile, column: &str) -> Result<ColumnInfo, FieldError> {
     let reader = open(file)?;
     let meta = reader.metadata();
     let schema = meta.file_metadata().schema_descr();
@@ -71,7 +71,7 @@ pub fn inspect(file: &InputFile, column: &str) -> Result<ColumnInfo, InputError>
             .iter()
             .map(|f| f.name().to_string())
             .collect();
-        return Err(InputError::new(
+        return Err(FieldError::new(
             "column",
             format!(
                 "{} has no column `{column}`; its columns: {}",
@@ -83,7 +83,7 @@ pub fn inspect(file: &InputFile, column: &str) -> Result<ColumnInfo, InputError>
     };
     let desc = schema.column(index);
     if desc.physical_type() != PhysicalType::BYTE_ARRAY {
-        return Err(InputError::new(
+        return Err(FieldError::new(
             "column",
             format!(
                 "column `{column}` of {} holds {} values, not text",
@@ -94,7 +94,7 @@ pub fn inspect(file: &InputFile, column: &str) -> Result<ColumnInfo, InputError>
         .help("set `column:` to the one that holds the text"));
     }
     if desc.max_rep_level() > 0 {
-        return Err(InputError::new(
+        return Err(FieldError::new(
             "column",
             format!(
                 "column `{column}` of {} is a list, not one text per row",
@@ -110,7 +110,7 @@ pub fn inspect(file: &InputFile, column: &str) -> Result<ColumnInfo, InputError>
             } else {
                 "rewrite the file with snappy, gzip or no compression (e.g. pyarrow.parquet.write_table(t, f, compression='snappy'))"
             };
-            return Err(InputError::new(
+            return Err(FieldError::new(
                 "path",
                 format!(
                     "{}: column `{column}` is compressed with {}, which this build cannot read",

@@ -3,7 +3,7 @@
 //! the folder (or to the glob's fixed prefix), sorted as strings, so the output never depends on
 //! the order a directory listing happens to give.
 
-use super::InputError;
+use super::FieldError;
 use super::format::{self, Compression, Format};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -51,13 +51,13 @@ const FIX_PATH: &str =
 
 /// Resolves `path` (already joined to the manifest's folder when relative) into files.
 /// `format` is the manifest's, if it gives one.
-pub fn resolve(path: &Path, format: Option<Format>) -> Result<Corpus, InputError> {
+pub fn resolve(path: &Path, format: Option<Format>) -> Result<Corpus, FieldError> {
     let text = path.to_string_lossy().to_string();
     if is_glob(&text) {
         return resolve_glob(&text, format);
     }
     let meta = std::fs::metadata(path).map_err(|e| {
-        InputError::new(
+        FieldError::new(
             "path",
             format!("cannot read {}: {}", path.display(), plain(&e)),
         )
@@ -68,7 +68,7 @@ pub fn resolve(path: &Path, format: Option<Format>) -> Result<Corpus, InputError
     }
     if !meta.is_file() {
         // A FIFO would block the first read forever, and a device (/dev/zero) never ends.
-        return Err(InputError::new(
+        return Err(FieldError::new(
             "path",
             format!(
                 "{} is not a regular file (a FIFO, device or socket)",
@@ -105,9 +105,9 @@ fn plain(e: &std::io::Error) -> String {
     }
 }
 
-fn check_compression(format: Format, c: Compression, name: &str) -> Result<(), InputError> {
+fn check_compression(format: Format, c: Compression, name: &str) -> Result<(), FieldError> {
     if format == Format::Parquet && c != Compression::None {
-        return Err(InputError::new(
+        return Err(FieldError::new(
             "path",
             format!("{name}: a Parquet file cannot be read compressed as a whole"),
         )
@@ -116,7 +116,7 @@ fn check_compression(format: Format, c: Compression, name: &str) -> Result<(), I
     Ok(())
 }
 
-fn resolve_folder(dir: &Path, format: Option<Format>) -> Result<Corpus, InputError> {
+fn resolve_folder(dir: &Path, format: Option<Format>) -> Result<Corpus, FieldError> {
     let mut all = Vec::new();
     walk(dir, dir, &mut all)?;
     let inferred: Vec<Format> = {
@@ -132,7 +132,7 @@ fn resolve_folder(dir: &Path, format: Option<Format>) -> Result<Corpus, InputErr
         (Some(f), _) => f,
         (None, [one]) => *one,
         (None, []) => {
-            return Err(InputError::new(
+            return Err(FieldError::new(
                 "path",
                 format!(
                     "the folder {} has no text, JSONL or Parquet files ({} files, none named *.txt, *.jsonl or *.parquet, optionally .gz or .zst)",
@@ -143,7 +143,7 @@ fn resolve_folder(dir: &Path, format: Option<Format>) -> Result<Corpus, InputErr
             .help("point `path` at the folder that holds the documents, or name the files with a glob (`path: folder/*.md`, `format: text`)"));
         }
         (None, many) => {
-            return Err(InputError::new(
+            return Err(FieldError::new(
                 "path",
                 format!(
                     "the folder {} holds files of several formats ({})",
@@ -169,7 +169,7 @@ fn resolve_folder(dir: &Path, format: Option<Format>) -> Result<Corpus, InputErr
         }
     }
     if files.is_empty() {
-        return Err(InputError::new(
+        return Err(FieldError::new(
             "path",
             format!(
                 "the folder {} has no {} files (*.{})",
@@ -191,12 +191,12 @@ fn resolve_folder(dir: &Path, format: Option<Format>) -> Result<Corpus, InputErr
 }
 
 /// Every regular file under `dir` (following no symlinked folders), skipping hidden entries.
-fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf, u64)>) -> Result<(), InputError> {
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf, u64)>) -> Result<(), FieldError> {
     let rd = std::fs::read_dir(dir)
-        .map_err(|e| InputError::new("path", format!("cannot list {}: {e}", dir.display())))?;
+        .map_err(|e| FieldError::new("path", format!("cannot list {}: {e}", dir.display())))?;
     for entry in rd {
         let entry = entry
-            .map_err(|e| InputError::new("path", format!("cannot list {}: {e}", dir.display())))?;
+            .map_err(|e| FieldError::new("path", format!("cannot list {}: {e}", dir.display())))?;
         let name = entry.file_name().to_string_lossy().to_string();
         if name.starts_with('.') {
             continue;
@@ -204,7 +204,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf, u64)>) -> Resul
         let path = entry.path();
         let ft = entry
             .file_type()
-            .map_err(|e| InputError::new("path", format!("cannot read {}: {e}", path.display())))?;
+            .map_err(|e| FieldError::new("path", format!("cannot read {}: {e}", path.display())))?;
         if ft.is_dir() {
             walk(root, &path, out)?;
         } else if let Ok(meta) = std::fs::metadata(&path)
@@ -224,9 +224,9 @@ fn relative(root: &Path, path: &Path) -> String {
         .join("/")
 }
 
-fn resolve_glob(pattern: &str, format: Option<Format>) -> Result<Corpus, InputError> {
+fn resolve_glob(pattern: &str, format: Option<Format>) -> Result<Corpus, FieldError> {
     let paths = glob::glob(pattern).map_err(|e| {
-        InputError::new("path", format!("`{pattern}` is not a valid glob: {e}")).help(
+        FieldError::new("path", format!("`{pattern}` is not a valid glob: {e}")).help(
             "`*` matches within a name, `**` any folders, `?` one character, `[abc]` one of them",
         )
     })?;
@@ -238,7 +238,7 @@ fn resolve_glob(pattern: &str, format: Option<Format>) -> Result<Corpus, InputEr
     let mut files = Vec::new();
     let mut kinds = Vec::new();
     for p in paths {
-        let path = p.map_err(|e| InputError::new("path", format!("reading `{pattern}`: {e}")))?;
+        let path = p.map_err(|e| FieldError::new("path", format!("reading `{pattern}`: {e}")))?;
         let Ok(meta) = std::fs::metadata(&path) else {
             continue;
         };
@@ -251,7 +251,7 @@ fn resolve_glob(pattern: &str, format: Option<Format>) -> Result<Corpus, InputEr
             (Some(given), _) => given,
             (None, Some(f)) => f,
             (None, None) => {
-                return Err(InputError::new(
+                return Err(FieldError::new(
                     "path",
                     format!("`{pattern}` matches {name}, whose name does not say its format"),
                 )
@@ -271,14 +271,14 @@ fn resolve_glob(pattern: &str, format: Option<Format>) -> Result<Corpus, InputEr
     }
     if files.is_empty() {
         return Err(
-            InputError::new("path", format!("`{pattern}` matches no files"))
+            FieldError::new("path", format!("`{pattern}` matches no files"))
                 .help(format!(
                     "download the files first (OpenWebText: see the README, \"Corpora and OpenWebText\"), or fix the pattern ({FIX_PATH})"
                 )),
         );
     }
     if kinds.len() > 1 {
-        return Err(InputError::new(
+        return Err(FieldError::new(
             "path",
             format!(
                 "`{pattern}` matches files of several formats ({})",

@@ -14,7 +14,7 @@
 mod text;
 
 use super::{Ctx, Produced, resolve_path, typed};
-use crate::data::InputError;
+use crate::data::FieldError;
 use crate::data::format::{Compression, Format};
 use crate::data::parquet::ColumnInfo;
 use crate::data::reader::ReadOptions;
@@ -159,7 +159,7 @@ pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Pa
 }
 
 /// What `path` (or `url`) names, found with the I/O that takes.
-enum Input {
+enum DataSource {
     /// One text document: the local file (used when it exists), or the pinned url.
     OneText {
         local: Option<PathBuf>,
@@ -173,7 +173,7 @@ enum Input {
     },
 }
 
-fn located(spec: &StageSpec, e: InputError) -> anyhow::Error {
+fn located(spec: &StageSpec, e: FieldError) -> anyhow::Error {
     err(
         spec.origin_of(e.field).clone(),
         e.message,
@@ -194,9 +194,9 @@ fn describe(c: &Corpus) -> String {
     }
 }
 
-fn input(base: &Path, spec: &StageSpec, params: &Params) -> Result<Input> {
+fn input(base: &Path, spec: &StageSpec, params: &Params) -> Result<DataSource> {
     let Some(path) = &params.path else {
-        return Ok(Input::OneText {
+        return Ok(DataSource::OneText {
             local: None,
             compression: Compression::None,
         });
@@ -204,14 +204,14 @@ fn input(base: &Path, spec: &StageSpec, params: &Params) -> Result<Input> {
     let full = resolve_path(base, path);
     let glob = path.contains(['*', '?', '[']);
     if !glob && !full.exists() && params.url.is_some() {
-        return Ok(Input::OneText {
+        return Ok(DataSource::OneText {
             local: None,
             compression: Compression::None,
         });
     }
     let corpus = source::resolve(&full, params.format).map_err(|e| located(spec, e))?;
     if corpus.is_one_text() {
-        return Ok(Input::OneText {
+        return Ok(DataSource::OneText {
             local: Some(full),
             compression: corpus.files[0].compression,
         });
@@ -276,14 +276,14 @@ fn input(base: &Path, spec: &StageSpec, params: &Params) -> Result<Input> {
     } else {
         Vec::new()
     };
-    Ok(Input::Corpus { corpus, columns })
+    Ok(DataSource::Corpus { corpus, columns })
 }
 
 /// One text file: the content hash of the local file, else the pinned sha256 (the key material
 /// pipe has always used for it). A corpus: every file's blake3 hash by name, in document order.
 pub fn key_parts(base: &Path, spec: &StageSpec, params: &Params) -> Result<(Value, Value)> {
     match input(base, spec, params)? {
-        Input::OneText { local, compression } => {
+        DataSource::OneText { local, compression } => {
             let source = match (&local, &params.sha256) {
                 (Some(full), _) => {
                     let (sha, len) = sha256_file(full).map_err(|e| {
@@ -315,7 +315,7 @@ pub fn key_parts(base: &Path, spec: &StageSpec, params: &Params) -> Result<(Valu
                 source,
             ))
         }
-        Input::Corpus { corpus, .. } => {
+        DataSource::Corpus { corpus, .. } => {
             use rayon::prelude::*;
             let files = corpus
                 .files
@@ -361,8 +361,8 @@ fn u16_bytes(ids: &[u32]) -> Result<Vec<u8>> {
 
 pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     match input(&ctx.base_dir, ctx.spec, p)? {
-        Input::OneText { local, compression } => execute_one_text(ctx, p, local, compression),
-        Input::Corpus { corpus, columns } => execute_corpus(ctx, p, &corpus, columns),
+        DataSource::OneText { local, compression } => execute_one_text(ctx, p, local, compression),
+        DataSource::Corpus { corpus, columns } => execute_corpus(ctx, p, &corpus, columns),
     }
 }
 

@@ -213,7 +213,7 @@ impl Remote {
         let path = remote.root.clone().join(MARKER);
         let body = serde_json::to_vec_pretty(&serde_json::json!({
             "pipe_remote": 1,
-            "created": crate::run::utc_now(),
+            "created": crate::clock::utc_now(),
         }))?;
         remote.runtime.block_on(async {
             match remote.put_if_absent(&path, body.into()).await {
@@ -747,7 +747,7 @@ impl Remote {
             .clone()
             .join("pipe-check")
             .join(crate::store::temp_name("probe"));
-        let body = format!("pipe remote check {}\n", crate::run::utc_now());
+        let body = format!("pipe remote check {}\n", crate::clock::utc_now());
         let mut out = Vec::new();
         let steps: [(&str, u8); 6] = [
             ("initialised (pipe-remote.json, by `pipe remote init`)", 0),
