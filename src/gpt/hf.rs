@@ -235,28 +235,6 @@ pub fn crop_block_size(mut model: Gpt, block_size: usize) -> Result<Gpt> {
     Gpt::from_params(new_cfg, params)
 }
 
-/// Writes a folder that `transformers.GPT2LMHeadModel.from_pretrained` loads. Models without biases
-/// get zero biases (the same function).
-pub fn export_hf_dir(model: &Gpt, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("config.json"), hf_config_json(&model.config)?)?;
-    let path = dir.join("model.safetensors");
-    let mut w = std::io::BufWriter::new(
-        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
-    );
-    write_hf_safetensors(&model.config, &model.params, &mut w)?;
-    w.flush()
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
-/// The two files of an HF export, as bytes: (config.json, model.safetensors).
-pub fn export_hf_bytes(model: &Gpt) -> Result<(Vec<u8>, Vec<u8>)> {
-    let mut weights = Vec::new();
-    write_hf_safetensors(&model.config, &model.params, &mut weights)?;
-    Ok((hf_config_json(&model.config)?, weights))
-}
-
 /// An HF export's model.safetensors, streamed to `w` one tensor at a time: a Conv1D weight is
 /// transposed through a buffer of its own size, everything else is written from `params` as it is.
 pub fn write_hf_safetensors(cfg: &GptConfig, params: &[f32], w: &mut dyn Write) -> Result<u64> {

@@ -198,10 +198,6 @@ impl Gpt {
         Self::from_params(config, params)
     }
 
-    pub fn num_params(&self) -> usize {
-        self.layout.total
-    }
-
     fn ensure_acts(&mut self, b: usize, t: usize, with_dropout: bool, layers: usize) {
         let fits = self.acts.as_ref().is_some_and(|a| {
             a.b == b && a.t == t && (a.with_dropout || !with_dropout) && a.layers >= layers

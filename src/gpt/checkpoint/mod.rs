@@ -92,10 +92,6 @@ pub enum Parts {
     All,
 }
 
-pub fn f32_bytes(x: &[f32]) -> Vec<u8> {
-    f32_as_bytes(x).to_vec()
-}
-
 /// The bytes of an f32 slice, without copying: on a little-endian machine (the crate refuses to
 /// build on others, see store.rs) these are exactly `f32::to_le_bytes` of each element.
 pub fn f32_as_bytes(x: &[f32]) -> &[u8] {
