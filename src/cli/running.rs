@@ -361,6 +361,21 @@ pub(super) fn run_plan(
     })
 }
 
+/// Ctrl-C: everything written so far is safe (atomic writes, fsynced logs); says how `what`
+/// (`run ID`, `sweep ID`) continues. With Slurm, the watchers cancel their jobs first (and then
+/// exit 130).
+pub(super) fn on_interrupt(executor: Executor, what: String, id: String) {
+    let _ = ctrlc::set_handler(move || match executor {
+        Executor::Slurm => crate::slurm::interrupt(),
+        Executor::Local => {
+            eprintln!(
+                "\ninterrupted: {what} can continue from its last checkpoint with `pipe resume {id}`"
+            );
+            std::process::exit(130);
+        }
+    });
+}
+
 /// A manifest with its `--set` overrides, validated into a plan.
 fn load_plan(manifest: &std::path::Path, set: &[String]) -> Result<plan::Plan> {
     plan::build(manifest::load(manifest, &parse_overrides(set)?)?)
@@ -380,19 +395,7 @@ fn execute_run(
 ) -> Result<i32> {
     let json = opts.flags.json;
     let ui = Ui::new(json);
-    // Ctrl-C: everything written so far is safe (atomic writes, fsynced log); say how to continue.
-    // With Slurm, the watcher cancels the run's jobs first (and then exits 130).
-    let id = run.id.clone();
-    let executor = opts.executor;
-    let _ = ctrlc::set_handler(move || match executor {
-        Executor::Slurm => crate::slurm::interrupt(),
-        Executor::Local => {
-            eprintln!(
-                "\ninterrupted: run {id} can continue from its last checkpoint with `pipe resume {id}`"
-            );
-            std::process::exit(130);
-        }
-    });
+    on_interrupt(opts.executor, format!("run {}", run.id), run.id.clone());
     let summary = run_plan(
         store,
         plan,

@@ -9,7 +9,7 @@
 //! the same time waits on the key's lock and finds them cached.
 
 use super::RunFlags;
-use super::running::{RunOptions, check_plan, remote_url, run_plan};
+use super::running::{RunOptions, check_plan, on_interrupt, remote_url, run_plan};
 use crate::error::InputError;
 use crate::exec::RunSummary;
 use crate::manifest::{self, Override, sweep::SweepValue};
@@ -177,18 +177,12 @@ fn execute(
 ) -> Result<i32> {
     let json = opts.flags.json;
     let ui = Ui::new(json);
-    let id = rec.sweep_id.clone();
     let executor = opts.executor;
-    let _ = ctrlc::set_handler(move || match executor {
-        // The watchers cancel their jobs, then the process exits 130.
-        Executor::Slurm => crate::slurm::interrupt(),
-        Executor::Local => {
-            eprintln!(
-                "\ninterrupted: sweep {id} continues where it stopped with `pipe resume {id}`"
-            );
-            std::process::exit(130);
-        }
-    });
+    on_interrupt(
+        executor,
+        format!("sweep {}", rec.sweep_id),
+        rec.sweep_id.clone(),
+    );
     ui.say(&format!(
         "sweep {} ({}: {} variants)",
         rec.sweep_id,

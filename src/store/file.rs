@@ -2,8 +2,8 @@
 
 use super::{Hash, Store};
 use anyhow::{Context, Result, bail};
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` atomically (temp in `tmp_dir`, fsync, rename, fsync dir).
@@ -230,6 +230,52 @@ impl Mapped {
         }
         Ok(tokens)
     }
+}
+
+/// Reads a regular file of at most `limit` bytes. Anything else is refused without blocking: the
+/// file is opened non-blocking (a FIFO would otherwise wait for a writer forever) and checked to
+/// be a regular file (a device such as /dev/zero never ends) before a byte is read. A refusal is
+/// `InvalidData`; a missing file, `NotFound`.
+pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    let (f, len) = open_regular(path)?;
+    if len > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{len} bytes, more than the {limit} a record may have"),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    f.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("it grew past {limit} bytes while read"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Opens `path` for reading if it is a regular file (symlinks followed); its size. A FIFO, a
+/// device, a socket or a folder is `InvalidData`, found without blocking.
+pub fn open_regular(path: &Path) -> std::io::Result<(File, u64)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "a folder"
+        } else {
+            "not a regular file (a FIFO, device or socket)"
+        };
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is {what}", path.display()),
+        ));
+    }
+    Ok((f, meta.len()))
 }
 
 #[cfg(not(target_endian = "little"))]

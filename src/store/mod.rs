@@ -28,7 +28,6 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 pub use crate::hash::{Hash, Key, OutputName, Outputs, outputs};
-use crate::manifest::StageKind;
 
 /// Action records larger than this are refused unread: a few KB is typical, and a record is read
 /// whole.
@@ -37,57 +36,6 @@ pub const MAX_RECORD_BYTES: u64 = 4 << 20;
 /// The same bound for progress records, which hold every logged iteration of a training stage:
 /// about 50 bytes each, so 600,000 iterations at `log_interval: 1` make about 30 MB.
 pub const MAX_PROGRESS_BYTES: u64 = 128 << 20;
-
-/// What made an action record: a stage of a kind, or the store's own index of a pinned download
-/// (a source text fetched by `prepare`, keyed by its sha256). Serialized as the kind's name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum RecordKind {
-    Stage(StageKind),
-    Download,
-}
-
-impl RecordKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            RecordKind::Stage(k) => k.name(),
-            RecordKind::Download => "download",
-        }
-    }
-}
-
-impl TryFrom<String> for RecordKind {
-    type Error = String;
-    fn try_from(s: String) -> Result<RecordKind, String> {
-        if s == "download" {
-            return Ok(RecordKind::Download);
-        }
-        StageKind::parse(&s)
-            .map(RecordKind::Stage)
-            .ok_or_else(|| format!("unknown record kind {s:?}"))
-    }
-}
-
-impl From<RecordKind> for String {
-    fn from(k: RecordKind) -> String {
-        k.name().to_string()
-    }
-}
-
-impl std::fmt::Display for RecordKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.pad(self.name())
-    }
-}
-
-/// The key of the record that indexes a pinned download by its sha256.
-pub fn download_key(sha256: &str) -> Key {
-    Key::from(blake3::hash(format!("download-sha256-{sha256}").as_bytes()))
-}
-
-pub fn hash_bytes(bytes: &[u8]) -> Hash {
-    Hash::of(bytes)
-}
 
 /// What a finished stage produced (the action cache entry).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -100,57 +48,6 @@ pub struct ActionRecord {
     pub outputs: Outputs,
     pub metrics: serde_json::Value,
     pub created: String,
-}
-
-impl ActionRecord {
-    /// Why this record cannot be the record of `key`, if it cannot. A record read from the store
-    /// or a remote is someone's claim: it must name `key`, its key material must hash to `key`
-    /// (so it describes the stage that was looked up), and its outputs must be exactly the ones
-    /// that stage declares (its kind's fixed outputs, or a command's `outs`), no more, no fewer.
-    /// That outputs are present and intact is checked where they are read.
-    pub fn problem(&self, key: &Key) -> Option<String> {
-        if self.key != *key {
-            return Some(format!("it is the record of key {}", self.key.short()));
-        }
-        let (material_key, declared): (Key, Vec<String>) = match self.kind {
-            RecordKind::Download => {
-                let sha = self.key_material["sha256"].as_str().unwrap_or("");
-                (download_key(sha), vec!["content".to_string()])
-            }
-            RecordKind::Stage(kind) => {
-                if self.key_material["kind"].as_str() != Some(kind.name()) {
-                    return Some(format!(
-                        "its kind `{}` is not the kind in its key material",
-                        kind.name()
-                    ));
-                }
-                let declared = match kind.fixed_outputs() {
-                    Some(names) => names.iter().map(|n| n.to_string()).collect(),
-                    None => self.key_material["params"]["outs"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|o| o.as_str().map(str::to_string))
-                        .collect(),
-                };
-                (crate::key::key_of(&self.key_material), declared)
-            }
-        };
-        if material_key != *key {
-            return Some("its key material does not hash to its key".into());
-        }
-        let mut declared = declared;
-        declared.sort();
-        declared.dedup();
-        let named: Vec<&str> = self.outputs.keys().map(|n| n.as_str()).collect();
-        if named != declared {
-            return Some(format!(
-                "it names the outputs {named:?}, but a `{}` stage with this key produces {declared:?}",
-                self.kind
-            ));
-        }
-        None
-    }
 }
 
 /// Checkpoints saved so far by a long stage that has not finished.
@@ -221,11 +118,17 @@ pub struct Store {
 }
 
 mod file;
+mod record;
 pub mod remote;
 mod verify;
 
 use file::{MAP_HASH_WINDOW, TempFile, WRITE_BUFFER, owner_alive, unique_suffix};
-pub use file::{Mapped, ObjectWriter, temp_name, write_atomic};
+pub use file::{Mapped, ObjectWriter, open_regular, read_bounded, temp_name, write_atomic};
+pub use record::{RecordKind, download_key};
+
+pub fn hash_bytes(bytes: &[u8]) -> Hash {
+    Hash::of(bytes)
+}
 pub use verify::VerifyReport;
 
 /// An exclusive advisory lock (flock) released when dropped or when the process dies, so a
@@ -726,52 +629,6 @@ impl Store {
         }
         Ok(n)
     }
-}
-
-/// Reads a regular file of at most `limit` bytes. Anything else is refused without blocking: the
-/// file is opened non-blocking (a FIFO would otherwise wait for a writer forever) and checked to
-/// be a regular file (a device such as /dev/zero never ends) before a byte is read. A refusal is
-/// `InvalidData`; a missing file, `NotFound`.
-pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    let (f, len) = open_regular(path)?;
-    if len > limit {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{len} bytes, more than the {limit} a record may have"),
-        ));
-    }
-    let mut bytes = Vec::with_capacity(len as usize);
-    f.take(limit + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > limit {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("it grew past {limit} bytes while read"),
-        ));
-    }
-    Ok(bytes)
-}
-
-/// Opens `path` for reading if it is a regular file (symlinks followed); its size. A FIFO, a
-/// device, a socket or a folder is `InvalidData`, found without blocking.
-pub fn open_regular(path: &Path) -> std::io::Result<(File, u64)> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = f.metadata()?;
-    if !meta.is_file() {
-        let what = if meta.is_dir() {
-            "a folder"
-        } else {
-            "not a regular file (a FIFO, device or socket)"
-        };
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{} is {what}", path.display()),
-        ));
-    }
-    Ok((f, meta.len()))
 }
 
 #[cfg(test)]
