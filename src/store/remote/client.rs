@@ -1,4 +1,8 @@
 //! The remote store's client: `object_store` for S3 and shared folders (see `mod.rs`).
+//!
+//! One file (about 800 lines with its tests): every read and write here is one object_store call
+//! with the same bounds and trust checks around it, and splitting them would separate a read from
+//! the check that makes it safe. `check.rs` holds `pipe remote check`.
 
 use super::{Pulled, Pushed};
 use crate::store::{ActionRecord, Hash, Key, MAX_RECORD_BYTES, Store, open_regular, read_bounded};
