@@ -30,6 +30,14 @@ fn count(f: &[(String, String, String)], stage: &str, status: &str) -> usize {
         .count()
 }
 
+/// Each variant's run status, in variant order.
+fn run_statuses(doc: &serde_json::Value) -> Vec<String> {
+    sweep_runs(doc)
+        .iter()
+        .map(|r| r["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn sweep_runs(doc: &serde_json::Value) -> Vec<serde_json::Value> {
     doc["runs"].as_array().unwrap().clone()
 }
@@ -242,23 +250,13 @@ fn sweep_failures_go_on_by_default_and_stop_with_fail_fast() {
     let out = sb.pipe(&["run", "m.yaml", "--sweep", sweep, "--fail-fast", "--json"]);
     assert_eq!(out.status.code(), Some(1));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let st: Vec<&str> = doc["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["status"].as_str().unwrap())
-        .collect();
+    let st = run_statuses(&doc);
     assert_eq!(st, ["succeeded", "failed", "interrupted"], "{doc}");
     // Resumed: the failed variant runs again (and fails again), the unstarted one runs.
     let out = sb.pipe(&["resume", doc["sweep_id"].as_str().unwrap(), "--json"]);
     assert_eq!(out.status.code(), Some(1));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let st: Vec<&str> = doc["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["status"].as_str().unwrap())
-        .collect();
+    let st = run_statuses(&doc);
     assert_eq!(st, ["succeeded", "failed", "succeeded"], "{doc}");
 }
 
