@@ -12,6 +12,7 @@ pub mod gpt;
 pub mod hash;
 pub mod key;
 pub mod manifest;
+pub mod nanogpt_config;
 pub mod plan;
 pub mod plot;
 pub mod run;

@@ -22,6 +22,7 @@ const LAYERS: &[&[&str]] = &[
         "sweep",
         "data",
         "tokenizer",
+        "nanogpt_config",
     ],
     &["clock"],
     &["gpt"],

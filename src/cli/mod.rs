@@ -7,7 +7,7 @@ use crate::run::{Executor, RunRecord};
 use crate::show;
 use crate::store::Store;
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 mod running;
 mod sweeping;
@@ -76,6 +76,24 @@ pub enum Command {
         set: Vec<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Write the manifest equivalent to another tool's configuration. `pipe import nanogpt
+    /// config/train_shakespeare_char.py --device=cpu` is `python train.py
+    /// config/train_shakespeare_char.py --device=cpu` as a manifest: config files and --key=value
+    /// overrides in order, as nanoGPT's configurator.py applies them (files are read, never run).
+    Import {
+        #[arg(value_enum)]
+        tool: ImportTool,
+        /// Write the manifest here instead of to standard output (an existing file is kept unless
+        /// --force).
+        #[arg(short = 'o', long = "out")]
+        out: Option<PathBuf>,
+        /// Overwrite --out if it exists.
+        #[arg(long)]
+        force: bool,
+        /// Config files and --key=value overrides, in order.
+        #[arg(allow_hyphen_values = true, num_args = 0.., value_name = "CONFIG.py | --KEY=VALUE")]
+        args: Vec<String>,
     },
     /// Runs (no argument), one run's DAG (a run id), or an artifact's lineage (a hash or prefix).
     Show {
@@ -188,6 +206,13 @@ pub struct RunFlags {
     pub fail_fast: bool,
 }
 
+/// Whose configuration `pipe import` reads.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ImportTool {
+    /// nanoGPT's train.py configs (config/*.py) and --key=value overrides.
+    Nanogpt,
+}
+
 #[derive(Subcommand)]
 pub enum RemoteCommand {
     /// Make the URL a remote (a file:// folder is created): writes its pipe-remote.json. Every
@@ -260,6 +285,57 @@ pub fn run(cli: Cli) -> Result<i32> {
             set,
             json,
         } => running::status(&cli.cache, cli.remote.as_deref(), &manifest, &set, json),
+        Command::Import {
+            tool: ImportTool::Nanogpt,
+            out,
+            force,
+            args,
+        } => {
+            // -o/--out/--force may come after the config files: clap then takes them as
+            // positional (train.py has no keys of these names).
+            let (mut out, mut force, mut rest) = (out, force, Vec::new());
+            let mut it = args.into_iter();
+            while let Some(a) = it.next() {
+                match a.as_str() {
+                    "-o" | "--out" => {
+                        let Some(p) = it.next() else {
+                            return Err(InputError::new(
+                                format!("{a} needs a file"),
+                                Some("e.g. -o train.yaml"),
+                            )
+                            .into());
+                        };
+                        out = Some(PathBuf::from(p));
+                    }
+                    "--force" => force = true,
+                    _ => match a.strip_prefix("--out=") {
+                        Some(p) => out = Some(PathBuf::from(p)),
+                        None => rest.push(a),
+                    },
+                }
+            }
+            let yaml = crate::nanogpt_config::import(&rest)?;
+            match out {
+                None => print!("{yaml}"),
+                Some(path) => {
+                    if path.exists() && !force {
+                        return Err(InputError::new(
+                            format!("{} exists", path.display()),
+                            Some("give another --out, or --force to overwrite it"),
+                        )
+                        .into());
+                    }
+                    std::fs::write(&path, &yaml)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!(
+                        "wrote {}: run it with `pipe run {}`",
+                        path.display(),
+                        path.display()
+                    );
+                }
+            }
+            Ok(0)
+        }
         Command::Show { target, json } => {
             let store = Store::at(&cli.cache);
             match target {

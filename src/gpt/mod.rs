@@ -18,6 +18,7 @@ pub mod math;
 pub mod matmul;
 pub mod memory;
 pub mod model;
+pub mod nanogpt;
 pub mod ops;
 pub mod optim;
 pub mod params;

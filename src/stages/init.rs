@@ -3,13 +3,16 @@
 //! - `resume`: a checkpoint from the store (with its optimiser state and iter_num, so a following
 //!   train stage continues it), named by object hash or `RUN_ID/STAGE`;
 //! - `gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`: OpenAI's weights in Hugging Face layout, from
-//!   `hf_dir` or the Hugging Face cache; `block_size` may crop, `dropout` may override.
+//!   `hf_dir` or the Hugging Face cache; `block_size` may crop, `dropout` may override;
+//! - `nanogpt`: a nanoGPT `ckpt.pt` (`path`: the file or its out_dir), with its AdamW state and
+//!   iter_num, so a following train stage continues it as `train.py --init_from=resume` does.
 
 use super::{Ctx, Produced, read_meta, resolve_path, typed, with_checkpoint};
 use crate::error::err;
 use crate::gpt::checkpoint::CheckpointRef;
 use crate::gpt::device::{Device, check_host};
 use crate::gpt::memory::Work;
+use crate::gpt::nanogpt::{self, NanoCheckpoint};
 use crate::gpt::{Gelu, Gpt, GptConfig, hf};
 use crate::manifest::StageSpec;
 use crate::run::{RunEvent, RunRecord};
@@ -43,6 +46,9 @@ pub struct Params {
     pub hf_dir: Option<String>,
     #[serde(default)]
     pub checkpoint: Option<String>,
+    /// `from: nanogpt`: a ckpt.pt, or the out_dir that holds one.
+    #[serde(default)]
+    pub path: Option<String>,
     /// Hub revision (branch, tag or commit) to download when the weights are not cached.
     #[serde(default)]
     pub revision: Option<String>,
@@ -50,17 +56,31 @@ pub struct Params {
 }
 
 const GPT2: [&str; 4] = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"];
-const HELP: &str = "init takes `from` (scratch, resume, gpt2, gpt2-medium, gpt2-large, gpt2-xl); scratch takes n_layer, n_head, n_embd, block_size, bias, dropout, gelu (erf|tanh), vocab_size; gpt2* take hf_dir, revision, block_size, dropout; resume takes checkpoint";
+const HELP: &str = "init takes `from` (scratch, resume, nanogpt, gpt2, gpt2-medium, gpt2-large, gpt2-xl); scratch takes n_layer, n_head, n_embd, block_size, bias, dropout, gelu (erf|tanh), vocab_size; gpt2* take hf_dir, revision, block_size, dropout; resume takes checkpoint; nanogpt takes path (a ckpt.pt or its out_dir) and dropout";
 
 pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Params> {
     let params: Params = typed(spec, p, HELP)?;
     let from = params.from.as_str();
-    if from != "scratch" && from != "resume" && !GPT2.contains(&from) {
+    if !["scratch", "resume", "nanogpt"].contains(&from) && !GPT2.contains(&from) {
         return Err(err(
             spec.origin_of("from").clone(),
             format!("unknown `from: {from}`"),
-            Some("expected scratch, resume, gpt2, gpt2-medium, gpt2-large or gpt2-xl"),
+            Some("expected scratch, resume, nanogpt, gpt2, gpt2-medium, gpt2-large or gpt2-xl"),
         ));
+    }
+    if (from == "nanogpt") != params.path.is_some() {
+        return Err(match from {
+            "nanogpt" => err(
+                spec.origin.clone(),
+                "`from: nanogpt` needs `path`",
+                Some("give nanoGPT's out_dir (e.g. `path: out-shakespeare-char`) or its ckpt.pt"),
+            ),
+            _ => err(
+                spec.origin_of("path").clone(),
+                format!("`path` only applies to `from: nanogpt`, not `from: {from}`"),
+                Some("remove it"),
+            ),
+        });
     }
     let only_scratch = [
         ("n_layer", params.n_layer.is_some()),
@@ -79,7 +99,7 @@ pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Pa
             Some("remove it"),
         ));
     }
-    if from == "resume" && params.block_size.is_some() {
+    if (from == "resume" || from == "nanogpt") && params.block_size.is_some() {
         return Err(err(
             spec.origin_of("block_size").clone(),
             "`block_size` cannot change when resuming a checkpoint",
@@ -301,11 +321,22 @@ pub fn key_parts(
     obj.remove("hf_dir"); // where the weights are is not what they are: hashed below
     obj.remove("checkpoint");
     obj.remove("revision"); // the downloaded files are keyed by content below
+    obj.remove("path"); // where a ckpt.pt lies is not what it is: hashed below
     if params.from != "scratch" {
         obj.remove("seed");
     }
     let sources = match params.from.as_str() {
         "scratch" => Value::Null,
+        "nanogpt" => {
+            let at = spec.origin_of("path").clone();
+            let file = nanogpt::read::find_ckpt(&resolve_path(
+                base,
+                params.path.as_deref().expect("checked"),
+            ))
+            .map_err(|e| err(at.clone(), e.to_string(), None))?;
+            let hash = Store::hash_file(&file).map_err(|e| err(at, format!("{e:#}"), None))?;
+            json!({ "ckpt.pt": hash })
+        }
         "resume" => {
             json!({ "checkpoint": resolve_checkpoint(store, params.checkpoint.as_deref().expect("checked")).map_err(|e| err(spec.origin_of("checkpoint").clone(), e.to_string(), None))? })
         }
@@ -323,6 +354,7 @@ pub fn key_parts(
 pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     // Each branch streams its checkpoint into the store.
     let mut w = ctx.store.writer()?;
+    let mut nano = None;
     let config = match p.from.as_str() {
         "scratch" => {
             let vocab = match (p.vocab_size, ctx.data_input()) {
@@ -358,6 +390,34 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
                 Ok(config)
             })?
         }
+        "nanogpt" => {
+            let path = resolve_path(&ctx.base_dir, p.path.as_deref().expect("checked"));
+            let ck = NanoCheckpoint::open(&path)?;
+            // The content the key was computed from (absent only for a hand-made Ctx).
+            if let Some(expect) = ctx.sources["ckpt.pt"].as_str() {
+                let now = Store::hash_file(&ck.path)?;
+                anyhow::ensure!(
+                    now.to_string() == expect,
+                    "{} changed while the run was planned: run again",
+                    ck.path.display()
+                );
+            }
+            check_host(&ck.config, Work::Load, Device::Cpu)?;
+            ctx.ui.say(&format!(
+                "{}: nanoGPT checkpoint {} ({} layers, n_embd {}, vocab {}){}",
+                ctx.spec.name,
+                ck.path.display(),
+                ck.config.n_layer,
+                ck.config.n_embd,
+                ck.config.vocab_size,
+                match (&ck.optimizer, ck.iter_num) {
+                    (Some(_), Some(i)) => format!(", continuing at iter {i}"),
+                    _ => ", weights only".to_string(),
+                }
+            ));
+            nano = Some((ck.iter_num, ck.optimizer.is_some()));
+            ck.write_pipe(p.dropout, &mut w)?
+        }
         _ => {
             let dir = find_hf_dir(&ctx.base_dir, p)?;
             ctx.ui.say(&format!(
@@ -379,9 +439,14 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     };
     let hash = w.commit()?;
     let n = crate::gpt::params::ParamLayout::new(&config).total;
+    let mut metrics = json!({ "parameters": n, "from": p.from, "model_args": config });
+    if let Some((iter_num, optimizer)) = nano {
+        metrics["iter_num"] = json!(iter_num);
+        metrics["optimizer"] = json!(optimizer);
+    }
     Ok(Produced {
         outputs: crate::store::outputs([("ckpt", hash)]),
-        metrics: json!({ "parameters": n, "from": p.from, "model_args": config }),
+        metrics,
         resumed: false,
     })
 }

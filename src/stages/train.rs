@@ -366,6 +366,9 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let resumed_from = progress.checkpoints.last().cloned();
     progress.keep_until(resumed_from.as_ref().map(|c| c.iter));
     let device = ctx.device();
+    // Where training starts when it continues a saved state (this key's interrupted attempt, or
+    // an init checkpoint with progress: `from: resume` or a nanoGPT ckpt.pt).
+    let mut continued_from = resumed_from.as_ref().map(|c| c.iter);
     let mut trainer = match &resumed_from {
         Some(c) => {
             ctx.ui.say(&format!(
@@ -400,8 +403,13 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
             if let Some(d) = p.dropout {
                 ck.config.dropout = d;
             }
-            if ck.progress.is_some() {
-                // init from: resume — continue that training state.
+            if let Some(saved) = &ck.progress {
+                // init from: resume or nanogpt — continue that training state.
+                ctx.ui.say(&format!(
+                    "{name}: continuing the checkpoint of stage `{}` at iter {}",
+                    input.stage, saved.iter_num
+                ));
+                continued_from = Some(saved.iter_num);
                 Trainer::from_checkpoint(ck, p.cfg.clone(), train, val)?
             } else {
                 let model = crate::gpt::Gpt::from_params(ck.config, ck.params)?;
@@ -566,7 +574,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let mut metrics = summary.clone();
     metrics["seconds"] = json!(seconds);
     metrics["last_ms_per_iter"] = json!(last_ms);
-    metrics["resumed_from_iter"] = json!(resumed_from.as_ref().map(|c| c.iter));
+    metrics["resumed_from_iter"] = json!(continued_from);
     metrics["device"] = json!(trainer.device_name().unwrap_or("cpu"));
     // Train tokens per second of this attempt: the iterations it ran x tokens_per_iter over its
     // seconds, evaluations and checkpoints included (a resumed stage counts only its own part).

@@ -256,6 +256,17 @@ impl Store {
         Ok(hash)
     }
 
+    /// Stores the file that `write` creates at the path it is given, for formats written with
+    /// seeks (a zip). The path is in the store's tmp folder under this process's name, so a crash
+    /// leaves it to [`Store::clean_tmp`]; it is removed once stored.
+    pub fn put_written(&self, what: &str, write: impl FnOnce(&Path) -> Result<()>) -> Result<Hash> {
+        fs::create_dir_all(self.tmp())?;
+        let path = self.tmp().join(temp_name(what));
+        let stored = write(&path).and_then(|_| self.put_file(&path));
+        let _ = fs::remove_file(&path);
+        stored
+    }
+
     /// A writer for a new object: bytes are hashed as they are written to a temp file, and
     /// `commit` moves the file into place under its hash. Dropped uncommitted, it leaves nothing.
     pub fn writer(&self) -> Result<ObjectWriter<'_>> {
@@ -349,7 +360,8 @@ impl Store {
     /// The blake3 hash of a file's content, streamed.
     pub fn hash_file(path: &Path) -> Result<Hash> {
         let mut hasher = blake3::Hasher::new();
-        let f = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        // Regular files only: a FIFO or a device would block or never end.
+        let (f, _) = open_regular(path).with_context(|| format!("reading {}", path.display()))?;
         hasher
             .update_reader(f)
             .with_context(|| format!("reading {}", path.display()))?;

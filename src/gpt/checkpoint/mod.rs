@@ -32,6 +32,10 @@ use std::ops::Range;
 pub const FORMAT: &str = "pipe-checkpoint-v1";
 const M_NAME: &str = "optimizer.exp_avg";
 const V_NAME: &str = "optimizer.exp_avg_sq";
+/// AdamW's moments, each one flat tensor in parameter order: first, then second.
+pub const MOMENT_NAMES: [&str; 2] = [M_NAME, V_NAME];
+/// The safetensors metadata key under which the checkpoint's JSON lies.
+pub const META_KEY: &str = "pipe";
 /// Tensors are read from a file this many bytes at a time, each piece released once read.
 pub const PIECE: usize = 16 << 20;
 /// safetensors refuses headers larger than this (`MAX_HEADER_SIZE` in the crate).
@@ -62,6 +66,15 @@ struct MetaRef<'a> {
     format: &'a str,
     model_args: &'a GptConfig,
     progress: Option<&'a TrainProgress>,
+}
+
+/// The JSON a checkpoint keeps under [`META_KEY`]: its format, model args and progress.
+pub fn meta_json(config: &GptConfig, progress: Option<&TrainProgress>) -> Result<String> {
+    Ok(serde_json::to_string(&MetaRef {
+        format: FORMAT,
+        model_args: config,
+        progress,
+    })?)
 }
 
 /// A model, optionally with its optimiser state and training progress.
@@ -312,12 +325,10 @@ impl CheckpointRef<'_> {
                 slices.push(x);
             }
         }
-        let meta = MetaRef {
-            format: FORMAT,
-            model_args: self.config,
-            progress: self.progress.as_ref(),
-        };
-        let info = HashMap::from([("pipe".to_string(), serde_json::to_string(&meta)?)]);
+        let info = HashMap::from([(
+            META_KEY.to_string(),
+            meta_json(self.config, self.progress.as_ref())?,
+        )]);
         write_safetensors(w, &specs, info, &mut |i, w| {
             Ok(w.write_all(f32_as_bytes(slices[i]))?)
         })
@@ -401,7 +412,7 @@ impl<'a> CheckpointFile<'a> {
         let meta_json = header
             .metadata()
             .as_ref()
-            .and_then(|m| m.get("pipe"))
+            .and_then(|m| m.get(META_KEY))
             .context("safetensors file has no `pipe` metadata: not a pipe checkpoint")?;
         let meta: Meta = serde_json::from_str(meta_json).context("reading checkpoint metadata")?;
         ensure!(
@@ -533,6 +544,37 @@ impl<'a> CheckpointFile<'a> {
         })
     }
 
+    /// Whether the file holds AdamW's moments.
+    pub fn has_moments(&self) -> bool {
+        self.st.tensor(M_NAME).is_ok() && self.st.tensor(V_NAME).is_ok()
+    }
+
+    /// Writes the weight tensor `name` to `w` as little-endian f32, a piece at a time, releasing
+    /// each piece once written.
+    pub fn copy_tensor(&self, name: &str, w: &mut dyn Write) -> Result<()> {
+        let view = self.tensor(name)?;
+        self.copy_view(&view, w)
+    }
+
+    /// Writes AdamW's first (`0`) or second (`1`) moment to `w`, like [`Self::copy_tensor`].
+    pub fn copy_moment(&self, which: usize, w: &mut dyn Write) -> Result<()> {
+        let view = self.tensor(MOMENT_NAMES[which])?;
+        self.copy_view(&view, w)
+    }
+
+    fn copy_view(&self, view: &TensorView, w: &mut dyn Write) -> Result<()> {
+        if view.dtype() == Dtype::F32 {
+            for piece in view.data().chunks(PIECE) {
+                w.write_all(piece)?;
+                (self.release)(self.range_of(piece));
+            }
+        } else {
+            w.write_all(f32_as_bytes(&tensor_f32(view)?))?;
+            (self.release)(self.range_of(view.data()));
+        }
+        Ok(())
+    }
+
     /// Writes this checkpoint again with another config (same layout: e.g. another dropout),
     /// copying each tensor's bytes from the file without decoding: memory does not grow with
     /// the checkpoint's size. The bytes equal `load` followed by `to_bytes` with that config.
@@ -566,25 +608,11 @@ impl<'a> CheckpointFile<'a> {
                 views.push(view);
             }
         }
-        let meta = MetaRef {
-            format: FORMAT,
-            model_args: config,
-            progress: self.progress.as_ref(),
-        };
-        let info = HashMap::from([("pipe".to_string(), serde_json::to_string(&meta)?)]);
-        write_safetensors(w, &specs, info, &mut |i, w| {
-            let view = &views[i];
-            if view.dtype() == Dtype::F32 {
-                for piece in view.data().chunks(PIECE) {
-                    w.write_all(piece)?;
-                    (self.release)(self.range_of(piece));
-                }
-            } else {
-                w.write_all(f32_as_bytes(&tensor_f32(view)?))?;
-                (self.release)(self.range_of(view.data()));
-            }
-            Ok(())
-        })
+        let info = HashMap::from([(
+            META_KEY.to_string(),
+            meta_json(config, self.progress.as_ref())?,
+        )]);
+        write_safetensors(w, &specs, info, &mut |i, w| self.copy_view(&views[i], w))
     }
 }
 
