@@ -422,3 +422,45 @@ fn init_from_nanogpt_continues_training_and_exports_for_nanogpt() {
     );
     assert!(e.contains("bad.yaml"), "{e}");
 }
+
+#[test]
+fn nanogpts_vocabulary_sizes_round_trip_bit_for_bit() {
+    // 65 (char), 50257 (GPT-2's own), 50304 (train.py's padded default).
+    let sb = Sandbox::new("nanogpt-vocab");
+    for vocab in [65, 50257, 50304] {
+        let cfg = pipe::gpt::GptConfig {
+            n_layer: 1,
+            n_head: 2,
+            n_embd: 8,
+            block_size: 8,
+            vocab_size: vocab,
+            bias: false,
+            dropout: 0.0,
+            gelu: pipe::gpt::Gelu::Erf,
+        };
+        let m = random_model(cfg, 7, 0.5);
+        let ck = Checkpoint {
+            config: m.config.clone(),
+            params: m.params.clone(),
+            optimizer: None,
+            progress: None,
+        };
+        let bytes = ck.to_bytes().unwrap();
+        let path = sb.dir.join(format!("v{vocab}.pt"));
+        let names = ExportNames {
+            dataset: "d",
+            out_dir: "o",
+        };
+        write_ckpt_pt(&CheckpointFile::parse(&bytes).unwrap(), &names, &path).unwrap();
+        let (_, back) = import(&path);
+        assert_eq!(back.config, ck.config, "vocab {vocab}");
+        assert!(back.params == ck.params, "vocab {vocab}: weights changed");
+        // An init stage's model exports a fresh optimizer (zero moments, step 0), which imports as
+        // a state at iter 0.
+        let p = back
+            .progress
+            .expect("an exported ckpt.pt always has an optimizer");
+        assert_eq!((p.iter_num, p.adam_step), (0, 0));
+        assert!(back.optimizer.unwrap().0.iter().all(|x| *x == 0.0));
+    }
+}
