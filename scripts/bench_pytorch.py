@@ -1,8 +1,11 @@
-"""PyTorch eager reference timings for `pipe bench`, on the same configurations and machine:
-nanoGPT's model (model.py, condensed: same modules and init) trained with AdamW on random batches.
+"""PyTorch reference timings for `pipe bench`, on the same configurations and machine: nanoGPT's
+model (model.py, condensed: same modules and init) trained with AdamW on random batches, eager and
+under torch.compile (inductor, which needs a C++ compiler on CPU; its compilation happens in the
+warm-up iterations, which are not timed).
 
     python3 -m pip install torch
-    python3 scripts/bench_pytorch.py            # config S on 1 and 2 threads, config M on 2
+    python3 scripts/bench_pytorch.py            # config S on 1 and 2 threads, config M on 2; eager, then compiled
+    python3 scripts/bench_pytorch.py --eager    # eager only
     python3 scripts/bench_pytorch.py --cuda     # the GPU table of `pipe bench --device cuda`
 """
 import math
@@ -52,10 +55,11 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
 
-def bench(name, L, H, C, T, B, dropout, threads, iters, warmup=3):
+def bench(name, L, H, C, T, B, dropout, threads, iters, warmup=3, compiled=False):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = GPT(L, H, C, T, 65, dropout)
+    step = torch.compile(model) if compiled else model
     decay = [p for p in model.parameters() if p.dim() >= 2]
     nodecay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": nodecay, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.99))
@@ -63,7 +67,7 @@ def bench(name, L, H, C, T, B, dropout, threads, iters, warmup=3):
     for i in range(warmup + iters):
         x, y = torch.randint(65, (B, T)), torch.randint(65, (B, T))
         t0 = time.perf_counter()
-        loss = model(x, y)
+        loss = step(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -115,8 +119,11 @@ if __name__ == "__main__":
                 bench_cuda(name, *cfg, mode)
         sys.exit(0)
     quick = "--quick" in sys.argv
-    print(f"PyTorch {torch.__version__} eager")
-    print(f"{'training':<32} {'threads':>8} {'ms/iter':>12} {'tokens/s':>14}")
-    for t in (1, 2):
-        bench("S (4L 4H 128d, T=64, B=12)", 4, 4, 128, 64, 12, 0.0, t, 10 if quick else 30)
-    bench("M (6L 6H 384d, T=256, B=64)", 6, 6, 384, 256, 64, 0.2, 2, 2 if quick else 5, warmup=1)
+    for compiled in (False, True) if "--eager" not in sys.argv else (False,):
+        print(f"PyTorch {torch.__version__} {'torch.compile (inductor)' if compiled else 'eager'}")
+        print(f"{'training':<32} {'threads':>8} {'ms/iter':>12} {'tokens/s':>14}")
+        for t in (1, 2):
+            bench("S (4L 4H 128d, T=64, B=12)", 4, 4, 128, 64, 12, 0.0, t, 10 if quick else 30,
+                  warmup=5 if compiled else 3, compiled=compiled)
+        bench("M (6L 6H 384d, T=256, B=64)", 6, 6, 384, 256, 64, 0.2, 2, 2 if quick else 5,
+              warmup=3 if compiled else 1, compiled=compiled)

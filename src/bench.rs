@@ -237,6 +237,11 @@ pub fn time_sampling(cfg: &GptConfig, new_tokens: usize, threads: usize) -> Resu
 
 pub fn run(quick: bool) -> Result<()> {
     let (w, n) = if quick { (2, 5) } else { (5, 30) };
+    let isa = crate::gpt::isa::Isa::active();
+    println!(
+        "CPU path: {} (widest this CPU and build allow; see src/gpt/isa.rs)\n",
+        isa.name()
+    );
     println!(
         "{:<32} {:>8} {:>12} {:>14}",
         "training", "threads", "ms/iter", "tokens/s"

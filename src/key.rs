@@ -35,6 +35,13 @@
 //!   keyed: declare them in `deps`, or change `cmd`, to force a rerun.
 //! - **System libraries**: libc, and on a GPU the driver, cuBLAS and NVRTC versions. GPU results
 //!   are not bit-stable from run to run anyway (the embedding gradient uses atomics).
+//! - **The CPU's ISA path** (`gpt::isa`: AVX-512, AVX2 or portable), deliberately, as a limit to
+//!   know: the GEMMs' micro-kernels accumulate in a different order on each path, so an engine
+//!   stage's bytes can differ between an AVX-512 and an AVX2 machine (or an AVX-512 machine with a
+//!   `--no-default-features` build) in the last bits, and a store shared between them reuses
+//!   either's outputs for both. Keying it would recompute every engine stage on each kind of
+//!   machine for differences of rounding. `pipe show` says which path computed a stage (`cpu_isa`
+//!   in its metrics), and `tests/golden.rs` keeps one table per path.
 //! - **The thread count** (`--threads`), deliberately: CPU results are bit-identical across thread
 //!   counts by construction (fixed row blocks, reductions in block order, counter-based dropout).
 //! - **`keep_checkpoints`** (train), deliberately: which intermediate checkpoints are retained,

@@ -271,7 +271,7 @@ pub fn print_summary(s: &RunSummary) {
                 .iter()
                 .filter_map(|(k, v)| match v {
                     Value::Number(_) => Some(format!("{k}={}", fmt_num(v))),
-                    Value::String(s) if k == "device" => Some(format!("{k}={s}")),
+                    Value::String(s) if k == "device" || k == "cpu_isa" => Some(format!("{k}={s}")),
                     _ => None,
                 })
                 .collect();

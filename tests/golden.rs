@@ -15,53 +15,112 @@
 mod common;
 use common::*;
 
-/// (ENGINE_FORMAT, [("stage/output", blake3 hash)]) for `manifest()` over `corpus(20_000)`.
-const GOLDEN: (u32, &[(&str, &str)]) = (
+/// (ENGINE_FORMAT, per CPU ISA path (`gpt::isa`), [("stage/output", blake3 hash)]) for `manifest()`
+/// over `corpus(20_000)`. The GEMMs' accumulation order differs between paths, so the engine
+/// stages' bytes do; one table per path CI machines run (AVX-512 on Intel Xeons, AVX2 on AMD EPYCs
+/// and on any machine with a `--no-default-features` build). The table for the path a machine runs
+/// must be here: a missing one fails, printing it.
+#[allow(clippy::type_complexity)]
+const GOLDEN: (u32, &[(&str, &[(&str, &str)])]) = (
     2,
     &[
         (
-            "data/meta.json",
-            "ef067106e945af08af3e9279e0a97c9c23a1091f831d1debe8b1a88d2d05748d",
+            "avx2",
+            &[
+                (
+                    "data/meta.json",
+                    "ef067106e945af08af3e9279e0a97c9c23a1091f831d1debe8b1a88d2d05748d",
+                ),
+                (
+                    "data/train.bin",
+                    "c9ff7944390139de74ca7db06f9a85198cf85f3343a1e0e947192669e2bcc9d1",
+                ),
+                (
+                    "data/val.bin",
+                    "b012b1aad082db8e67c1d1e0d9330bedbed8b1b2580655372c106f6838c1e493",
+                ),
+                (
+                    "evaluate/metrics.json",
+                    "acb527ffdec0da0a34124cfda9bcb2fe29e25343767cbb9c23d80921a032f639",
+                ),
+                (
+                    "export/config.json",
+                    "5b3358f923fed29238dd2d513afdcb3f4931517f74aa2a8d234db6b1d4563d44",
+                ),
+                (
+                    "export/model.safetensors",
+                    "b5ed3415b944ad45fbdc7205d90857c22a39ea1c14b8586c9130ce4c3f1df6ed",
+                ),
+                (
+                    "model/ckpt",
+                    "8b439081c670cb81a23229ab68ddfaf919c732e023adb2634a7192d94c468d81",
+                ),
+                (
+                    "sample/samples.txt",
+                    "c68e725838aa28a6fe721ad7cfa8da85badbee2236cbc44f778f3db06a543e10",
+                ),
+                (
+                    "train/ckpt",
+                    "dbffb3fc4698720dff4d8fd384bb147a2b182d3229ceb370386a7b87cd183382",
+                ),
+                (
+                    "train/loss.svg",
+                    "235f468befc1e05a56628659bafe247519ada0e9fc50b65362a70ac50e60812f",
+                ),
+                (
+                    "train/metrics.json",
+                    "695164d7f35633707438aee04d447f1200b0ddd2cf43a6f6412399c9911b72a6",
+                ),
+            ],
         ),
         (
-            "data/train.bin",
-            "c9ff7944390139de74ca7db06f9a85198cf85f3343a1e0e947192669e2bcc9d1",
-        ),
-        (
-            "data/val.bin",
-            "b012b1aad082db8e67c1d1e0d9330bedbed8b1b2580655372c106f6838c1e493",
-        ),
-        (
-            "evaluate/metrics.json",
-            "acb527ffdec0da0a34124cfda9bcb2fe29e25343767cbb9c23d80921a032f639",
-        ),
-        (
-            "export/config.json",
-            "5b3358f923fed29238dd2d513afdcb3f4931517f74aa2a8d234db6b1d4563d44",
-        ),
-        (
-            "export/model.safetensors",
-            "b5ed3415b944ad45fbdc7205d90857c22a39ea1c14b8586c9130ce4c3f1df6ed",
-        ),
-        (
-            "model/ckpt",
-            "8b439081c670cb81a23229ab68ddfaf919c732e023adb2634a7192d94c468d81",
-        ),
-        (
-            "sample/samples.txt",
-            "c68e725838aa28a6fe721ad7cfa8da85badbee2236cbc44f778f3db06a543e10",
-        ),
-        (
-            "train/ckpt",
-            "dbffb3fc4698720dff4d8fd384bb147a2b182d3229ceb370386a7b87cd183382",
-        ),
-        (
-            "train/loss.svg",
-            "235f468befc1e05a56628659bafe247519ada0e9fc50b65362a70ac50e60812f",
-        ),
-        (
-            "train/metrics.json",
-            "695164d7f35633707438aee04d447f1200b0ddd2cf43a6f6412399c9911b72a6",
+            "avx512",
+            &[
+                (
+                    "data/meta.json",
+                    "ef067106e945af08af3e9279e0a97c9c23a1091f831d1debe8b1a88d2d05748d",
+                ),
+                (
+                    "data/train.bin",
+                    "c9ff7944390139de74ca7db06f9a85198cf85f3343a1e0e947192669e2bcc9d1",
+                ),
+                (
+                    "data/val.bin",
+                    "b012b1aad082db8e67c1d1e0d9330bedbed8b1b2580655372c106f6838c1e493",
+                ),
+                (
+                    "evaluate/metrics.json",
+                    "acb527ffdec0da0a34124cfda9bcb2fe29e25343767cbb9c23d80921a032f639",
+                ),
+                (
+                    "export/config.json",
+                    "5b3358f923fed29238dd2d513afdcb3f4931517f74aa2a8d234db6b1d4563d44",
+                ),
+                (
+                    "export/model.safetensors",
+                    "b5ed3415b944ad45fbdc7205d90857c22a39ea1c14b8586c9130ce4c3f1df6ed",
+                ),
+                (
+                    "model/ckpt",
+                    "8b439081c670cb81a23229ab68ddfaf919c732e023adb2634a7192d94c468d81",
+                ),
+                (
+                    "sample/samples.txt",
+                    "c68e725838aa28a6fe721ad7cfa8da85badbee2236cbc44f778f3db06a543e10",
+                ),
+                (
+                    "train/ckpt",
+                    "dbffb3fc4698720dff4d8fd384bb147a2b182d3229ceb370386a7b87cd183382",
+                ),
+                (
+                    "train/loss.svg",
+                    "235f468befc1e05a56628659bafe247519ada0e9fc50b65362a70ac50e60812f",
+                ),
+                (
+                    "train/metrics.json",
+                    "695164d7f35633707438aee04d447f1200b0ddd2cf43a6f6412399c9911b72a6",
+                ),
+            ],
         ),
     ],
 );
@@ -139,12 +198,13 @@ fn hashes(name: &str, extra: &[&str]) -> Vec<(String, String)> {
     out
 }
 
-fn table(format: u32, h: &[(String, String)]) -> String {
-    let mut s = format!("const GOLDEN: (u32, &[(&str, &str)]) = (\n    {format},\n    &[\n");
+/// One path's entry of `GOLDEN`, as Rust.
+fn table(isa: &str, h: &[(String, String)]) -> String {
+    let mut s = format!("        (\n            \"{isa}\",\n            &[\n");
     for (k, v) in h {
-        s += &format!("        (\"{k}\", \"{v}\"),\n");
+        s += &format!("                (\"{k}\", \"{v}\"),\n");
     }
-    s + "    ],\n);"
+    s + "            ],\n        ),"
 }
 
 #[test]
@@ -157,12 +217,19 @@ fn output_hashes_change_only_with_engine_format() {
     );
 
     let format = pipe::key::ENGINE_FORMAT;
-    let fresh = table(format, &all_threads);
-    let (recorded, golden) = GOLDEN;
+    let isa = pipe::gpt::isa::Isa::active().name();
+    let fresh = table(isa, &all_threads);
+    let (recorded, tables) = GOLDEN;
     assert!(
         recorded == format,
-        "ENGINE_FORMAT changed ({recorded} -> {format}): update GOLDEN in tests/golden.rs to\n{fresh}"
+        "ENGINE_FORMAT changed ({recorded} -> {format}): set GOLDEN's format in tests/golden.rs to \
+         {format} and its tables to those of every path (this machine's, {isa}):\n{fresh}"
     );
+    let Some((_, golden)) = tables.iter().find(|(path, _)| *path == isa) else {
+        panic!(
+            "GOLDEN in tests/golden.rs has no table for this machine's CPU path, {isa}: add\n{fresh}"
+        );
+    };
     let golden: Vec<(String, String)> = golden
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -183,8 +250,9 @@ fn output_hashes_change_only_with_engine_format() {
             )
             .collect();
         panic!(
-            "output bytes changed with ENGINE_FORMAT still {format}: bump key::ENGINE_FORMAT and \
-             update GOLDEN in tests/golden.rs\n{}\nnew table:\n{fresh}",
+            "output bytes changed on the {isa} path with ENGINE_FORMAT still {format}: bump \
+             key::ENGINE_FORMAT and update GOLDEN in tests/golden.rs (every path's table)\n{}\n\
+             new table:\n{fresh}",
             diffs.join("\n")
         );
     }

@@ -3,21 +3,40 @@
 //! finite-difference and transformers-parity tests confirm at the model level; the unit tests below
 //! bound the error against libm directly.
 
-/// `simd_kernel!(name, kernel, (args))` defines `name(args)`, which runs `kernel` (an
-/// `#[inline(always)]` fn) compiled for AVX2 when the CPU has it, so the math in it vectorises 8 wide
-/// (the default x86-64 target has only SSE2). Results are bit-identical either way: Rust never fuses
+/// `simd_kernel!(name, name_on, kernel, (args))` defines `name(args)`, which runs `kernel` (an
+/// `#[inline(always)]` fn) compiled for the active ISA path ([`Isa::active`]): for AVX-512F
+/// (16 lanes) or AVX2 (8 lanes) when the CPU has it, so the math in it vectorises (the default
+/// x86-64 target has only SSE2). `name_on(isa, args)` runs a given path (tests compare them).
+/// One source for every path; results are bit-identical across them: Rust never fuses
 /// multiply-adds on its own, and vector lanes do the same IEEE operations as scalar code.
 macro_rules! simd_kernel {
-    ($name:ident, $kernel:ident, ($($arg:ident : $ty:ty),*)) => {
-        fn $name($($arg: $ty),*) {
+    ($name:ident, $name_on:ident, $kernel:ident, ($($arg:ident : $ty:ty),*) $(-> $ret:ty)?) => {
+        #[allow(dead_code)]
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            $name_on($crate::gpt::isa::Isa::active(), $($arg),*)
+        }
+
+        /// Runs on `isa`, which must be one of `Isa::available()`.
+        #[allow(dead_code)]
+        pub(crate) fn $name_on(isa: $crate::gpt::isa::Isa, $($arg: $ty),*) $(-> $ret)? {
+            assert!(isa <= $crate::gpt::isa::Isa::active(), "{isa:?} is not available here");
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx2")]
-                unsafe fn avx2($($arg: $ty),*) {
+                #[cfg(feature = "avx512")]
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
                     $kernel($($arg),*)
                 }
-                if std::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU supports AVX2, checked just above.
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $kernel($($arg),*)
+                }
+                // SAFETY: `isa` is at most the active path, which the CPU supports.
+                #[cfg(feature = "avx512")]
+                if isa == $crate::gpt::isa::Isa::Avx512 {
+                    return unsafe { avx512($($arg),*) };
+                }
+                if isa >= $crate::gpt::isa::Isa::Avx2 {
                     return unsafe { avx2($($arg),*) };
                 }
             }

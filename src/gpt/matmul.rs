@@ -210,4 +210,28 @@ mod tests {
             assert!((x - 2.0 * y).abs() < 2e-4);
         }
     }
+
+    /// The active ISA path's GEMMs (gemm's AVX-512 or AVX2 micro-kernels) against an f64 reference,
+    /// at shapes of the engine's layers (k up to 4 * n_embd, past gemm's k blocking).
+    #[test]
+    fn the_active_isa_paths_gemm_is_within_1e_5_of_an_f64_reference() {
+        let mut rng = crate::gpt::rng::Rng::new(9);
+        for (m, k, n) in [(768, 128, 384), (64, 512, 128), (100, 1536, 70)] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+            let b: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32).collect();
+            let (av, bv) = (MatRef::new(&a, m, k), MatRef::new(&b, n, k).t());
+            let expect = naive(av, bv);
+            let mut c = vec![0.0; m * n];
+            matmul(&mut c, av, bv, false);
+            let scale = expect.iter().map(|x| x.abs()).fold(0.0, f32::max);
+            let err = c
+                .iter()
+                .zip(&expect)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max)
+                / scale;
+            let isa = crate::gpt::isa::Isa::active();
+            assert!(err < 1e-5, "{isa:?} ({m}x{k}x{n}): relative error {err:e}");
+        }
+    }
 }

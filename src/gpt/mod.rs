@@ -13,6 +13,7 @@ pub mod cuda;
 pub mod cuda;
 pub mod device;
 pub mod hf;
+pub mod isa;
 pub mod layers;
 pub mod math;
 pub mod matmul;

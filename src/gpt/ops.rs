@@ -76,17 +76,31 @@ pub fn layernorm_forward(
     out.par_chunks_mut(c)
         .zip(inp.par_chunks(c))
         .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
-        .for_each(|((o, x), (m, r))| {
-            let mu = x.iter().sum::<f32>() / c as f32;
-            let var = x.iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
-            let rs = 1.0 / (var + LN_EPS).sqrt();
+        .for_each(|((o, x), (m, r))| (*m, *r) = layernorm_row(o, x, w, b));
+}
+
+math::simd_kernel!(layernorm_row, layernorm_row_on, layernorm_row_kernel, (o: &mut [f32], x: &[f32], w: &[f32], b: Option<&[f32]>) -> (f32, f32));
+
+/// One row's LayerNorm; returns its mean and 1/std.
+#[inline(always)]
+fn layernorm_row_kernel(o: &mut [f32], x: &[f32], w: &[f32], b: Option<&[f32]>) -> (f32, f32) {
+    let c = x.len();
+    let mu = x.iter().sum::<f32>() / c as f32;
+    let var = x.iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
+    let rs = 1.0 / (var + LN_EPS).sqrt();
+    match b {
+        Some(b) => {
             for j in 0..c {
-                let bias = b.map_or(0.0, |b| b[j]);
-                o[j] = (x[j] - mu) * rs * w[j] + bias;
+                o[j] = (x[j] - mu) * rs * w[j] + b[j];
             }
-            *m = mu;
-            *r = rs;
-        });
+        }
+        None => {
+            for j in 0..c {
+                o[j] = (x[j] - mu) * rs * w[j] + 0.0;
+            }
+        }
+    }
+    (mu, rs)
 }
 
 /// `dinp += ...`, `dw += ...`, `db += ...`.
@@ -106,24 +120,7 @@ pub fn layernorm_backward_add(
         .zip(dout.par_chunks(c))
         .zip(inp.par_chunks(c))
         .enumerate()
-        .for_each(|(i, ((di, d), x))| {
-            let (mu, rs) = (mean[i], rstd[i]);
-            let mut dnorm_mean = 0.0f32;
-            let mut dnorm_norm_mean = 0.0f32;
-            for j in 0..c {
-                let norm = (x[j] - mu) * rs;
-                let dnorm = w[j] * d[j];
-                dnorm_mean += dnorm;
-                dnorm_norm_mean += dnorm * norm;
-            }
-            dnorm_mean /= c as f32;
-            dnorm_norm_mean /= c as f32;
-            for j in 0..c {
-                let norm = (x[j] - mu) * rs;
-                let dnorm = w[j] * d[j];
-                di[j] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rs;
-            }
-        });
+        .for_each(|(i, ((di, d), x))| layernorm_backward_row(di, d, x, w, mean[i], rstd[i]));
     let with_bias = db.is_some();
     let width = if with_bias { 2 * c } else { c };
     let sums = reduce_rows(dout.len() / c, width, |i, acc| {
@@ -220,10 +217,10 @@ pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32], form: Gelu) {
         });
 }
 
-math::simd_kernel!(gelu_tanh_forward, gelu_tanh_forward_kernel, (o: &mut [f32], x: &[f32]));
-math::simd_kernel!(gelu_erf_forward, gelu_erf_forward_kernel, (o: &mut [f32], x: &[f32]));
-math::simd_kernel!(gelu_tanh_backward, gelu_tanh_backward_kernel, (di: &mut [f32], x: &[f32], d: &[f32]));
-math::simd_kernel!(gelu_erf_backward, gelu_erf_backward_kernel, (di: &mut [f32], x: &[f32], d: &[f32]));
+math::simd_kernel!(gelu_tanh_forward, gelu_tanh_forward_on, gelu_tanh_forward_kernel, (o: &mut [f32], x: &[f32]));
+math::simd_kernel!(gelu_erf_forward, gelu_erf_forward_on, gelu_erf_forward_kernel, (o: &mut [f32], x: &[f32]));
+math::simd_kernel!(gelu_tanh_backward, gelu_tanh_backward_on, gelu_tanh_backward_kernel, (di: &mut [f32], x: &[f32], d: &[f32]));
+math::simd_kernel!(gelu_erf_backward, gelu_erf_backward_on, gelu_erf_backward_kernel, (di: &mut [f32], x: &[f32], d: &[f32]));
 
 #[inline(always)]
 fn gelu_tanh_forward_kernel(o: &mut [f32], x: &[f32]) {
@@ -290,6 +287,36 @@ impl Dropout {
                 *v *= self.scale(chunk * 4096 + k);
             }
         });
+    }
+}
+
+math::simd_kernel!(layernorm_backward_row, layernorm_backward_row_on, layernorm_backward_row_kernel, (di: &mut [f32], d: &[f32], x: &[f32], w: &[f32], mu: f32, rs: f32));
+
+/// One row of LayerNorm's input gradient, added into `di`.
+#[inline(always)]
+fn layernorm_backward_row_kernel(
+    di: &mut [f32],
+    d: &[f32],
+    x: &[f32],
+    w: &[f32],
+    mu: f32,
+    rs: f32,
+) {
+    let c = x.len();
+    let mut dnorm_mean = 0.0f32;
+    let mut dnorm_norm_mean = 0.0f32;
+    for j in 0..c {
+        let norm = (x[j] - mu) * rs;
+        let dnorm = w[j] * d[j];
+        dnorm_mean += dnorm;
+        dnorm_norm_mean += dnorm * norm;
+    }
+    dnorm_mean /= c as f32;
+    dnorm_norm_mean /= c as f32;
+    for j in 0..c {
+        let norm = (x[j] - mu) * rs;
+        let dnorm = w[j] * d[j];
+        di[j] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rs;
     }
 }
 
@@ -482,8 +509,8 @@ pub fn crossentropy_forward(
 }
 
 // Numerically stable softmax of one row, in place (AVX2 when available).
-math::simd_kernel!(softmax, softmax_in_place, (p: &mut [f32]));
-math::simd_kernel!(causal_softmax_rows, causal_softmax_rows_kernel, (a: &mut [f32], t: usize, scale: f32));
+math::simd_kernel!(softmax, softmax_on, softmax_in_place, (p: &mut [f32]));
+math::simd_kernel!(causal_softmax_rows, causal_softmax_rows_on, causal_softmax_rows_kernel, (a: &mut [f32], t: usize, scale: f32));
 
 /// Row i of a (T, T) score block: scale, softmax over columns 0..=i, zeros after.
 #[inline(always)]
@@ -558,30 +585,67 @@ pub fn reduce_rows(n: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync)
 mod tests {
     use super::*;
 
-    /// The AVX2-compiled kernels must give the same bits as the plain build (checkpoints written on
-    /// one CPU resume bit-identically on another).
+    /// Every ISA path present (`Isa::available`) must give the portable kernels' bits (so a
+    /// checkpoint written on one CPU resumes bit-identically on another, GEMMs aside).
     #[test]
-    fn simd_kernels_match_the_portable_build_bit_for_bit() {
+    fn every_isa_path_of_each_kernel_matches_the_portable_one_bit_for_bit() {
+        use crate::gpt::isa::Isa;
         let mut rng = crate::gpt::rng::Rng::new(3);
         let x: Vec<f32> = (0..4099).map(|_| (rng.normal() * 3.0) as f32).collect();
         let d: Vec<f32> = (0..4099).map(|_| rng.normal() as f32).collect();
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-        let (mut a, mut b) = (vec![0.0; x.len()], vec![0.0; x.len()]);
-        gelu_erf_backward(&mut a, &x, &d);
-        gelu_erf_backward_kernel(&mut b, &x, &d);
-        assert_eq!(bits(&a), bits(&b));
-        gelu_tanh_backward(&mut a, &x, &d);
-        gelu_tanh_backward_kernel(&mut b, &x, &d);
-        assert_eq!(bits(&a), bits(&b));
-        gelu_erf_forward(&mut a, &x);
-        gelu_erf_forward_kernel(&mut b, &x);
-        assert_eq!(bits(&a), bits(&b));
-        gelu_tanh_forward(&mut a, &x);
-        gelu_tanh_forward_kernel(&mut b, &x);
-        assert_eq!(bits(&a), bits(&b));
-        let (mut s1, mut s2) = (x[..64 * 64].to_vec(), x[..64 * 64].to_vec());
-        causal_softmax_rows(&mut s1, 64, 0.17);
-        causal_softmax_rows_kernel(&mut s2, 64, 0.17);
-        assert_eq!(bits(&s1), bits(&s2));
+        let paths = Isa::available();
+        assert!(paths.contains(&Isa::active()));
+        for isa in paths {
+            let (mut a, mut b) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+            gelu_erf_backward_on(isa, &mut a, &x, &d);
+            gelu_erf_backward_kernel(&mut b, &x, &d);
+            assert_eq!(bits(&a), bits(&b), "{isa:?} gelu_erf_backward");
+            gelu_tanh_backward_on(isa, &mut a, &x, &d);
+            gelu_tanh_backward_kernel(&mut b, &x, &d);
+            assert_eq!(bits(&a), bits(&b), "{isa:?} gelu_tanh_backward");
+            gelu_erf_forward_on(isa, &mut a, &x);
+            gelu_erf_forward_kernel(&mut b, &x);
+            assert_eq!(bits(&a), bits(&b), "{isa:?} gelu_erf_forward");
+            gelu_tanh_forward_on(isa, &mut a, &x);
+            gelu_tanh_forward_kernel(&mut b, &x);
+            assert_eq!(bits(&a), bits(&b), "{isa:?} gelu_tanh_forward");
+            let (mut s1, mut s2) = (x[..64 * 64].to_vec(), x[..64 * 64].to_vec());
+            causal_softmax_rows_on(isa, &mut s1, 64, 0.17);
+            causal_softmax_rows_kernel(&mut s2, 64, 0.17);
+            assert_eq!(bits(&s1), bits(&s2), "{isa:?} causal_softmax_rows");
+            let (mut p1, mut p2) = (x[..65].to_vec(), x[..65].to_vec());
+            softmax_on(isa, &mut p1);
+            softmax_in_place(&mut p2);
+            assert_eq!(bits(&p1), bits(&p2), "{isa:?} softmax");
+            let (w, bias) = (&d[..128], &x[128..256]);
+            let (mut o1, mut o2) = (vec![0.0; 128], vec![0.0; 128]);
+            for b in [Some(bias), None] {
+                let r1 = layernorm_row_on(isa, &mut o1, &x[..128], w, b);
+                let r2 = layernorm_row_kernel(&mut o2, &x[..128], w, b);
+                assert_eq!(
+                    (bits(&o1), r1.0.to_bits()),
+                    (bits(&o2), r2.0.to_bits()),
+                    "{isa:?} layernorm"
+                );
+            }
+            layernorm_backward_row_on(isa, &mut o1, &d[..128], &x[..128], w, 0.1, 1.3);
+            layernorm_backward_row_kernel(&mut o2, &d[..128], &x[..128], w, 0.1, 1.3);
+            assert_eq!(bits(&o1), bits(&o2), "{isa:?} layernorm backward");
+            let s = [0.999, 0.9, 0.95, 0.3, 1e-3, 1e-8];
+            let (mut p1, mut m1, mut v1) = (
+                x.clone(),
+                d.clone(),
+                x.iter().map(|v| v * v).collect::<Vec<_>>(),
+            );
+            let (mut p2, mut m2, mut v2) = (p1.clone(), m1.clone(), v1.clone());
+            crate::gpt::optim::adamw_chunk_on(isa, &mut p1, &d, &mut m1, &mut v1, s);
+            crate::gpt::optim::adamw_chunk_kernel(&mut p2, &d, &mut m2, &mut v2, s);
+            assert_eq!(
+                (bits(&p1), bits(&m1), bits(&v1)),
+                (bits(&p2), bits(&m2), bits(&v2)),
+                "{isa:?} AdamW"
+            );
+        }
     }
 }

@@ -105,15 +105,32 @@ impl AdamW {
                         .zip(self.v[r].par_chunks_mut(CHUNK)),
                 )
                 .for_each(|((p, g), (m, v))| {
-                    for i in 0..p.len() {
-                        p[i] *= decay;
-                        m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-                        v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-                        let denom = v[i].sqrt() / bc2_sqrt + eps;
-                        p[i] -= step_size * m[i] / denom;
-                    }
+                    adamw_chunk(p, g, m, v, [decay, b1, b2, bc2_sqrt, step_size, eps])
                 });
         }
+    }
+}
+
+super::math::simd_kernel!(adamw_chunk, adamw_chunk_on, adamw_chunk_kernel, (p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: [f32; 6]));
+
+/// torch's AdamW on one chunk; `s` is (decay, beta1, beta2, sqrt(1 - beta2^t), step size, eps).
+#[inline(always)]
+pub(crate) fn adamw_chunk_kernel(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    s: [f32; 6],
+) {
+    let [decay, b1, b2, bc2_sqrt, step_size, eps] = s;
+    let n = p.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    for i in 0..n {
+        p[i] *= decay;
+        m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+        v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+        let denom = v[i].sqrt() / bc2_sqrt + eps;
+        p[i] -= step_size * m[i] / denom;
     }
 }
 

@@ -177,6 +177,10 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
         }
     };
     let hash = ctx.store.put(&serde_json::to_vec_pretty(&metrics)?)?;
+    let mut metrics = metrics;
+    if let Some(isa) = ctx.cpu_isa() {
+        metrics["cpu_isa"] = json!(isa);
+    }
     Ok(Produced {
         outputs: crate::store::outputs([("metrics.json", hash)]),
         metrics,

@@ -82,6 +82,12 @@ impl Ctx<'_> {
     }
 
     /// The device (and matmul precision) the manifest asks for.
+    /// The CPU engine's ISA path when this stage computes on the CPU (recorded in engine stages'
+    /// metrics as `cpu_isa`: output bytes depend on it, see gpt/isa.rs); none on a GPU.
+    pub fn cpu_isa(&self) -> Option<&'static str> {
+        (!self.device().is_cuda()).then(|| crate::gpt::isa::Isa::active().name())
+    }
+
     pub fn device(&self) -> crate::gpt::device::Device {
         self.defaults.device
     }

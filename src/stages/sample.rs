@@ -140,7 +140,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let hash = ctx.store.put(text.as_bytes())?;
     Ok(Produced {
         outputs: crate::store::outputs([("samples.txt", hash)]),
-        metrics: json!({ "samples": samples.len(), "new_tokens": tokens, "tokens_per_second": tokens as f64 / secs.max(1e-9) }),
+        metrics: json!({ "samples": samples.len(), "new_tokens": tokens, "tokens_per_second": tokens as f64 / secs.max(1e-9), "cpu_isa": ctx.cpu_isa() }),
         resumed: false,
     })
 }

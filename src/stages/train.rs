@@ -576,6 +576,9 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     metrics["last_ms_per_iter"] = json!(last_ms);
     metrics["resumed_from_iter"] = json!(continued_from);
     metrics["device"] = json!(trainer.device_name().unwrap_or("cpu"));
+    if let Some(isa) = ctx.cpu_isa() {
+        metrics["cpu_isa"] = json!(isa);
+    }
     // Train tokens per second of this attempt: the iterations it ran x tokens_per_iter over its
     // seconds, evaluations and checkpoints included (a resumed stage counts only its own part).
     metrics["tokens_per_second"] =
