@@ -18,6 +18,7 @@ config, the hyper-parameters, the batch, and per step the lr, the loss and the g
 import json
 import math
 import pathlib
+import sys
 
 import torch
 import torch.nn as nn
@@ -47,51 +48,10 @@ train = dict(
 )
 
 
-# nanoGPT's model.py (the explicit attention path; dropout 0, so no Dropout modules).
-class CausalSelfAttention(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.c_attn = nn.Linear(c["n_embd"], 3 * c["n_embd"], bias=c["bias"])
-        self.c_proj = nn.Linear(c["n_embd"], c["n_embd"], bias=c["bias"])
-        self.n_head, self.n_embd = c["n_head"], c["n_embd"]
-        t = c["block_size"]
-        self.register_buffer("mask", torch.tril(torch.ones(t, t)).view(1, 1, t, t))
-
-    def forward(self, x):
-        B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-        att = att.masked_fill(self.mask[:, :, :T, :T] == 0, float("-inf"))
-        att = F.softmax(att, dim=-1)
-        y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
-        return self.c_proj(y)
-
-
-class MLP(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.c_fc = nn.Linear(c["n_embd"], 4 * c["n_embd"], bias=c["bias"])
-        self.gelu = nn.GELU()  # the exact (erf) form, pipe's Gelu::Erf
-        self.c_proj = nn.Linear(4 * c["n_embd"], c["n_embd"], bias=c["bias"])
-
-    def forward(self, x):
-        return self.c_proj(self.gelu(self.c_fc(x)))
-
-
-class Block(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(c["n_embd"], bias=c["bias"])
-        self.attn = CausalSelfAttention(c)
-        self.ln_2 = nn.LayerNorm(c["n_embd"], bias=c["bias"])
-        self.mlp = MLP(c)
-
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+# nanoGPT's model.py (the explicit attention path; dropout 0, so no Dropout modules): its blocks from
+# nanogpt_model.py, with this fixture's own init below.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from nanogpt_model import Block  # noqa: E402
 
 
 class GPT(nn.Module):

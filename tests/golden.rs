@@ -21,109 +21,57 @@ use common::*;
 /// and on any machine with a `--no-default-features` build). The table for the path a machine runs
 /// must be here: a missing one fails, printing it.
 #[allow(clippy::type_complexity)]
-const GOLDEN: (u32, &[(&str, &[(&str, &str)])]) = (
-    2,
-    &[
-        (
-            "avx2",
-            &[
-                (
-                    "data/meta.json",
-                    "ef067106e945af08af3e9279e0a97c9c23a1091f831d1debe8b1a88d2d05748d",
-                ),
-                (
-                    "data/train.bin",
-                    "c9ff7944390139de74ca7db06f9a85198cf85f3343a1e0e947192669e2bcc9d1",
-                ),
-                (
-                    "data/val.bin",
-                    "b012b1aad082db8e67c1d1e0d9330bedbed8b1b2580655372c106f6838c1e493",
-                ),
-                (
-                    "evaluate/metrics.json",
-                    "acb527ffdec0da0a34124cfda9bcb2fe29e25343767cbb9c23d80921a032f639",
-                ),
-                (
-                    "export/config.json",
-                    "5b3358f923fed29238dd2d513afdcb3f4931517f74aa2a8d234db6b1d4563d44",
-                ),
-                (
-                    "export/model.safetensors",
-                    "b5ed3415b944ad45fbdc7205d90857c22a39ea1c14b8586c9130ce4c3f1df6ed",
-                ),
-                (
-                    "model/ckpt",
-                    "8b439081c670cb81a23229ab68ddfaf919c732e023adb2634a7192d94c468d81",
-                ),
-                (
-                    "sample/samples.txt",
-                    "c68e725838aa28a6fe721ad7cfa8da85badbee2236cbc44f778f3db06a543e10",
-                ),
-                (
-                    "train/ckpt",
-                    "dbffb3fc4698720dff4d8fd384bb147a2b182d3229ceb370386a7b87cd183382",
-                ),
-                (
-                    "train/loss.svg",
-                    "235f468befc1e05a56628659bafe247519ada0e9fc50b65362a70ac50e60812f",
-                ),
-                (
-                    "train/metrics.json",
-                    "695164d7f35633707438aee04d447f1200b0ddd2cf43a6f6412399c9911b72a6",
-                ),
-            ],
-        ),
-        (
-            "avx512",
-            &[
-                (
-                    "data/meta.json",
-                    "ef067106e945af08af3e9279e0a97c9c23a1091f831d1debe8b1a88d2d05748d",
-                ),
-                (
-                    "data/train.bin",
-                    "c9ff7944390139de74ca7db06f9a85198cf85f3343a1e0e947192669e2bcc9d1",
-                ),
-                (
-                    "data/val.bin",
-                    "b012b1aad082db8e67c1d1e0d9330bedbed8b1b2580655372c106f6838c1e493",
-                ),
-                (
-                    "evaluate/metrics.json",
-                    "acb527ffdec0da0a34124cfda9bcb2fe29e25343767cbb9c23d80921a032f639",
-                ),
-                (
-                    "export/config.json",
-                    "5b3358f923fed29238dd2d513afdcb3f4931517f74aa2a8d234db6b1d4563d44",
-                ),
-                (
-                    "export/model.safetensors",
-                    "b5ed3415b944ad45fbdc7205d90857c22a39ea1c14b8586c9130ce4c3f1df6ed",
-                ),
-                (
-                    "model/ckpt",
-                    "8b439081c670cb81a23229ab68ddfaf919c732e023adb2634a7192d94c468d81",
-                ),
-                (
-                    "sample/samples.txt",
-                    "c68e725838aa28a6fe721ad7cfa8da85badbee2236cbc44f778f3db06a543e10",
-                ),
-                (
-                    "train/ckpt",
-                    "dbffb3fc4698720dff4d8fd384bb147a2b182d3229ceb370386a7b87cd183382",
-                ),
-                (
-                    "train/loss.svg",
-                    "235f468befc1e05a56628659bafe247519ada0e9fc50b65362a70ac50e60812f",
-                ),
-                (
-                    "train/metrics.json",
-                    "695164d7f35633707438aee04d447f1200b0ddd2cf43a6f6412399c9911b72a6",
-                ),
-            ],
-        ),
-    ],
-);
+const GOLDEN: (u32, &[(&str, &[(&str, &str)])]) = (2, &[("avx2", TINY), ("avx512", TINY)]);
+
+/// The two paths' table while they agree: for this model (n_embd 32, inner dimensions up to 128)
+/// the AVX-512 and AVX2 micro-kernels give the same bits. For the main job's (n_embd 128, inner
+/// dimensions up to 512) they do not: its train checkpoint differs between the two builds.
+const TINY: &[(&str, &str)] = &[
+    (
+        "data/meta.json",
+        "ef067106e945af08af3e9279e0a97c9c23a1091f831d1debe8b1a88d2d05748d",
+    ),
+    (
+        "data/train.bin",
+        "c9ff7944390139de74ca7db06f9a85198cf85f3343a1e0e947192669e2bcc9d1",
+    ),
+    (
+        "data/val.bin",
+        "b012b1aad082db8e67c1d1e0d9330bedbed8b1b2580655372c106f6838c1e493",
+    ),
+    (
+        "evaluate/metrics.json",
+        "acb527ffdec0da0a34124cfda9bcb2fe29e25343767cbb9c23d80921a032f639",
+    ),
+    (
+        "export/config.json",
+        "5b3358f923fed29238dd2d513afdcb3f4931517f74aa2a8d234db6b1d4563d44",
+    ),
+    (
+        "export/model.safetensors",
+        "b5ed3415b944ad45fbdc7205d90857c22a39ea1c14b8586c9130ce4c3f1df6ed",
+    ),
+    (
+        "model/ckpt",
+        "8b439081c670cb81a23229ab68ddfaf919c732e023adb2634a7192d94c468d81",
+    ),
+    (
+        "sample/samples.txt",
+        "c68e725838aa28a6fe721ad7cfa8da85badbee2236cbc44f778f3db06a543e10",
+    ),
+    (
+        "train/ckpt",
+        "dbffb3fc4698720dff4d8fd384bb147a2b182d3229ceb370386a7b87cd183382",
+    ),
+    (
+        "train/loss.svg",
+        "235f468befc1e05a56628659bafe247519ada0e9fc50b65362a70ac50e60812f",
+    ),
+    (
+        "train/metrics.json",
+        "695164d7f35633707438aee04d447f1200b0ddd2cf43a6f6412399c9911b72a6",
+    ),
+];
 
 /// Every stage kind that makes bytes (all but `command`), small enough to run in about a second;
 /// dropout on, so the counter-based masks (forward and backward) are covered.
