@@ -56,6 +56,19 @@ struct Configured {
     command: String,
 }
 
+impl Configured {
+    /// Where global `k` was set: its file and line, its `--key=value`, or train.py (a default).
+    fn origin_of(&self, k: &str) -> Origin {
+        self.origin.iter().find(|(n, _)| *n == k).map_or_else(
+            || Origin {
+                file: "train.py".into(),
+                ..Origin::default()
+            },
+            |(_, o)| o.clone(),
+        )
+    }
+}
+
 /// The command line `args` (config files and `--key=value`, in order) as train.py would
 /// configure itself, then as a manifest.
 pub fn import(args: &[String]) -> Result<String> {
@@ -211,21 +224,8 @@ fn yaml(v: &Py) -> String {
 /// use it).
 fn count(c: &Configured, k: &str) -> Result<u64> {
     let bad = |v: &Py| {
-        let at = c
-            .origin
-            .iter()
-            .find(|(n, _)| *n == k)
-            .map(|(_, o)| o.clone())
-            .unwrap_or(Origin {
-                file: "train.py".into(),
-                line: 0,
-                col: 0,
-            });
-        err(
-            at,
-            format!("`{k}` is {}, expected a non-negative whole number", yaml(v)),
-            None,
-        )
+        let msg = format!("`{k}` is {}, expected a non-negative whole number", yaml(v));
+        err(c.origin_of(k), msg, None)
     };
     match c.globals.get(k) {
         Some(Py::Int(i)) if *i >= 0 => Ok(*i as u64),
@@ -239,21 +239,14 @@ fn float(c: &Configured, k: &str) -> Result<f64> {
     match c.globals.get(k) {
         Some(Py::Int(i)) => Ok(*i as f64),
         Some(Py::Float(f)) => Ok(*f),
-        v => {
-            let at = c
-                .origin
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, o)| o.clone());
-            let msg = format!(
+        v => Err(err(
+            c.origin_of(k),
+            format!(
                 "`{k}` is {}, expected a number",
                 v.map_or("missing".into(), yaml)
-            );
-            Err(match at {
-                Some(o) => err(o, msg, None),
-                None => anyhow::anyhow!(msg),
-            })
-        }
+            ),
+            None,
+        )),
     }
 }
 
@@ -269,15 +262,7 @@ fn manifest(c: &Configured) -> Result<String> {
         d if d == "cuda" || d.starts_with("cuda:") => "cuda",
         other => {
             return Err(err(
-                c.origin
-                    .iter()
-                    .find(|(n, _)| *n == "device")
-                    .map(|(_, o)| o.clone())
-                    .unwrap_or(Origin {
-                        file: "train.py".into(),
-                        line: 0,
-                        col: 0,
-                    }),
+                c.origin_of("device"),
                 format!("device `{other}`: pipe trains on cpu or cuda"),
                 Some("pass --device=cpu or --device=cuda"),
             ));
@@ -407,9 +392,7 @@ fn manifest(c: &Configured) -> Result<String> {
                 yaml(&Py::Float(dropout))
             )?;
         }
-        m if m.starts_with("gpt2")
-            && ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"].contains(&m) =>
-        {
+        m if ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"].contains(&m) => {
             writeln!(
                 stages,
                 "    from: {m}\n    dropout: {}",
@@ -426,15 +409,7 @@ fn manifest(c: &Configured) -> Result<String> {
         }
         other => {
             return Err(err(
-                c.origin
-                    .iter()
-                    .find(|(n, _)| *n == "init_from")
-                    .map(|(_, o)| o.clone())
-                    .unwrap_or(Origin {
-                        file: "train.py".into(),
-                        line: 0,
-                        col: 0,
-                    }),
+                c.origin_of("init_from"),
                 format!("init_from `{other}` is not one of train.py's"),
                 Some("expected scratch, resume, gpt2, gpt2-medium, gpt2-large or gpt2-xl"),
             ));
