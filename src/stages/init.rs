@@ -22,10 +22,70 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
+/// Where an init stage's model comes from (nanoGPT's `init_from`, plus nanoGPT's own files).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String")]
+pub enum InitFrom {
+    #[serde(rename = "scratch")]
+    Scratch,
+    #[serde(rename = "resume")]
+    Resume,
+    #[serde(rename = "nanogpt")]
+    Nanogpt,
+    #[serde(rename = "gpt2")]
+    Gpt2,
+    #[serde(rename = "gpt2-medium")]
+    Gpt2Medium,
+    #[serde(rename = "gpt2-large")]
+    Gpt2Large,
+    #[serde(rename = "gpt2-xl")]
+    Gpt2Xl,
+}
+
+impl InitFrom {
+    const ALL: [InitFrom; 7] = [
+        InitFrom::Scratch,
+        InitFrom::Resume,
+        InitFrom::Nanogpt,
+        InitFrom::Gpt2,
+        InitFrom::Gpt2Medium,
+        InitFrom::Gpt2Large,
+        InitFrom::Gpt2Xl,
+    ];
+
+    /// The manifest's spelling (also the key's, and the Hub repository's for GPT-2).
+    pub fn name(self) -> &'static str {
+        match self {
+            InitFrom::Scratch => "scratch",
+            InitFrom::Resume => "resume",
+            InitFrom::Nanogpt => "nanogpt",
+            InitFrom::Gpt2 => "gpt2",
+            InitFrom::Gpt2Medium => "gpt2-medium",
+            InitFrom::Gpt2Large => "gpt2-large",
+            InitFrom::Gpt2Xl => "gpt2-xl",
+        }
+    }
+}
+
+impl TryFrom<String> for InitFrom {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        InitFrom::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
+            format!("unknown `from: {s}`, expected scratch, resume, nanogpt, gpt2, gpt2-medium, gpt2-large or gpt2-xl")
+        })
+    }
+}
+
+impl std::fmt::Display for InitFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
-    pub from: String,
+    pub from: InitFrom,
     #[serde(default)]
     pub n_layer: Option<usize>,
     #[serde(default)]
@@ -55,22 +115,14 @@ pub struct Params {
     pub seed: u64,
 }
 
-const GPT2: [&str; 4] = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"];
 const HELP: &str = "init takes `from` (scratch, resume, nanogpt, gpt2, gpt2-medium, gpt2-large, gpt2-xl); scratch takes n_layer, n_head, n_embd, block_size, bias, dropout, gelu (erf|tanh), vocab_size; gpt2* take hf_dir, revision, block_size, dropout; resume takes checkpoint; nanogpt takes path (a ckpt.pt or its out_dir) and dropout";
 
 pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Params> {
     let params: Params = typed(spec, p, HELP)?;
-    let from = params.from.as_str();
-    if !["scratch", "resume", "nanogpt"].contains(&from) && !GPT2.contains(&from) {
-        return Err(err(
-            spec.origin_of("from").clone(),
-            format!("unknown `from: {from}`"),
-            Some("expected scratch, resume, nanogpt, gpt2, gpt2-medium, gpt2-large or gpt2-xl"),
-        ));
-    }
-    if (from == "nanogpt") != params.path.is_some() {
+    let from = params.from;
+    if (from == InitFrom::Nanogpt) != params.path.is_some() {
         return Err(match from {
-            "nanogpt" => err(
+            InitFrom::Nanogpt => err(
                 spec.origin.clone(),
                 "`from: nanogpt` needs `path`",
                 Some("give nanoGPT's out_dir (e.g. `path: out-shakespeare-char`) or its ckpt.pt"),
@@ -90,7 +142,10 @@ pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Pa
         ("gelu", params.gelu.is_some()),
         ("vocab_size", params.vocab_size.is_some()),
     ];
-    if let Some((k, _)) = only_scratch.iter().find(|x| x.1 && from != "scratch") {
+    if let Some((k, _)) = only_scratch
+        .iter()
+        .find(|x| x.1 && from != InitFrom::Scratch)
+    {
         return Err(err(
             spec.origin_of(k).clone(),
             format!(
@@ -99,14 +154,14 @@ pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Pa
             Some("remove it"),
         ));
     }
-    if (from == "resume" || from == "nanogpt") && params.block_size.is_some() {
+    if matches!(from, InitFrom::Resume | InitFrom::Nanogpt) && params.block_size.is_some() {
         return Err(err(
             spec.origin_of("block_size").clone(),
             "`block_size` cannot change when resuming a checkpoint",
             Some("remove it (it only applies to scratch and to cropping gpt2 weights)"),
         ));
     }
-    if from == "resume" && params.checkpoint.is_none() {
+    if from == InitFrom::Resume && params.checkpoint.is_none() {
         return Err(err(
             spec.origin.clone(),
             "`from: resume` needs `checkpoint`",
@@ -123,7 +178,7 @@ pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Pa
             Some(HELP),
         ));
     }
-    if from == "scratch" {
+    if from == InitFrom::Scratch {
         let config = scratch_config(&params, 1);
         if let Some((field, why)) = config.invalid_field() {
             return Err(err(
@@ -183,7 +238,7 @@ fn find_hf_dir(base: &Path, p: &Params) -> Result<PathBuf> {
     let roots = hf_cache_roots();
     let revision = p.revision.as_deref().unwrap_or("main");
     // The Hub files OpenAI's models under openai-community/ (`gpt2` still redirects there).
-    let names = [p.from.clone(), format!("openai-community--{}", p.from)];
+    let names = [p.from.to_string(), format!("openai-community--{}", p.from)];
     for r in &roots {
         for name in &names {
             let snaps = r.join(format!("models--{name}")).join("snapshots");
@@ -203,7 +258,7 @@ fn find_hf_dir(base: &Path, p: &Params) -> Result<PathBuf> {
         }
     }
     if super::downloads_allowed() {
-        return download_hf(&roots[0], &p.from, revision);
+        return download_hf(&roots[0], p.from.name(), revision);
     }
     bail!(
         "no {} weights found in the Hugging Face cache ({}).\n  help: `pipe run` downloads them (unless HF_HUB_OFFLINE=1); offline, fetch the `{}` folder (config.json + model.safetensors) where you have internet, e.g. `huggingface-cli download {} config.json model.safetensors --local-dir DIR`, then `--set STAGE.hf_dir=DIR`",
@@ -306,7 +361,7 @@ pub fn key_parts(
     params: &Params,
 ) -> Result<(Value, Value)> {
     let mut params = params.clone();
-    if params.from == "scratch" {
+    if params.from == InitFrom::Scratch {
         // Key the model args as used, so `n_layer: 12` and an omitted n_layer are the same model.
         params.n_layer = Some(params.n_layer.unwrap_or(12));
         params.n_head = Some(params.n_head.unwrap_or(12));
@@ -322,12 +377,12 @@ pub fn key_parts(
     obj.remove("checkpoint");
     obj.remove("revision"); // the downloaded files are keyed by content below
     obj.remove("path"); // where a ckpt.pt lies is not what it is: hashed below
-    if params.from != "scratch" {
+    if params.from != InitFrom::Scratch {
         obj.remove("seed");
     }
-    let sources = match params.from.as_str() {
-        "scratch" => Value::Null,
-        "nanogpt" => {
+    let sources = match params.from {
+        InitFrom::Scratch => Value::Null,
+        InitFrom::Nanogpt => {
             let at = spec.origin_of("path").clone();
             let file = nanogpt::read::find_ckpt(&resolve_path(
                 base,
@@ -337,7 +392,7 @@ pub fn key_parts(
             let hash = Store::hash_file(&file).map_err(|e| err(at, format!("{e:#}"), None))?;
             json!({ "ckpt.pt": hash })
         }
-        "resume" => {
+        InitFrom::Resume => {
             json!({ "checkpoint": resolve_checkpoint(store, params.checkpoint.as_deref().expect("checked")).map_err(|e| err(spec.origin_of("checkpoint").clone(), e.to_string(), None))? })
         }
         _ => {
@@ -355,8 +410,8 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     // Each branch streams its checkpoint into the store.
     let mut w = ctx.store.writer()?;
     let mut nano = None;
-    let config = match p.from.as_str() {
-        "scratch" => {
+    let config = match p.from {
+        InitFrom::Scratch => {
             let vocab = match (p.vocab_size, ctx.data_input()) {
                 (Some(v), _) => v,
                 (None, Some(d)) => read_meta(ctx.store, d)?.vocab_size,
@@ -374,7 +429,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
             write_model(&model.config, &model.params, &mut w)?;
             model.config
         }
-        "resume" => {
+        InitFrom::Resume => {
             // The checkpoint the key names (RUN_ID/STAGE may point elsewhere by now).
             let hash = match ctx.sources["checkpoint"].as_str() {
                 Some(h) => Hash::parse(h).map_err(anyhow::Error::msg)?,
@@ -390,7 +445,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
                 Ok(config)
             })?
         }
-        "nanogpt" => {
+        InitFrom::Nanogpt => {
             let path = resolve_path(&ctx.base_dir, p.path.as_deref().expect("checked"));
             let ck = NanoCheckpoint::open(&path)?;
             // The content the key was computed from (absent only for a hand-made Ctx).
