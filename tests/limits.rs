@@ -215,3 +215,54 @@ fn temperature_zero_is_greedy_and_a_tiny_one_is_too() {
         greedy
     );
 }
+
+/// Messages that tell the truth: each case's exit code and the first line of its error.
+#[test]
+fn messages_name_what_is_wrong_with_the_exit_code_of_bad_input() {
+    // A temperature finite as an f64 but infinite as the f32 sampling uses.
+    let sb = setup("huge-t", &[("temperature: 0.8", "temperature: 1.0e300")]);
+    let out = sb.pipe(&["run", "m.yaml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.lines()
+            .next()
+            .unwrap()
+            .contains(&line_of(&sb, "temperature: 1.0e300"))
+            && err.contains("must be a finite number >= 0"),
+        "{err}"
+    );
+
+    // Unpinning what is not pinned says so, and pinning twice says it already was.
+    let sb = setup("pins", &[]);
+    let h = {
+        let doc = sb.json(&["run", "m.yaml", "--json"]);
+        stage(&doc, "train")["outputs"]["ckpt"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let out = sb.pipe(&["pin", "--remove", &h]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out).lines().next().unwrap(),
+        format!("error: {h} is not pinned, so there is nothing to unpin")
+    );
+    assert!(sb.pipe(&["pin", &h]).status.success());
+    let again = sb.pipe(&["pin", &h]);
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout).trim(),
+        format!("already pinned {h}")
+    );
+
+    // A remote given to a build that has none is refused by every command, not only by `run`.
+    if !cfg!(feature = "remote") {
+        let out = sb.pipe(&["--remote", "s3://bucket/prefix", "gc", "--dry-run"]);
+        assert_eq!(out.status.code(), Some(2));
+        let first = stderr(&out).lines().next().unwrap().to_string();
+        assert!(
+            first.contains("this pipe was built without remote stores"),
+            "{first}"
+        );
+    }
+}

@@ -257,6 +257,13 @@ pub fn run(cli: Cli) -> Result<i32> {
             .build_global()
             .ok();
     }
+    // Without remote support, a remote given to any command is refused as `run` refuses it, not
+    // ignored (`gc --remote URL` would otherwise look as if it had cleaned the remote).
+    if let Some(url) = cli.remote.as_deref()
+        && !cfg!(feature = "remote")
+    {
+        running::open_remote(url)?;
+    }
     match cli.command {
         Command::Run {
             manifest,
@@ -445,8 +452,23 @@ pub fn run(cli: Cli) -> Result<i32> {
             let h = store
                 .resolve_object(&hash)?
                 .with_context(|| format!("no object {hash:?} in {}", store.root.display()))?;
-            store.set_pin(&h, !remove)?;
-            println!("{} {h}", if remove { "unpinned" } else { "pinned" });
+            let changed = store.set_pin(&h, !remove)?;
+            if remove && !changed {
+                let pinned = store.pins()?.len();
+                return Err(InputError::new(
+                    format!("{h} is not pinned, so there is nothing to unpin"),
+                    Some(&format!(
+                        "{pinned} objects are pinned; `pipe pin HASH` pins one"
+                    )),
+                )
+                .into());
+            }
+            let what = match (remove, changed) {
+                (true, _) => "unpinned",
+                (false, true) => "pinned",
+                (false, false) => "already pinned",
+            };
+            println!("{what} {h}");
             Ok(0)
         }
         Command::Gc {

@@ -66,7 +66,8 @@ pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Pa
 
 /// The first parameter that sampling cannot use, and why.
 fn invalid_field(p: &Params) -> Option<(&'static str, String)> {
-    if !(p.temperature.is_finite() && p.temperature >= 0.0) {
+    // Checked as the f32 sampling uses: 1e300 is a finite f64 but an infinite f32.
+    if !((p.temperature as f32).is_finite() && p.temperature >= 0.0) {
         let why = format!(
             "must be a finite number >= 0 (0 samples greedily), found {}",
             p.temperature

@@ -187,15 +187,19 @@ impl Store {
     }
 
     /// Pins protect objects from `gc`: one empty file per pinned hash in `pins/`.
-    pub fn set_pin(&self, hash: &Hash, on: bool) -> Result<()> {
+    /// Pins or unpins `hash`; whether that changed anything (false: it already was so).
+    pub fn set_pin(&self, hash: &Hash, on: bool) -> Result<bool> {
         let p = self.root.join("pins").join(hash.as_str());
         if on {
+            let was = p.exists();
             fs::create_dir_all(self.root.join("pins"))?;
-            write_atomic(&self.tmp(), &p, b"")
+            write_atomic(&self.tmp(), &p, b"")?;
+            Ok(!was)
         } else {
             match fs::remove_file(p) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-                _ => Ok(()),
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e.into()),
             }
         }
     }
