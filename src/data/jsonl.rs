@@ -7,6 +7,8 @@ use std::fmt;
 
 /// The document in `line` (one JSON object), or a message saying what is wrong with the line.
 pub fn document<'a>(line: &'a [u8], field: &str) -> Result<Cow<'a, str>, String> {
+    // A UTF-8 byte-order mark (what some editors write first) is skipped, as manifests' is.
+    let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
     let mut de = serde_json::Deserializer::from_slice(line);
     let found = FieldOf { field }
         .deserialize(&mut de)
@@ -178,6 +180,9 @@ mod tests {
         let d = document(br#"{"text": "tab\there \u00e9"}"#, "text").unwrap();
         assert_eq!(d, "tab\there é");
         assert_eq!(document(br#"{"content": ""}"#, "content").unwrap(), "");
+        // A file that starts with a byte-order mark.
+        let d = document(b"\xEF\xBB\xBF{\"text\": \"bom\"}", "text").unwrap();
+        assert_eq!(d, "bom");
     }
 
     #[test]
