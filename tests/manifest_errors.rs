@@ -144,6 +144,15 @@ fn cases() -> Vec<Case> {
             &["bad.yaml:7:", "unknown device `tpu`"],
         ),
         case(
+            "negative seed",
+            &format!("{GOOD_HEAD}defaults:\n  seed: -5\n"),
+            &[
+                "bad.yaml:8:9:",
+                "`defaults.seed` must be a whole number from 0 to",
+                "found -5",
+            ],
+        ),
+        case(
             "val_fraction out of range",
             &format!("{GOOD_HEAD}    val_fraction: 1.5\n"),
             &["bad.yaml:7:", "val_fraction"],

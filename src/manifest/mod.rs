@@ -203,9 +203,53 @@ struct RawManifest {
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
     device: Option<String>,
+    #[serde(default, deserialize_with = "seed_value")]
     seed: Option<u64>,
     dtype: Option<String>,
     remote: Option<String>,
+}
+
+/// `defaults.seed`, with a message that names the field and the range (serde's is "invalid u64").
+fn seed_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    struct Seed;
+    fn wrong<E: serde::de::Error>(found: impl std::fmt::Display) -> E {
+        E::custom(format!(
+            "`defaults.seed` must be a whole number from 0 to {}, found {found}",
+            u64::MAX
+        ))
+    }
+    impl serde::de::Visitor<'_> for Seed {
+        type Value = Option<u64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(
+                f,
+                "a whole number from 0 to {} for `defaults.seed`",
+                u64::MAX
+            )
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            u64::try_from(v).map(Some).map_err(|_| wrong(v))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            Err(wrong(v))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Err(wrong(format!("{v:?}")))
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Err(wrong(v))
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(Seed)
 }
 
 /// Finds `stages/<name>.yaml` for `use: name`: next to the manifest, or one folder up (so
