@@ -6,17 +6,6 @@ mod common;
 use common::*;
 use pipe::gpt::{Checkpoint, Gpt};
 
-/// `$PIPE_TEST_PYTHON` (set by .ci/run), else python3, if it can import torch and transformers.
-fn python_with_transformers() -> Option<String> {
-    let py = std::env::var("PIPE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = std::process::Command::new(&py)
-        .args(["-c", "import torch, transformers"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    ok.then_some(py)
-}
-
 #[test]
 fn exported_model_loads_in_transformers_with_the_same_logits() {
     let sb = Sandbox::new("export");
@@ -57,26 +46,14 @@ fn exported_model_loads_in_transformers_with_the_same_logits() {
     back.forward(&ids, None, 1, ids.len(), None);
     assert_eq!(back.logits(), &our_logits[..]);
 
-    let Some(py) = python_with_transformers() else {
+    let Some(py) = python_with("torch, transformers") else {
         missing(
             "the transformers check: no Python with torch and transformers (set PIPE_TEST_PYTHON)",
         );
         return;
     };
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/hf_logits.py");
     let ids_arg = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-    let out = std::process::Command::new(py)
-        .arg(script)
-        .arg(&dir)
-        .arg(ids_arg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = python_json(&py, "hf_logits.py", &[dir.as_os_str(), ids_arg.as_ref()]);
     let theirs: Vec<f32> = v["logits"]
         .as_array()
         .unwrap()

@@ -254,32 +254,11 @@ fn bad_checkpoints_get_errors_that_name_the_file_and_the_problem() {
     }
 }
 
-/// `$PIPE_TEST_PYTHON` (set by .ci/run), else python3, if it can import torch.
-fn python_with_torch() -> Option<String> {
-    let py = std::env::var("PIPE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = std::process::Command::new(&py)
-        .args(["-c", "import torch"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    ok.then_some(py)
-}
-
 /// Runs scripts/nanogpt_check.py on `request`; its JSON answer.
 fn torch_check(py: &str, dir: &Path, request: Value) -> Value {
     let req = dir.join("request.json");
     std::fs::write(&req, request.to_string()).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/nanogpt_check.py");
-    let out = std::process::Command::new(py)
-        .arg(script)
-        .arg(&req)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    python_json(py, "nanogpt_check.py", &[req.as_os_str()])
 }
 
 #[test]
@@ -321,7 +300,7 @@ fn an_exported_ckpt_pt_loads_in_torch_and_continues_as_pipe_does() {
     write_ckpt_pt(&file, &names, &again).unwrap();
     assert!(std::fs::read(&again).unwrap() == std::fs::read(&exported).unwrap());
 
-    let Some(py) = python_with_torch() else {
+    let Some(py) = python_with("torch") else {
         missing("the torch.load check: no Python with torch (set PIPE_TEST_PYTHON)");
         return;
     };

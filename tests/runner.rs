@@ -142,18 +142,12 @@ fn python_with_tensorboard() -> String {
 /// Every scalar that TensorBoard's own reader (EventAccumulator, scripts/tb_scalars.py) finds
 /// in the event folder `dir`: tag -> [(step, value)].
 fn tensorboard_scalars(dir: &std::path::Path) -> BTreeMap<String, Vec<(u64, f64)>> {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tb_scalars.py");
-    let out = std::process::Command::new(python_with_tensorboard())
-        .arg(script)
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let v = python_json(
+        &python_with_tensorboard(),
+        "tb_scalars.py",
+        &[dir.as_os_str()],
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_value(v).unwrap()
 }
 
 /// The bytes of the object `hash` in the sandbox's store.

@@ -177,7 +177,7 @@ impl Parser {
         self.toks.get(self.at).map_or(self.end, |t| t.1)
     }
     fn eat(&mut self, op: &str) -> bool {
-        if self.peek() == Some(&Tok::Op(leak(op))) {
+        if matches!(self.peek(), Some(Tok::Op(o)) if *o == op) {
             self.at += 1;
             true
         } else {
@@ -292,11 +292,6 @@ impl Parser {
             Tok::Op(op) => return fail(pos, format!("`{op}` cannot start a value")),
         })
     }
-}
-
-/// The `&'static str` of an operator (for comparing tokens).
-fn leak(op: &str) -> &'static str {
-    OPS.iter().find(|o| **o == op).expect("a known operator")
 }
 
 /// A line's tokens, with where the line ends (for "expected a value" at the end).

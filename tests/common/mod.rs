@@ -298,3 +298,33 @@ pub fn missing(why: &str) {
     );
     eprintln!("skipped: {why}");
 }
+
+/// `$PIPE_TEST_PYTHON` (set by .ci/run), else python3, if it can run `import {modules}`.
+#[allow(dead_code)]
+pub fn python_with(modules: &str) -> Option<String> {
+    let py = std::env::var("PIPE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = std::process::Command::new(&py)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then_some(py)
+}
+
+/// Runs `scripts/{script}` with `py` and `args`; its stdout as JSON (its stderr in the failure).
+#[allow(dead_code)]
+pub fn python_json(py: &str, script: &str, args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(script);
+    let out = std::process::Command::new(py)
+        .arg(path)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
