@@ -163,6 +163,9 @@ pub struct Runner<'a> {
     /// once set, no stage starts and training stops at its next step (resumable from its last
     /// checkpoint).
     pub cancel: Option<&'a AtomicBool>,
+    /// With several data-parallel ranks, this is rank 0's view of them: train stages bring the
+    /// others in (`crate::ranks`).
+    pub ranks: Option<&'a crate::ranks::Ranks>,
 }
 
 impl Runner<'_> {
@@ -374,6 +377,14 @@ pub fn run_stage(
             store.lock_key(&key)?
         }
     };
+    // Data-parallel training keeps its resume points under the key without its ranks: held too,
+    // so training at another number of ranks never writes the same progress record meanwhile.
+    let progress_key = key::progress_key(&mat);
+    let _progress_lock = if progress_key != key {
+        Some(store.lock_key(&progress_key)?)
+    } else {
+        None
+    };
     if let Some(rec) = store.action(&key)? {
         return reuse(rec, StageStatus::Cached);
     }
@@ -400,9 +411,11 @@ pub fn run_stage(
         defaults: &m.defaults,
         base_dir: m.base_dir.clone(),
         key: key.clone(),
+        progress_key,
         sources: mat["sources"].clone(),
         inputs,
         ui,
+        ranks: runner.ranks,
     };
     let t0 = Instant::now();
     match stages::execute(&ctx, &plan.params[i]) {

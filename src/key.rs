@@ -81,6 +81,17 @@ pub fn key_of(material: &Value) -> Key {
     blake3::hash(&serde_json::to_vec(material).expect("JSON serialises")).into()
 }
 
+/// The key a train stage's progress record (its resume points) is kept under: its key without
+/// the `data_parallel` part, so the same training at another number of ranks continues from the
+/// same checkpoints (which are independent of the world size). One rank's is its key.
+pub fn progress_key(material: &Value) -> Key {
+    let mut m = material.clone();
+    if let Some(p) = m.get_mut("params").and_then(Value::as_object_mut) {
+        p.remove("data_parallel");
+    }
+    key_of(&m)
+}
+
 /// Human-readable differences between two key materials, for `pipe status`.
 pub fn explain(old: &Value, new: &Value) -> Vec<String> {
     let mut out = Vec::new();

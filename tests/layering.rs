@@ -23,6 +23,8 @@ const LAYERS: &[&[&str]] = &[
         "data",
         "tokenizer",
         "nanogpt_config",
+        "launch",
+        "ranks",
     ],
     &["clock"],
     &["gpt"],

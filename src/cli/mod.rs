@@ -204,6 +204,10 @@ pub struct RunFlags {
     /// running training stops at its next step. The sweep can still be resumed.
     #[arg(long)]
     pub fail_fast: bool,
+    /// Train on N data-parallel ranks on this machine (started with `mpirun -np N`; needs a
+    /// build with `--features mpi`). Under mpirun or srun, the launcher's count is used.
+    #[arg(long, value_name = "N")]
+    pub ranks: Option<usize>,
 }
 
 /// Whose configuration `pipe import` reads.
@@ -242,6 +246,51 @@ impl Cli {
 const MAX_THREADS: usize = 1024;
 
 pub fn run(cli: Cli) -> Result<i32> {
+    let placement = crate::launch::from_process()?;
+    let ranks = match &placement {
+        Some(p) if p.world > 1 => Some(join_ranks(p.clone(), cli.threads)?),
+        _ => None,
+    };
+    let job = running::Job {
+        launched_world: placement.as_ref().map(|p| p.world),
+        ranks: ranks.as_ref(),
+    };
+    if let Some(r) = &ranks
+        && !r.is_leader()
+    {
+        // Rank 0 runs the command; this rank joins its training stages.
+        r.follow(crate::ranks::step_timeout()?)?;
+        return Ok(0);
+    }
+    let result = run_command(cli, job);
+    if let Some(r) = &ranks {
+        r.dismiss();
+    }
+    result
+}
+
+/// Joins the job as one of its ranks, with this machine's cores shared among its ranks (unless
+/// `--threads` says otherwise).
+fn join_ranks(p: crate::launch::Placement, threads: Option<usize>) -> Result<crate::ranks::Ranks> {
+    if p.launcher == crate::launch::Launcher::Torchrun {
+        return Err(InputError::new(
+            "torchrun started this process: its ranks need the NCCL backend (GPUs), which this pipe does not have yet",
+            Some("start CPU ranks with `mpirun -np N pipe run ...` or `pipe run --ranks N ...`"),
+        )
+        .into());
+    }
+    if threads.is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let share = (cores / p.local_world.unwrap_or(1).max(1)).max(1);
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(share)
+            .build_global()
+            .ok();
+    }
+    crate::ranks::Ranks::join(p)
+}
+
+fn run_command(cli: Cli, job: running::Job) -> Result<i32> {
     if let Some(t) = cli.threads {
         // Each thread is a process-wide resource: 5000 took 20 s to start, 100000 would exhaust
         // the machine's PIDs.
@@ -281,12 +330,20 @@ pub fn run(cli: Cli) -> Result<i32> {
             yes,
             flags,
             executor,
+            job,
         ),
         Command::Resume {
             run_id,
             flags,
             executor,
-        } => running::resume(&cli.cache, cli.remote.as_deref(), &run_id, flags, executor),
+        } => running::resume(
+            &cli.cache,
+            cli.remote.as_deref(),
+            &run_id,
+            flags,
+            executor,
+            job,
+        ),
         Command::Status {
             manifest,
             set,

@@ -6,6 +6,7 @@ use crate::error::InputError;
 use crate::exec::{self, PlanStatus, RunSummary};
 use crate::manifest::{self, Manifest};
 use crate::plan;
+use crate::ranks::Ranks;
 use crate::run::{Executor, RunEvent, RunLog, RunRecord, RunStatus, utc_now};
 use crate::show;
 use crate::store::Store;
@@ -26,11 +27,21 @@ pub fn run(
     yes: bool,
     flags: RunFlags,
     executor: Executor,
+    job: Job,
 ) -> Result<i32> {
     crate::stages::allow_downloads();
     let overrides = parse_overrides(set)?;
     let variants = manifest::sweep::variants(manifest, sweep, &overrides, yes)?;
     if !variants.is_empty() {
+        if flags.ranks.is_some_and(|n| n > 1) || job.launched_world.is_some_and(|n| n > 1) {
+            return Err(InputError::new(
+                "a sweep cannot run on data-parallel ranks yet",
+                Some(
+                    "run the variants one at a time with --set (and --ranks), or sweep on one rank",
+                ),
+            )
+            .into());
+        }
         return super::sweeping::run(
             cache,
             remote_flag,
@@ -42,12 +53,21 @@ pub fn run(
             executor,
         );
     }
-    let plan = plan::build(manifest::load(manifest, &overrides)?)?;
+    let mut plan = plan::build(manifest::load(manifest, &overrides)?)?;
+    let ranks = job.reconcile(&mut plan.manifest, flags.ranks, executor)?;
     let remote = remote_url(remote_flag, &plan.manifest);
-    let opts = RunOptions::new(flags, remote, executor)?;
+    let mut opts = RunOptions::new(flags, remote, executor)?;
     // Validate what can fail before anything is written (missing files, bad checkpoints).
     let read_only = Store::at(cache);
     check_plan(&read_only, &plan, opts.flags.allow_outside, executor)?;
+    if job.needs_launch(ranks) {
+        return launch_ranks(ranks);
+    }
+    opts.ranks = job.ranks;
+    if ranks > 1 {
+        // One stage at a time: MPI is called from one stage's thread (see gpt/collective/mpi.rs).
+        opts.flags.jobs = 1;
+    }
     let store = Store::open(cache)?;
     // Held from before the run's first write, so `gc` never removes what it is writing.
     let shared = store.lock_store_shared()?;
@@ -62,6 +82,7 @@ pub fn resume(
     run_id: &str,
     flags: RunFlags,
     executor: Option<Executor>,
+    job: Job,
 ) -> Result<i32> {
     crate::stages::allow_downloads();
     if let Some(sweep) = crate::sweep::SweepRecord::find(&Store::at(cache), run_id)? {
@@ -90,7 +111,7 @@ pub fn resume(
         return Ok(0);
     }
     let m: Manifest = serde_json::from_value(rec.plan.clone()).context("reading the run's plan")?;
-    let plan = plan::build(m)?;
+    let mut plan = plan::build(m)?;
     let remote = remote_url(remote_flag, &plan.manifest);
     // As the run started, unless told otherwise.
     let executor = executor.unwrap_or_else(|| {
@@ -103,8 +124,19 @@ pub fn resume(
             })
             .unwrap_or_default()
     });
-    let opts = RunOptions::new(flags, remote, executor)?;
+    let remote = remote.map(str::to_string);
+    let ranks = job.reconcile(&mut plan.manifest, flags.ranks, executor)?;
+    let mut opts = RunOptions::new(flags, remote.as_deref(), executor)?;
     check_plan(&store, &plan, opts.flags.allow_outside, executor)?;
+    if job.needs_launch(ranks) {
+        drop(shared);
+        return launch_ranks(ranks);
+    }
+    opts.ranks = job.ranks;
+    if ranks > 1 {
+        // One stage at a time: MPI is called from one stage's thread (see gpt/collective/mpi.rs).
+        opts.flags.jobs = 1;
+    }
     let run = RunLog::open(&store, &rec.id)?;
     execute_run(&store, &plan, run, shared, "resume", &opts)
 }
@@ -212,25 +244,111 @@ pub fn run_stage(
         remote: remote.as_ref(),
         push: push && remote.is_some(),
         cancel: None,
+        ranks: None,
     };
     let by_hand = rec.status != RunStatus::Running;
     let r = crate::slurm::run_stage(&runner, &plan, stage, by_hand)?;
     Ok(if r.done() { 0 } else { 1 })
 }
 
+/// The data-parallel job this process is part of, as the command line found it.
+#[derive(Clone, Copy, Default)]
+pub struct Job<'a> {
+    /// The world size of the launcher that started this process (mpirun, srun), if one did.
+    pub launched_world: Option<usize>,
+    /// Rank 0's view of the other ranks, when there are several.
+    pub ranks: Option<&'a Ranks>,
+}
+
+impl Job<'_> {
+    /// Settles the number of ranks of `m`'s train stages (`defaults.ranks` in its keys): the
+    /// launcher's world size, which `--ranks` or `defaults.ranks` must then agree with; else
+    /// `--ranks`, else the manifest's. One rank is written as none, so keys stay one rank's.
+    fn reconcile(
+        &self,
+        m: &mut Manifest,
+        flag: Option<usize>,
+        executor: Executor,
+    ) -> Result<usize> {
+        if flag == Some(0) {
+            return Err(InputError::new("--ranks 0: expected 1 or more", None).into());
+        }
+        let wanted = flag.or(m.defaults.ranks);
+        let ranks = match self.launched_world {
+            Some(world) => {
+                if let Some(n) = wanted
+                    && n != world
+                {
+                    return Err(InputError::new(
+                        format!("the manifest (or --ranks) asks for {n} ranks, but the launcher started {world}"),
+                        Some("give the launcher the same count (mpirun -np N), or drop `ranks` / --ranks: under a launcher its world size is used"),
+                    )
+                    .into());
+                }
+                world
+            }
+            None => wanted.unwrap_or(1),
+        };
+        if ranks > 1 && executor == Executor::Slurm {
+            return Err(InputError::new(
+                "data-parallel ranks with --executor slurm are not supported yet",
+                Some("run the stage's job with srun yourself (`srun -n N pipe run ...`), or use one rank"),
+            )
+            .into());
+        }
+        m.defaults.ranks = (ranks > 1).then_some(ranks);
+        Ok(ranks)
+    }
+
+    /// Whether pipe must start the ranks itself (`mpirun -np N`): more than one is asked for and
+    /// no launcher started this process.
+    fn needs_launch(&self, ranks: usize) -> bool {
+        ranks > 1 && self.launched_world.is_none()
+    }
+}
+
+/// Runs this same command as `ranks` ranks under `mpirun` on this machine, and returns its exit
+/// code: rank 0 then does what this process would have done.
+fn launch_ranks(ranks: usize) -> Result<i32> {
+    if !cfg!(feature = "mpi") {
+        return Err(InputError::new(
+            format!("{ranks} data-parallel ranks need MPI, and this pipe was built without it"),
+            Some("install Debian's `openmpi-bin`, `libopenmpi-dev` and `libclang-dev`, then build with `cargo build --release --features mpi`"),
+        )
+        .into());
+    }
+    let mpirun = crate::launch::find_mpirun()?;
+    let exe = std::env::current_exe().context("finding this pipe's executable")?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut cmd = crate::launch::mpirun_command(&mpirun, ranks, &exe, &args);
+    tracing::info!(?cmd, "starting the ranks");
+    let status = cmd
+        .status()
+        .with_context(|| format!("running {}", mpirun.display()))?;
+    match status.code() {
+        // Rank 0's own result: it has printed what happened.
+        Some(code @ 0..=2) => Ok(code),
+        _ => anyhow::bail!(
+            "the {ranks} data-parallel ranks ended with {status}: a rank died, was killed or hung (mpirun's message is above). What was written is safe: `pipe resume RUN_ID` (the run printed above) continues from the last checkpoint"
+        ),
+    }
+}
+
 /// How `run` and `resume` execute a plan.
-pub(super) struct RunOptions {
+pub(super) struct RunOptions<'a> {
     pub(super) flags: RunFlags,
     pub(super) remote: Option<Remote>,
     pub(super) executor: Executor,
+    /// Rank 0's view of the other data-parallel ranks, when there are any.
+    pub(super) ranks: Option<&'a Ranks>,
 }
 
-impl RunOptions {
+impl RunOptions<'_> {
     pub(super) fn new(
         flags: RunFlags,
         remote: Option<&str>,
         executor: Executor,
-    ) -> Result<RunOptions> {
+    ) -> Result<RunOptions<'static>> {
         let remote = if flags.push {
             Some(required_remote(remote, "--push")?)
         } else {
@@ -240,6 +358,7 @@ impl RunOptions {
             flags,
             remote,
             executor,
+            ranks: None,
         })
     }
 }
@@ -338,6 +457,7 @@ pub(super) fn run_plan(
         remote: opts.remote.as_ref(),
         push: opts.flags.push,
         cancel,
+        ranks: opts.ranks,
     };
     let stages = match executor {
         Executor::Local => exec::execute(&runner, plan, jobs)?,

@@ -5,6 +5,7 @@
 //! is [`cuda`] (the `cuda` feature; a stand-in without it), and [`device`] picks one for a stage.
 
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda;

@@ -109,6 +109,38 @@ impl AdamW {
                 });
         }
     }
+
+    /// One update of the elements in `shard` only (ZeRO-1): `grads` holds that range's gradients;
+    /// the step count advances as in [`AdamW::update`], and the arithmetic is the same per element.
+    pub fn update_range(
+        &mut self,
+        params: &mut [f32],
+        grads: &[f32],
+        shard: std::ops::Range<usize>,
+        lr: f64,
+    ) {
+        let s = self.next_step(lr);
+        let (b1, b2, bc2_sqrt, step_size, eps) = (s.beta1, s.beta2, s.bc2_sqrt, s.step_size, s.eps);
+        for (range, decays) in &self.decay_ranges {
+            let r = range.start.max(shard.start)..range.end.min(shard.end);
+            if r.is_empty() {
+                continue;
+            }
+            let decay = s.decay_for(*decays);
+            let g = &grads[r.start - shard.start..r.end - shard.start];
+            params[r.clone()]
+                .par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .zip(
+                    self.m[r.clone()]
+                        .par_chunks_mut(CHUNK)
+                        .zip(self.v[r].par_chunks_mut(CHUNK)),
+                )
+                .for_each(|((p, g), (m, v))| {
+                    adamw_chunk(p, g, m, v, [decay, b1, b2, bc2_sqrt, step_size, eps])
+                });
+        }
+    }
 }
 
 super::math::simd_kernel!(adamw_chunk, adamw_chunk_on, adamw_chunk_kernel, (p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: [f32; 6]));
@@ -161,11 +193,16 @@ pub fn clip_coef(norm: f32, max_norm: f32) -> Option<f32> {
 
 /// Global L2 norm of the gradients; sums fixed chunks in parallel, then adds them in order.
 pub fn grad_norm(grads: &[f32]) -> f32 {
+    grad_square_sum(grads).sqrt() as f32
+}
+
+/// The sum of the squared gradients, in f64 (a ZeRO-1 rank's share of the global norm).
+pub fn grad_square_sum(grads: &[f32]) -> f64 {
     let partial: Vec<f64> = grads
         .par_chunks(CHUNK)
         .map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum())
         .collect();
-    partial.iter().sum::<f64>().sqrt() as f32
+    partial.iter().sum::<f64>()
 }
 
 /// torch.nn.utils.clip_grad_norm_: scales by max_norm / (norm + 1e-6) when that is below 1.

@@ -4,12 +4,21 @@
 //! Resume is bit-identical: a checkpoint holds the state *after* the evaluation of its iteration
 //! (weights, moments, RNG, best_val_loss), and a resumed trainer skips that one evaluation.
 //! [`DivergenceGuard`] turns a run whose loss blows up into an error naming the likely cause.
+//!
+//! Data-parallel ([`Trainer::data_parallel`]), as nanoGPT's DDP and llm.c do it: each of the
+//! `world` ranks computes `gradient_accumulation_steps / world` of each iteration's micro-steps,
+//! and the gradients are summed once per optimizer step (an all-reduce, or with `zero_stage: 1` a
+//! reduce-scatter, AdamW on each rank's shard, and an all-gather of the weights). Every rank draws
+//! every micro-step's batch positions from the same RNG stream and uses its own, and dropout masks
+//! are seeded by the global micro-step, so the global batch is the same whatever the world size.
+//! The reported loss is the global batch's last micro-step's, as on one rank.
 
 use super::checkpoint::{Checkpoint, CheckpointRef, TrainProgress};
+use super::collective::{Collective, Shards, Single};
 use super::cuda::GpuGpt;
 use super::device::{Device, EvalLoss};
 use super::model::{DropoutPlan, Gpt};
-use super::optim::{AdamW, AdamWConfig, LrSchedule, clip_grad_norm};
+use super::optim::{AdamW, AdamWConfig, LrSchedule, clip_coef, clip_grad_norm, grad_square_sum};
 use super::rng::{Rng, mix64};
 use anyhow::{Result, ensure};
 use serde::{Deserialize, Serialize};
@@ -36,6 +45,14 @@ pub struct TrainConfig {
     pub beta2: f64,
     pub grad_clip: f64,
     pub seed: u64,
+    /// 0: gradients all-reduced, AdamW on every rank; 1: ZeRO-1 (optimizer work sharded). Only
+    /// serialized when 1, so checkpoints of every earlier version keep their bytes.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub zero_stage: u8,
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
 }
 
 impl Default for TrainConfig {
@@ -58,6 +75,7 @@ impl Default for TrainConfig {
             beta2: 0.95,
             grad_clip: 1.0,
             seed: 1337,
+            zero_stage: 0,
         }
     }
 }
@@ -105,6 +123,15 @@ impl TrainConfig {
         if let Some((field, _)) = counts.iter().find(|(_, v)| *v == 0) {
             return Some((*field, "must be at least 1, found 0".into()));
         }
+        if self.zero_stage > 1 {
+            return Some((
+                "zero_stage",
+                format!(
+                    "must be 0 (all-reduce) or 1 (ZeRO-1: optimizer state sharded), found {}",
+                    self.zero_stage
+                ),
+            ));
+        }
         for (field, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
             if !(0.0..1.0).contains(&v) {
                 return Some((field, format!("must be in [0, 1), found {v}")));
@@ -143,6 +170,14 @@ pub fn get_batch(
     }
 }
 
+/// Advances `rng` past the batch [`get_batch`] would draw, without reading the data: what a rank
+/// does for the batches of the global batch that other ranks compute.
+pub fn skip_batch(data: &[u16], b: usize, t: usize, rng: &mut Rng) {
+    for _ in 0..b {
+        rng.below(data.len() - t);
+    }
+}
+
 /// Mean loss over `eval_iters` batches per split, in evaluation mode (nanoGPT's estimate_loss).
 /// `after_batch` runs once each batch has been copied out of `data` (see
 /// [`Trainer::after_each_batch`]).
@@ -154,15 +189,42 @@ pub fn estimate_loss<M: EvalLoss + ?Sized>(
     rng: &mut Rng,
     after_batch: &dyn Fn(),
 ) -> Result<f32> {
+    estimate_loss_shared(
+        model,
+        data,
+        batch_size,
+        eval_iters,
+        rng,
+        after_batch,
+        &Single,
+    )
+}
+
+/// [`estimate_loss`] with its batches split across ranks: rank r computes batches r, r + world,
+/// ..., and the sum is reduced, so every rank returns the same mean.
+pub fn estimate_loss_shared<M: EvalLoss + ?Sized>(
+    model: &mut M,
+    data: &[u16],
+    batch_size: usize,
+    eval_iters: usize,
+    rng: &mut Rng,
+    after_batch: &dyn Fn(),
+    comm: &dyn Collective,
+) -> Result<f32> {
     let t = model.block_size();
     let (mut x, mut y) = (Vec::new(), Vec::new());
-    let mut total = 0.0f64;
-    for _ in 0..eval_iters {
+    let mut total = [0.0f64];
+    for i in 0..eval_iters {
+        if i % comm.world() != comm.rank() {
+            skip_batch(data, batch_size, t, rng);
+            continue;
+        }
         get_batch(data, batch_size, t, rng, &mut x, &mut y);
         after_batch();
-        total += model.eval_loss(&x, &y, batch_size, t)? as f64;
+        total[0] += model.eval_loss(&x, &y, batch_size, t)? as f64;
     }
-    Ok((total / eval_iters as f64) as f32)
+    comm.all_reduce_sum_f64(&mut total)?;
+    Ok((total[0] / eval_iters as f64) as f32)
 }
 
 /// What the loop reports as it goes.
@@ -262,6 +324,18 @@ impl DivergenceGuard {
     }
 }
 
+/// A [`Trainer`]'s state without its tensors: what rank 0 sends the other ranks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplicaState {
+    pub config: super::GptConfig,
+    pub cfg: TrainConfig,
+    pub iter_num: u64,
+    pub best_val_loss: f32,
+    pub rng: Rng,
+    pub adam_step: u64,
+    pub skip_eval: bool,
+}
+
 pub struct Trainer<'d> {
     pub model: Gpt,
     pub opt: AdamW,
@@ -278,6 +352,10 @@ pub struct Trainer<'d> {
     gpu: Option<GpuGpt>,
     /// See [`Trainer::after_each_batch`].
     after_batch: Option<Box<dyn Fn() + 'd>>,
+    /// The other ranks, when training data-parallel (see [`Trainer::data_parallel`]).
+    comm: &'d dyn Collective,
+    /// Seconds spent in the training steps' collectives (gradients, norm, weights, loss).
+    pub comm_seconds: f64,
 }
 
 impl<'d> Trainer<'d> {
@@ -304,11 +382,69 @@ impl<'d> Trainer<'d> {
             skip_eval: false,
             gpu: None,
             after_batch: None,
+            comm: &Single,
+            comm_seconds: 0.0,
         })
+    }
+
+    /// What another rank needs, besides the tensors ([`Trainer::share_state`]), to hold this
+    /// trainer (see the `ranks` module).
+    pub fn replica_state(&self) -> ReplicaState {
+        ReplicaState {
+            config: self.model.config.clone(),
+            cfg: self.cfg.clone(),
+            iter_num: self.iter_num,
+            best_val_loss: self.best_val_loss,
+            rng: self.rng.clone(),
+            adam_step: self.opt.step,
+            skip_eval: self.skip_eval,
+        }
+    }
+
+    /// A trainer like the one `state` describes, with zero weights and moments until
+    /// [`Trainer::share_state`] brings rank 0's.
+    pub fn replica(state: ReplicaState, train: &'d [u16], val: &'d [u16]) -> Result<Self> {
+        let n = super::params::ParamLayout::new(&state.config).total;
+        let model = Gpt::from_params(state.config, vec![0.0; n])?;
+        let mut tr = Trainer::new(model, state.cfg, train, val)?;
+        tr.iter_num = state.iter_num;
+        tr.best_val_loss = state.best_val_loss;
+        tr.rng = state.rng;
+        tr.opt.step = state.adam_step;
+        tr.skip_eval = state.skip_eval;
+        Ok(tr)
+    }
+
+    /// Rank 0's weights and moments on every rank (every rank calls it, after
+    /// [`Trainer::data_parallel`]).
+    pub fn share_state(&mut self) -> Result<()> {
+        self.comm.broadcast(&mut self.model.params)?;
+        self.comm.broadcast(&mut self.opt.m)?;
+        self.comm.broadcast(&mut self.opt.v)
+    }
+
+    /// Trains as one of `comm.world()` ranks (call before [`Trainer::run`], on every rank, with
+    /// the same state: see the `ranks` module). `gradient_accumulation_steps` is the global count.
+    pub fn data_parallel(&mut self, comm: &'d dyn Collective) -> Result<()> {
+        let (world, gas) = (comm.world(), self.cfg.gradient_accumulation_steps);
+        ensure!(
+            gas.is_multiple_of(world),
+            "gradient_accumulation_steps ({gas}) must be a multiple of the number of ranks ({world}): each rank computes gradient_accumulation_steps / ranks micro-steps of every iteration, as in nanoGPT"
+        );
+        ensure!(
+            self.gpu.is_none() || world == 1,
+            "data-parallel training on a GPU needs the NCCL backend, which this pipe does not have yet: use one rank with device: cuda, or ranks on the CPU"
+        );
+        self.comm = comm;
+        Ok(())
     }
 
     /// Moves training to `device` (call before [`Trainer::run`]).
     pub fn use_device(&mut self, device: Device) -> Result<()> {
+        ensure!(
+            self.comm.world() == 1 || !device.is_cuda(),
+            "data-parallel training on a GPU needs the NCCL backend, which this pipe does not have yet: use one rank with device: cuda, or ranks on the CPU"
+        );
         if let Device::Cuda(precision) = device {
             let mut g = GpuGpt::new(&self.model.config, &self.model.params, precision)?;
             g.upload_moments(&self.opt.m, &self.opt.v)?;
@@ -330,24 +466,105 @@ impl<'d> Trainer<'d> {
         self.gpu.as_ref().map(|g| g.device_name())
     }
 
-    /// Copies the GPU's weights and moments into `model.params` and `opt` (no-op on the CPU).
+    /// Makes `model.params` and `opt` the whole state: the GPU's weights and moments downloaded,
+    /// or with ZeRO-1 every rank's shard of the moments gathered (no-op otherwise).
     fn sync_host(&mut self) -> Result<()> {
         if let Some(g) = &self.gpu {
             g.download(&mut self.model.params, &mut self.opt.m, &mut self.opt.v)?;
         }
+        if self.zero_sharded() {
+            let (comm, shards) = (self.comm, Shards::new(self.opt.m.len(), self.comm.world()));
+            gather_shards(comm, shards, &mut self.opt.m)?;
+            gather_shards(comm, shards, &mut self.opt.v)?;
+        }
         Ok(())
+    }
+
+    fn zero_sharded(&self) -> bool {
+        self.cfg.zero_stage == 1 && self.comm.world() > 1
+    }
+
+    /// Calls `on_report` and, with several ranks, makes every rank go on or stop with rank 0
+    /// (only rank 0 reports anything that can fail: writing checkpoints and records).
+    fn report(
+        &self,
+        on_report: &mut dyn FnMut(Report<'_>) -> Result<()>,
+        report: Report<'_>,
+    ) -> Result<()> {
+        let result = on_report(report);
+        if self.comm.world() > 1 {
+            let mut go = vec![u8::from(result.is_ok())];
+            self.comm.broadcast_bytes(&mut go)?;
+            if go != [1] && result.is_ok() {
+                anyhow::bail!("rank 0 stopped the stage (its error is in rank 0's output)");
+            }
+        }
+        result
+    }
+
+    /// One optimizer step on this rank's gradients (already divided by the global accumulation
+    /// count): summed over the ranks, clipped by the global norm, AdamW. Returns the norm (NaN
+    /// without clipping).
+    fn cpu_step(&mut self, lr: f64) -> Result<f32> {
+        let clip = self.cfg.grad_clip as f32;
+        let comm = self.comm;
+        let started = Instant::now();
+        if !self.zero_sharded() {
+            comm.all_reduce_sum(&mut self.model.grads)?;
+            self.comm_seconds += started.elapsed().as_secs_f64();
+            let norm = if clip > 0.0 {
+                clip_grad_norm(&mut self.model.grads, clip)
+            } else {
+                f32::NAN
+            };
+            self.opt
+                .update(&mut self.model.params, &self.model.grads, lr);
+            self.model.zero_grad();
+            return Ok(norm);
+        }
+        // ZeRO-1: this rank's shard of the summed gradients, of the moments and of the update.
+        let shards = Shards::new(self.model.grads.len(), comm.world());
+        let mine = shards.range(comm.rank());
+        let mut padded = std::mem::take(&mut self.model.grads);
+        padded.resize(shards.padded(), 0.0);
+        let mut shard = vec![0.0f32; shards.shard];
+        comm.reduce_scatter_sum(&padded, &mut shard)?;
+        self.comm_seconds += started.elapsed().as_secs_f64();
+        padded.truncate(shards.len);
+        self.model.grads = padded;
+        let shard = &mut shard[..mine.len()];
+        let norm = if clip > 0.0 {
+            let mut sq = [grad_square_sum(shard)];
+            let started = Instant::now();
+            comm.all_reduce_sum_f64(&mut sq)?;
+            self.comm_seconds += started.elapsed().as_secs_f64();
+            let norm = sq[0].sqrt() as f32;
+            if let Some(coef) = clip_coef(norm, clip) {
+                shard.iter_mut().for_each(|g| *g *= coef);
+            }
+            norm
+        } else {
+            f32::NAN
+        };
+        self.opt
+            .update_range(&mut self.model.params, shard, mine, lr);
+        let started = Instant::now();
+        gather_shards(comm, shards, &mut self.model.params)?;
+        self.comm_seconds += started.elapsed().as_secs_f64();
+        self.model.zero_grad();
+        Ok(norm)
     }
 
     fn eval_split(&mut self, train: bool) -> Result<f32> {
         let data = if train { self.train } else { self.val };
-        let (b, n) = (self.cfg.batch_size, self.cfg.eval_iters);
+        let (b, n, comm) = (self.cfg.batch_size, self.cfg.eval_iters, self.comm);
         let after: &dyn Fn() = match &self.after_batch {
             Some(f) => f.as_ref(),
             None => &|| {},
         };
         match &mut self.gpu {
-            Some(g) => estimate_loss(g, data, b, n, &mut self.rng, after),
-            None => estimate_loss(&mut self.model, data, b, n, &mut self.rng, after),
+            Some(g) => estimate_loss_shared(g, data, b, n, &mut self.rng, after, comm),
+            None => estimate_loss_shared(&mut self.model, data, b, n, &mut self.rng, after, comm),
         }
     }
 
@@ -449,23 +666,29 @@ impl<'d> Trainer<'d> {
             if (it.is_multiple_of(self.cfg.eval_interval) || last) && !self.skip_eval {
                 let train_loss = self.eval_split(true)?;
                 let val_loss = self.eval_split(false)?;
-                on_report(Report::Event(Event::Eval {
-                    iter: it,
-                    train_loss,
-                    val_loss,
-                    lr,
-                }))?;
+                self.report(
+                    on_report,
+                    Report::Event(Event::Eval {
+                        iter: it,
+                        train_loss,
+                        val_loss,
+                        lr,
+                    }),
+                )?;
                 let keep = val_loss < self.best_val_loss || self.cfg.always_save_checkpoint;
                 if val_loss < self.best_val_loss {
                     self.best_val_loss = val_loss;
                 }
                 if it > 0 {
                     self.sync_host()?;
-                    on_report(Report::Checkpoint {
-                        iter: it,
-                        keep,
-                        state: self.checkpoint_view(),
-                    })?;
+                    self.report(
+                        on_report,
+                        Report::Checkpoint {
+                            iter: it,
+                            keep,
+                            state: self.checkpoint_view(),
+                        },
+                    )?;
                 }
             }
             self.skip_eval = false;
@@ -474,7 +697,14 @@ impl<'d> Trainer<'d> {
             }
             let start = Instant::now();
             let mut loss = 0.0;
+            // This rank's micro-steps of the global batch (all of them on one rank).
+            let per_rank = gas / self.comm.world();
+            let mine = self.comm.rank() * per_rank..(self.comm.rank() + 1) * per_rank;
             for micro in 0..gas {
+                if !mine.contains(&micro) {
+                    skip_batch(self.train, b, t, &mut self.rng);
+                    continue;
+                }
                 get_batch(self.train, b, t, &mut self.rng, &mut x, &mut y);
                 if let Some(f) = &self.after_batch {
                     f();
@@ -496,31 +726,44 @@ impl<'d> Trainer<'d> {
             }
             let grad_norm = match &mut self.gpu {
                 Some(g) => g.step(&mut self.opt, lr, self.cfg.grad_clip as f32)?,
-                None => {
-                    let norm = if self.cfg.grad_clip > 0.0 {
-                        clip_grad_norm(&mut self.model.grads, self.cfg.grad_clip as f32)
-                    } else {
-                        f32::NAN
-                    };
-                    self.opt
-                        .update(&mut self.model.params, &self.model.grads, lr);
-                    self.model.zero_grad();
-                    norm
-                }
+                None => self.cpu_step(lr)?,
             };
+            if self.comm.world() > 1 {
+                // The last micro-step is the last rank's: its loss, on every rank.
+                let last_rank = self.comm.rank() + 1 == self.comm.world();
+                let mut l = [if last_rank { loss as f64 } else { 0.0 }];
+                let started = Instant::now();
+                self.comm.all_reduce_sum_f64(&mut l)?;
+                self.comm_seconds += started.elapsed().as_secs_f64();
+                loss = l[0] as f32;
+            }
             let ms = start.elapsed().as_secs_f64() * 1e3;
             if it.is_multiple_of(self.cfg.log_interval.max(1)) {
-                on_report(Report::Event(Event::Log {
-                    iter: it,
-                    loss,
-                    lr,
-                    grad_norm,
-                    ms,
-                }))?;
+                self.report(
+                    on_report,
+                    Report::Event(Event::Log {
+                        iter: it,
+                        loss,
+                        lr,
+                        grad_norm,
+                        ms,
+                    }),
+                )?;
             }
             self.iter_num += 1;
         }
     }
+}
+
+/// Every rank's shard of `buf` (padded to `shards.padded()`) on every rank.
+fn gather_shards(comm: &dyn Collective, shards: Shards, buf: &mut Vec<f32>) -> Result<()> {
+    let mine = shards.range(comm.rank());
+    let mut send = buf[mine].to_vec();
+    send.resize(shards.shard, 0.0);
+    buf.resize(shards.padded(), 0.0);
+    comm.all_gather(&send, buf)?;
+    buf.truncate(shards.len);
+    Ok(())
 }
 
 #[cfg(test)]

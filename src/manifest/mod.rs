@@ -91,6 +91,9 @@ pub struct Defaults {
     /// The remote store (`s3://bucket/prefix` or `file:///path`); `--remote` and `PIPE_REMOTE`
     /// take precedence.
     pub remote: Option<String>,
+    /// Data-parallel ranks for train stages (`--ranks`, or the launcher's world size); `None`
+    /// is one. Part of train keys when above one (reduction order changes the bits).
+    pub ranks: Option<usize>,
 }
 
 impl Default for Defaults {
@@ -99,6 +102,7 @@ impl Default for Defaults {
             device: Device::Cpu,
             seed: 1337,
             remote: None,
+            ranks: None,
         }
     }
 }
@@ -113,6 +117,8 @@ pub struct DefaultsText {
     pub dtype: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<usize>,
 }
 
 impl Default for DefaultsText {
@@ -128,6 +134,7 @@ impl From<Defaults> for DefaultsText {
             seed: d.seed,
             dtype: d.device.dtype().into(),
             remote: d.remote,
+            ranks: d.ranks,
         }
     }
 }
@@ -139,6 +146,7 @@ impl TryFrom<DefaultsText> for Defaults {
             device: Device::from_defaults(&d.device, &d.dtype)?,
             seed: d.seed,
             remote: d.remote,
+            ranks: d.ranks,
         })
     }
 }
@@ -207,6 +215,7 @@ struct RawDefaults {
     seed: Option<u64>,
     dtype: Option<String>,
     remote: Option<String>,
+    ranks: Option<usize>,
 }
 
 /// `defaults.seed`, with a message that names the field and the range (serde's is "invalid u64").
@@ -347,6 +356,7 @@ impl Doc {
             seed: d.and_then(|d| d.seed).unwrap_or(fallback.seed),
             dtype: d.and_then(|d| d.dtype.clone()).unwrap_or(fallback.dtype),
             remote: d.and_then(|d| d.remote.clone()),
+            ranks: d.and_then(|d| d.ranks),
         }
     }
 
@@ -432,7 +442,7 @@ fn parse(path: &Path) -> Result<Doc> {
         )
     })?;
     let text = without_bom(&text);
-    let help = "a manifest has `name`, optional `defaults` (device, seed, dtype, remote) and `stages` (a map of stage name to stage)";
+    let help = "a manifest has `name`, optional `defaults` (device, seed, dtype, remote, ranks) and `stages` (a map of stage name to stage)";
     // Untyped first, for where the top-level keys are; then the same text typed.
     let root = from_yaml(text).map_err(|e| yaml_err(&file, &e, Some(help)))?;
     let top = mapping(&file, root, "struct RawManifest", help)?;
@@ -641,10 +651,18 @@ fn validate(doc: &Doc, defaults: &DefaultsText, stages: &[StageSpec]) -> Result<
             Some("a remote store is S3-compatible object storage or a shared folder"),
         ));
     }
+    if defaults.ranks == Some(0) {
+        return Err(err(
+            doc.top("defaults"),
+            "`defaults.ranks` is 0: expected a whole number >= 1",
+            Some("ranks: N trains each train stage on N data-parallel processes (mpirun -np N)"),
+        ));
+    }
     Ok(Defaults {
         device,
         seed: defaults.seed,
         remote: defaults.remote.clone(),
+        ranks: defaults.ranks,
     })
 }
 

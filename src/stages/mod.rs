@@ -67,6 +67,11 @@ pub struct Ctx<'a> {
     pub defaults: &'a Defaults,
     pub base_dir: PathBuf,
     pub key: Key,
+    /// Where a train stage keeps its progress record: `key` without its ranks (see
+    /// `key::progress_key`); `key` for every other stage.
+    pub progress_key: Key,
+    /// The other data-parallel ranks, when there are any (see `crate::ranks`).
+    pub ranks: Option<&'a crate::ranks::Ranks>,
     /// The `sources` part of the key: content hashes of what the stage reads from outside the store,
     /// taken when the key was computed. Stages check what they read against it, so outputs always
     /// match their key even if a file changes mid-run.
@@ -323,6 +328,16 @@ pub fn key_parts(
             // `log_interval` is: metrics.json records every log_interval-th iteration.
             let obj = v.as_object_mut().expect("object");
             obj.remove("keep_checkpoints");
+            // With several ranks the gradients are summed in another order: other bits. One
+            // rank's key has no such entry, so keys from before data-parallel training hold.
+            let ranks = m.defaults.ranks.unwrap_or(1);
+            if ranks > 1 {
+                train::check_ranks(spec, p, ranks, m.defaults.device.is_cuda())?;
+                obj.insert(
+                    "data_parallel".into(),
+                    serde_json::json!({"ranks": ranks, "zero_stage": p.cfg.zero_stage}),
+                );
+            }
             (v, Value::Null)
         }
         Params::Evaluate(p) => {

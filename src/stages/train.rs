@@ -55,7 +55,7 @@ pub struct Params {
 /// The default of `keep_checkpoints`.
 pub const KEEP_CHECKPOINTS: usize = 2;
 
-const HELP: &str = "train takes nanoGPT's knobs: max_iters, eval_interval, eval_iters, log_interval, always_save_checkpoint, batch_size, gradient_accumulation_steps, learning_rate, decay_lr, warmup_iters, lr_decay_iters, min_lr, weight_decay, beta1, beta2, grad_clip, dropout, seed; and keep_checkpoints (how many of the latest checkpoints stay in the store, default 2)";
+const HELP: &str = "train takes nanoGPT's knobs: max_iters, eval_interval, eval_iters, log_interval, always_save_checkpoint, batch_size, gradient_accumulation_steps, learning_rate, decay_lr, warmup_iters, lr_decay_iters, min_lr, weight_decay, beta1, beta2, grad_clip, dropout, seed; zero_stage (0, or 1 for ZeRO-1 with several ranks); and keep_checkpoints (how many of the latest checkpoints stay in the store, default 2)";
 
 pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Params> {
     let mut rest = p.clone();
@@ -105,6 +105,41 @@ pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Pa
         dropout,
         keep_checkpoints,
     })
+}
+
+/// A train stage on `ranks` data-parallel ranks: each computes gradient_accumulation_steps /
+/// ranks micro-steps of every iteration, so the count must divide.
+pub fn check_ranks(spec: &StageSpec, p: &Params, ranks: usize, cuda: bool) -> Result<()> {
+    if cuda {
+        return Err(err(
+            spec.origin.clone(),
+            format!(
+                "stage `{}`: {ranks} data-parallel ranks on a GPU need the NCCL backend, which this pipe does not have yet",
+                spec.name
+            ),
+            Some("train on one GPU (no --ranks), or on CPU ranks (device: cpu)"),
+        ));
+    }
+    let gas = p.cfg.gradient_accumulation_steps;
+    if gas.is_multiple_of(ranks) {
+        return Ok(());
+    }
+    let lower = gas / ranks * ranks;
+    let suggestion = if lower > 0 {
+        format!("{lower} or {}", lower + ranks)
+    } else {
+        ranks.to_string()
+    };
+    Err(err(
+        spec.origin_of("gradient_accumulation_steps").clone(),
+        format!(
+            "stage `{}`, field `gradient_accumulation_steps`: {gas} does not divide among {ranks} ranks (it is the global count, as in nanoGPT: each rank computes gradient_accumulation_steps / ranks micro-steps)",
+            spec.name
+        ),
+        Some(&format!(
+            "use a multiple of {ranks} (for example {suggestion}), or another number of ranks"
+        )),
+    ))
 }
 
 /// What training holds: the model, its gradients and moments, and activations for the batch.
@@ -358,7 +393,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let train_map = map_tokens(ctx.store, data.output("train.bin")?)?;
     let val_map = map_tokens(ctx.store, data.output("val.bin")?)?;
     let (train, val) = (train_map.tokens()?, val_map.tokens()?);
-    let mut progress = ctx.store.progress(&ctx.key)?;
+    let mut progress = ctx.store.progress(&ctx.progress_key)?;
     let name = ctx.spec.name.clone();
 
     // Continue from the last checkpoint of an interrupted attempt at this same key, if any, with
@@ -444,7 +479,30 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let mut last_ms = 0.0;
     let mut guard = DivergenceGuard::new(&p.cfg, progress.evals.first().map(|e| e.2));
     let mut superseded = 0usize;
+    // Last before training: from here on the other ranks are in the loop with this one.
+    let watchdog = match ctx.ranks {
+        Some(ranks) => {
+            let timeout = crate::ranks::step_timeout()?;
+            let hashes = (data.output("train.bin")?, data.output("val.bin")?);
+            ranks.lead_training(&name, ctx.store, hashes, &mut trainer)?;
+            ctx.ui.say(&format!(
+                "{name}: training on {} data-parallel ranks{}",
+                ranks.world(),
+                if p.cfg.zero_stage == 1 {
+                    " (ZeRO-1)"
+                } else {
+                    ""
+                }
+            ));
+            Some(crate::ranks::Watchdog::start(timeout, 0))
+        }
+        None => None,
+    };
+    let beat = watchdog.as_ref().map(|w| w.beat());
     trainer.run_streaming(&mut |report| {
+        if let Some(beat) = &beat {
+            beat();
+        }
         if ctx.cancelled() {
             anyhow::bail!(
                 "cancelled: another stage of the sweep failed (--fail-fast); `pipe resume` continues from the last checkpoint"
@@ -463,7 +521,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
                 });
                 // The record first: a kill before the deletions leaves only unlisted objects.
                 let dropped = retain(&mut progress.checkpoints, p.keep_checkpoints);
-                ctx.store.put_progress(&ctx.key, &progress)?;
+                ctx.store.put_progress(&ctx.progress_key, &progress)?;
                 ctx.log(RunEvent::Checkpoint {
                     time: crate::run::utc_now(),
                     stage: name.clone(),
@@ -471,7 +529,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
                     hash,
                     keep,
                 })?;
-                match remove_superseded(ctx.store, &ctx.key, &dropped, &progress.checkpoints) {
+                match remove_superseded(ctx.store, &ctx.progress_key, &dropped, &progress.checkpoints) {
                     Ok(n) => superseded += n,
                     Err(e) => tracing::warn!(
                         "superseded checkpoints were not removed ({e:#}); `pipe gc --drop-checkpoints` removes them once the run has finished"
@@ -578,6 +636,15 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     metrics["device"] = json!(trainer.device_name().unwrap_or("cpu"));
     if let Some(isa) = ctx.cpu_isa() {
         metrics["cpu_isa"] = json!(isa);
+    }
+    if let Some(ranks) = ctx.ranks {
+        // Rank 0's time in the steps' collectives, and its share of this attempt's seconds.
+        metrics["data_parallel"] = json!({
+            "ranks": ranks.world(),
+            "zero_stage": p.cfg.zero_stage,
+            "comm_seconds": trainer.comm_seconds,
+            "comm_share": trainer.comm_seconds / seconds,
+        });
     }
     // Train tokens per second of this attempt: the iterations it ran x tokens_per_iter over its
     // seconds, evaluations and checkpoints included (a resumed stage counts only its own part).
