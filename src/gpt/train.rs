@@ -12,6 +12,9 @@
 //! every micro-step's batch positions from the same RNG stream and uses its own, and dropout masks
 //! are seeded by the global micro-step, so the global batch is the same whatever the world size.
 //! The reported loss is the global batch's last micro-step's, as on one rank.
+//!
+//! One file: the data-parallel path changes the same loop, step and evaluation as the single one,
+//! and splitting it would spread each step across two files.
 
 use super::checkpoint::{Checkpoint, CheckpointRef, TrainProgress};
 use super::collective::{Collective, Shards, Single};
