@@ -91,23 +91,7 @@ impl AdamW {
 
     /// One update, exactly torch.optim.AdamW's (non-fused, non-amsgrad) arithmetic.
     pub fn update(&mut self, params: &mut [f32], grads: &[f32], lr: f64) {
-        let s = self.next_step(lr);
-        let (b1, b2, bc2_sqrt, step_size, eps) = (s.beta1, s.beta2, s.bc2_sqrt, s.step_size, s.eps);
-        for (range, decays) in &self.decay_ranges {
-            let decay = s.decay_for(*decays);
-            let r = range.clone();
-            params[r.clone()]
-                .par_chunks_mut(CHUNK)
-                .zip(grads[r.clone()].par_chunks(CHUNK))
-                .zip(
-                    self.m[r.clone()]
-                        .par_chunks_mut(CHUNK)
-                        .zip(self.v[r].par_chunks_mut(CHUNK)),
-                )
-                .for_each(|((p, g), (m, v))| {
-                    adamw_chunk(p, g, m, v, [decay, b1, b2, bc2_sqrt, step_size, eps])
-                });
-        }
+        self.update_range(params, grads, 0..params.len(), lr);
     }
 
     /// One update of the elements in `shard` only (ZeRO-1): `grads` holds that range's gradients;

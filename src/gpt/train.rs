@@ -13,7 +13,7 @@
 //! are seeded by the global micro-step, so the global batch is the same whatever the world size.
 //! The reported loss is the global batch's last micro-step's, as on one rank.
 //!
-//! One file: the data-parallel path changes the same loop, step and evaluation as the single one,
+//! Why this file stays whole (one concept: the training loop): the data-parallel path changes the same loop, step and evaluation as the single one,
 //! and splitting it would spread each step across two files.
 
 use super::checkpoint::{Checkpoint, CheckpointRef, TrainProgress};
