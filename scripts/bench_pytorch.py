@@ -7,6 +7,8 @@ warm-up iterations, which are not timed).
     python3 scripts/bench_pytorch.py            # config S on 1 and 2 threads, config M on 2; eager, then compiled
     python3 scripts/bench_pytorch.py --eager    # eager only
     python3 scripts/bench_pytorch.py --cuda     # the GPU table of `pipe bench --device cuda`
+    python3 scripts/bench_pytorch.py --ddp      # config S, global batch 2 x 6, as nanoGPT's DDP: one
+    torchrun --standalone --nproc_per_node 2 scripts/bench_pytorch.py --ddp   # process, or 2 (gloo)
 """
 import math
 import sys
@@ -108,7 +110,55 @@ def bench_cuda(name, L, H, C, T, B, V, dropout, bias, gelu, mode, iters=20, warm
     torch.cuda.empty_cache()
 
 
+def bench_ddp(iters=200, warmup=5, micro_steps=2, B=6):
+    """Config S as nanoGPT's train.py runs it under torchrun on CPU: DDP over gloo, each rank
+    computing micro_steps / world of the global batch's micro-steps (no_sync until the last), the
+    machine's cores shared among the ranks. Prints rank 0's median ms per global step."""
+    import os
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    threads = max(os.cpu_count() // world, 1)
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = GPT(4, 4, 128, 64, 65, 0.0)
+    if world > 1:
+        dist.init_process_group("gloo")
+        step = DDP(model)
+    else:
+        step = model
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    nodecay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": nodecay, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.99))
+    mine = micro_steps // world
+    times = []
+    for i in range(warmup + iters):
+        t0 = time.perf_counter()
+        for micro in range(mine):
+            x, y = torch.randint(65, (B, 64)), torch.randint(65, (B, 64))
+            if world > 1:
+                step.require_backward_grad_sync = micro == mine - 1
+            loss = step(x, y) / micro_steps
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    ms = times[len(times) // 2]
+    if rank == 0:
+        label = f"{world} rank{'s' * (world > 1)} x {threads} thread{'s' * (threads > 1)}"
+        print(f"PyTorch {torch.__version__} eager, {'DDP (gloo)' if world > 1 else 'one process'}: "
+              f"{label:<22} {micro_steps * B * 64 / ms * 1e3:>8.0f} tokens/s ({ms:.1f} ms/iter)", flush=True)
+    if world > 1:
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
+    if "--ddp" in sys.argv:
+        bench_ddp()
+        sys.exit(0)
     if "--cuda" in sys.argv:
         print(f"PyTorch {torch.__version__} eager on {torch.cuda.get_device_name()}")
         print(f"{'training on cuda':<32} {'matmul':>8} {'ms/iter':>12} {'tokens/s':>14}")

@@ -136,7 +136,12 @@ pub fn material(store: &Store, plan: &Plan, i: usize, inputs: &[Input]) -> Resul
     ))
 }
 
-fn inputs_of(plan: &Plan, i: usize, results: &[Option<StageResult>]) -> Option<Vec<Input>> {
+/// The inputs of stage `i` when every stage it needs is done (none otherwise).
+pub(crate) fn inputs_of(
+    plan: &Plan,
+    i: usize,
+    results: &[Option<StageResult>],
+) -> Option<Vec<Input>> {
     plan.deps[i]
         .iter()
         .map(|&j| {
@@ -172,10 +177,43 @@ impl Runner<'_> {
     pub fn cancelled(&self) -> bool {
         self.cancel.is_some_and(|c| c.load(Ordering::SeqCst))
     }
+
+    /// Stage `spec`'s result for `key`: the store's (`Cached`), else the remote store's,
+    /// downloaded and checked ([`pull`], `Pulled`), else none.
+    pub fn find_result(
+        &self,
+        spec: &StageSpec,
+        key: &Key,
+    ) -> Result<Option<(ActionRecord, StageStatus)>> {
+        if let Some(rec) = self.store.action(key)? {
+            return Ok(Some((rec, StageStatus::Cached)));
+        }
+        Ok(pull(self, spec, key)?.map(|rec| (rec, StageStatus::Pulled)))
+    }
 }
 
 /// Why a stage did not start after `--fail-fast` cancelled the sweep.
 const CANCELLED: &str = "cancelled: another stage of the sweep failed (--fail-fast)";
+
+/// Splits a wave of ready stages into the groups that run at once: up to `jobs` stages each, of
+/// which at most one runs on the GPU (`on_gpu`), so two models never share one GPU's memory.
+fn groups<T>(
+    wave: Vec<(usize, T)>,
+    jobs: usize,
+    on_gpu: impl Fn(usize) -> bool,
+) -> Vec<Vec<(usize, T)>> {
+    let mut groups: Vec<Vec<(usize, T)>> = Vec::new();
+    for (i, item) in wave {
+        let fits = groups
+            .iter()
+            .position(|g| g.len() < jobs && !(on_gpu(i) && g.iter().any(|(j, _)| on_gpu(*j))));
+        match fits {
+            Some(k) => groups[k].push((i, item)),
+            None => groups.push(vec![(i, item)]),
+        }
+    }
+    groups
+}
 
 /// Runs the plan; returns each stage's result in manifest order.
 pub fn execute(runner: &Runner, plan: &Plan, jobs: usize) -> Result<Vec<StageResult>> {
@@ -209,13 +247,8 @@ pub fn execute(runner: &Runner, plan: &Plan, jobs: usize) -> Result<Vec<StageRes
                 }
             }
         }
-        // At most one stage on a GPU at a time; CPU stages up to `jobs`.
-        let width = if m.defaults.device.is_cuda() {
-            1
-        } else {
-            jobs.max(1)
-        };
-        for chunk in wave.chunks(width) {
+        let on_gpu = |i: usize| m.defaults.device.is_cuda() && m.stages[i].kind.runs_engine();
+        for chunk in &groups(wave, jobs.max(1), on_gpu) {
             if runner.cancelled() {
                 for (i, _) in chunk {
                     let spec = &m.stages[*i];
@@ -326,21 +359,7 @@ pub fn run_stage(
     store.put_last_material(&m.name, &spec.name, &mat)?;
     // A stage found in the store (`cached`) or downloaded from the remote (`pulled`).
     let reuse = |rec: ActionRecord, status: StageStatus| -> Result<StageResult> {
-        if let stages::Params::Export(p) = &plan.params[i] {
-            stages::export::restore_copy(store, m, p, &rec.outputs)?;
-        }
-        if spec.kind == StageKind::Sample {
-            // A cached rerun shows the samples as a fresh one does.
-            if let Some(h) = rec.outputs.get("samples.txt") {
-                let text = String::from_utf8_lossy(&store.get(h)?).to_string();
-                // Where the sample stage prints them: stdout, or stderr when stdout is for --json.
-                if ui.json {
-                    eprint!("{text}")
-                } else {
-                    print!("{text}")
-                }
-            }
-        }
+        stages::reused(store, m, &plan.params[i], &rec.outputs, ui)?;
         run.append(&RunEvent::StageFinished {
             time: utc_now(),
             stage: spec.name.clone(),
@@ -385,11 +404,8 @@ pub fn run_stage(
     } else {
         None
     };
-    if let Some(rec) = store.action(&key)? {
-        return reuse(rec, StageStatus::Cached);
-    }
-    if let Some(rec) = pull(runner, spec, &key)? {
-        return reuse(rec, StageStatus::Pulled);
+    if let Some((rec, status)) = runner.find_result(spec, &key)? {
+        return reuse(rec, status);
     }
     run.append(&RunEvent::StageStarted {
         time: utc_now(),
@@ -619,4 +635,38 @@ pub fn status(store: &Store, plan: &Plan, remote: Option<&Remote>) -> Result<Vec
         .into_iter()
         .map(|r| r.expect("all visited"))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::groups;
+
+    /// Up to `jobs` stages at once, and never two engine stages on the GPU together.
+    #[test]
+    fn a_wave_runs_up_to_jobs_at_once_with_one_gpu_stage_per_group() {
+        let wave = |ids: &[usize]| ids.iter().map(|&i| (i, ())).collect::<Vec<_>>();
+        let ids = |gs: Vec<Vec<(usize, ())>>| -> Vec<Vec<usize>> {
+            gs.into_iter()
+                .map(|g| g.into_iter().map(|(i, _)| i).collect())
+                .collect()
+        };
+        // Stages 1 and 3 run the engine on the GPU; 0, 2 and 4 are CPU stages.
+        let gpu = |i: usize| i % 2 == 1;
+        assert_eq!(
+            ids(groups(wave(&[0, 1, 2, 3, 4]), 3, gpu)),
+            vec![vec![0, 1, 2], vec![3, 4]]
+        );
+        assert_eq!(
+            ids(groups(wave(&[1, 3, 0]), 4, gpu)),
+            vec![vec![1, 0], vec![3]]
+        );
+        assert_eq!(
+            ids(groups(wave(&[0, 2, 4]), 1, gpu)),
+            vec![vec![0], vec![2], vec![4]]
+        );
+        assert_eq!(
+            ids(groups(wave(&[0, 1, 2]), 3, |_| false)),
+            vec![vec![0, 1, 2]]
+        );
+    }
 }

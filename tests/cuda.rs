@@ -12,7 +12,7 @@ use pipe::gpt::cuda::{self, GpuGpt};
 use pipe::gpt::device::{Device, Precision};
 use pipe::gpt::rng::Rng;
 use pipe::gpt::sample::{SampleConfig, generate_many};
-use pipe::gpt::train::Event;
+use pipe::gpt::train::{Event, Report};
 use pipe::gpt::{DropoutPlan, Gelu, Gpt, GptConfig, TrainConfig, Trainer};
 
 fn require(var: &str) -> bool {
@@ -207,15 +207,15 @@ type Reported = (Vec<f32>, Vec<(f32, f32)>, Vec<(u64, Vec<u8>)>);
 
 fn train(tr: &mut Trainer) -> Reported {
     let (mut losses, mut evals, mut ckpts) = (Vec::new(), Vec::new(), Vec::new());
-    tr.run(&mut |ev| {
-        match ev {
-            Event::Log { loss, .. } => losses.push(loss),
-            Event::Eval {
+    tr.run_streaming(&mut |r| {
+        match r {
+            Report::Event(Event::Log { loss, .. }) => losses.push(loss),
+            Report::Event(Event::Eval {
                 train_loss,
                 val_loss,
                 ..
-            } => evals.push((train_loss, val_loss)),
-            Event::Checkpoint { iter, bytes, .. } => ckpts.push((iter, bytes)),
+            }) => evals.push((train_loss, val_loss)),
+            Report::Checkpoint { iter, state, .. } => ckpts.push((iter, state.to_bytes()?)),
         }
         Ok(())
     })

@@ -5,7 +5,7 @@ use pipe::gpt::checkpoint::Checkpoint;
 use pipe::gpt::hf;
 use pipe::gpt::rng::Rng;
 use pipe::gpt::sample::{Decoder, SampleConfig, generate};
-use pipe::gpt::train::Event;
+use pipe::gpt::train::{Event, Report};
 use pipe::gpt::{DropoutPlan, Gelu, Gpt, GptConfig, TrainConfig, Trainer};
 use std::path::Path;
 
@@ -225,15 +225,15 @@ fn train_cfg(max_iters: u64, eval_interval: u64) -> TrainConfig {
 /// Runs training; returns (losses logged, checkpoints saved).
 fn run(tr: &mut Trainer) -> (Vec<f32>, Vec<(u64, Vec<u8>)>) {
     let (mut losses, mut ckpts) = (Vec::new(), Vec::new());
-    tr.run(&mut |e| {
-        match e {
-            Event::Log { loss, .. } => losses.push(loss),
-            Event::Eval {
+    tr.run_streaming(&mut |r| {
+        match r {
+            Report::Event(Event::Log { loss, .. }) => losses.push(loss),
+            Report::Event(Event::Eval {
                 train_loss,
                 val_loss,
                 ..
-            } => losses.extend([train_loss, val_loss]),
-            Event::Checkpoint { iter, bytes, .. } => ckpts.push((iter, bytes)),
+            }) => losses.extend([train_loss, val_loss]),
+            Report::Checkpoint { iter, state, .. } => ckpts.push((iter, state.to_bytes()?)),
         }
         Ok(())
     })
@@ -472,8 +472,8 @@ fn config_s_learns_a_synthetic_corpus() {
     };
     let mut tr = Trainer::new(model, tc, train, val).unwrap();
     let mut evals = Vec::new();
-    tr.run(&mut |e| {
-        if let Event::Eval { val_loss, .. } = e {
+    tr.run_streaming(&mut |r| {
+        if let Report::Event(Event::Eval { val_loss, .. }) = r {
             evals.push(val_loss)
         }
         Ok(())

@@ -3,6 +3,7 @@
 //! `export-slurm`, `run-stage`) are in `running.rs`; the store's commands are here.
 
 use crate::error::InputError;
+use crate::gpt::device::Device;
 use crate::run::{Executor, RunRecord};
 use crate::show;
 use crate::store::Store;
@@ -179,10 +180,17 @@ pub enum Command {
         /// Fewer iterations (a quick look).
         #[arg(long)]
         quick: bool,
-        /// cpu (the default), or cuda for the GPU table (needs a build with --features cuda).
-        #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
-        device: String,
+        /// cpu (the default), or cuda for the GPU table, every dtype (needs a build with
+        /// --features cuda).
+        #[arg(long, default_value = "cpu", value_parser = bench_device)]
+        device: Device,
     },
+}
+
+/// `bench --device`: the device (the manifest's `device` values; the GPU table measures every
+/// dtype, so the precision here is only the reference one).
+fn bench_device(s: &str) -> Result<Device, String> {
+    Device::from_defaults(s, "float32").map_err(|e| e.to_string())
 }
 
 /// The flags `run` and `resume` share.
@@ -641,12 +649,18 @@ fn run_command(cli: Cli, job: running::Job) -> Result<i32> {
             run_id,
             stage,
             push,
-        } => running::run_stage(&cli.cache, cli.remote.as_deref(), &run_id, &stage, push),
+        } => running::run_stage(
+            &cli.cache,
+            cli.remote.as_deref(),
+            &run_id,
+            &stage,
+            push,
+            job,
+        ),
         Command::Bench { quick, device } => {
-            if device == "cuda" {
-                crate::bench::run_gpu(quick)?;
-            } else {
-                crate::bench::run(quick)?;
+            match device {
+                Device::Cuda(_) => crate::bench::run_gpu(quick)?,
+                Device::Cpu => crate::bench::run(quick)?,
             }
             Ok(0)
         }

@@ -4,7 +4,7 @@
 use super::RunFlags;
 use crate::error::InputError;
 use crate::exec::{self, PlanStatus, RunSummary};
-use crate::manifest::{self, Manifest};
+use crate::manifest::{self, Manifest, StageKind};
 use crate::plan;
 use crate::ranks::Ranks;
 use crate::run::{Executor, RunEvent, RunLog, RunRecord, RunStatus, utc_now};
@@ -60,11 +60,11 @@ pub fn run(
     // Validate what can fail before anything is written (missing files, bad checkpoints).
     let read_only = Store::at(cache);
     check_plan(&read_only, &plan, opts.flags.allow_outside, executor)?;
-    if job.needs_launch(ranks) {
+    if job.needs_launch(ranks, executor) {
         return launch_ranks(ranks);
     }
     opts.ranks = job.ranks;
-    if ranks > 1 {
+    if ranks > 1 && executor == Executor::Local {
         // One stage at a time: MPI is called from one stage's thread (see gpt/collective/mpi.rs).
         opts.flags.jobs = 1;
     }
@@ -128,12 +128,12 @@ pub fn resume(
     let ranks = job.reconcile(&mut plan.manifest, flags.ranks, executor)?;
     let mut opts = RunOptions::new(flags, remote.as_deref(), executor)?;
     check_plan(&store, &plan, opts.flags.allow_outside, executor)?;
-    if job.needs_launch(ranks) {
+    if job.needs_launch(ranks, executor) {
         drop(shared);
         return launch_ranks(ranks);
     }
     opts.ranks = job.ranks;
-    if ranks > 1 {
+    if ranks > 1 && executor == Executor::Local {
         // One stage at a time: MPI is called from one stage's thread (see gpt/collective/mpi.rs).
         opts.flags.jobs = 1;
     }
@@ -186,7 +186,8 @@ pub fn export_slurm(
     set: &[String],
     out: Option<PathBuf>,
 ) -> Result<i32> {
-    let plan = load_plan(manifest, set)?;
+    let mut plan = load_plan(manifest, set)?;
+    Job::default().reconcile(&mut plan.manifest, None, Executor::Slurm)?;
     check_plan(&Store::at(cache), &plan, false, Executor::Slurm)?;
     let store = Store::open(cache)?;
     let _shared = store.lock_store_shared()?;
@@ -214,12 +215,14 @@ pub fn export_slurm(
     Ok(0)
 }
 
+/// A stage's Slurm job (`run-stage`); under srun, as rank 0 of the train stage's ranks (`job`).
 pub fn run_stage(
     cache: &Path,
     remote_flag: Option<&str>,
     run_id: &str,
     stage: &str,
     push: bool,
+    job: Job,
 ) -> Result<i32> {
     crate::stages::allow_downloads();
     let store = Store::open(cache)?;
@@ -231,6 +234,21 @@ pub fn run_stage(
     }
     let m: Manifest = serde_json::from_value(rec.plan.clone()).context("reading the run's plan")?;
     let plan = plan::build(m)?;
+    let (planned, started) = (
+        plan.manifest.defaults.ranks.unwrap_or(1),
+        job.launched_world.unwrap_or(1),
+    );
+    let trains = plan
+        .manifest
+        .stages
+        .iter()
+        .any(|s| s.name == stage && s.kind == StageKind::Train);
+    if trains && planned != started {
+        anyhow::bail!(
+            "run {}'s plan trains stage `{stage}` on {planned} ranks, but this job started {started}: the job's script starts them with srun (`#SBATCH --ntasks`); run it as written, or resume the run with `--ranks {started}`",
+            rec.id
+        );
+    }
     // Not the run's lock: the process that submitted this job holds it.
     let run = RunLog::attach(&store, &rec.id)?;
     let ui = Ui::new(false);
@@ -244,7 +262,7 @@ pub fn run_stage(
         remote: remote.as_ref(),
         push: push && remote.is_some(),
         cancel: None,
-        ranks: None,
+        ranks: job.ranks,
     };
     let by_hand = rec.status != RunStatus::Running;
     let r = crate::slurm::run_stage(&runner, &plan, stage, by_hand)?;
@@ -289,21 +307,61 @@ impl Job<'_> {
             }
             None => wanted.unwrap_or(1),
         };
-        if ranks > 1 && executor == Executor::Slurm {
-            return Err(InputError::new(
-                "data-parallel ranks with --executor slurm are not supported yet",
-                Some("run the stage's job with srun yourself (`srun -n N pipe run ...`), or use one rank"),
-            )
-            .into());
-        }
+        let ranks = match executor {
+            Executor::Local => ranks,
+            Executor::Slurm => self.slurm_ranks(m, wanted)?,
+        };
         m.defaults.ranks = (ranks > 1).then_some(ranks);
         Ok(ranks)
     }
 
-    /// Whether pipe must start the ranks itself (`mpirun -np N`): more than one is asked for and
-    /// no launcher started this process.
-    fn needs_launch(&self, ranks: usize) -> bool {
-        ranks > 1 && self.launched_world.is_none()
+    /// Under the Slurm executor each train stage's job starts its ranks with srun: as many as
+    /// `--ranks` / `defaults.ranks` say, or as the train stages' `resources` ask for (nodes ×
+    /// tasks_per_node). The two must agree, and so must the train stages: a run has one world size.
+    fn slurm_ranks(&self, m: &Manifest, wanted: Option<usize>) -> Result<usize> {
+        if self.launched_world.is_some_and(|w| w > 1) {
+            return Err(InputError::new(
+                "`--executor slurm` was started as several ranks: the submitting pipe is one process, and each train stage's job starts its own ranks with srun",
+                Some("run `pipe run M.yaml --executor slurm` without mpirun or srun"),
+            )
+            .into());
+        }
+        let mut asked: Option<(usize, &str)> = None;
+        for s in m.stages.iter().filter(|s| s.kind == StageKind::Train) {
+            let r = &s.resources;
+            if r.nodes.is_none() && r.tasks_per_node.is_none() {
+                continue;
+            }
+            let tasks = (r.nodes.unwrap_or(1) * r.tasks_per_node.unwrap_or(1)) as usize;
+            match asked {
+                Some((n, other)) if n != tasks => {
+                    return Err(InputError::new(
+                        format!("train stages `{other}` and `{}` ask Slurm for different numbers of ranks ({n} and {tasks}, nodes × tasks_per_node)", s.name),
+                        Some("a run trains on one number of ranks: give the train stages the same nodes × tasks_per_node"),
+                    )
+                    .into());
+                }
+                _ => asked = Some((tasks, &s.name)),
+            }
+        }
+        Ok(match (wanted, asked) {
+            (Some(n), Some((tasks, stage))) if n != tasks => {
+                return Err(InputError::new(
+                    format!("--ranks (or defaults.ranks) asks for {n} ranks, but stage `{stage}`'s resources ask Slurm for {tasks} (nodes × tasks_per_node)"),
+                    Some("make them agree, or give only one of them"),
+                )
+                .into());
+            }
+            (Some(n), _) => n,
+            (None, Some((tasks, _))) => tasks,
+            (None, None) => 1,
+        })
+    }
+
+    /// Whether pipe must start the ranks itself (`mpirun -np N`): more than one is asked for, no
+    /// launcher started this process, and the stages run here (a Slurm job starts its own).
+    fn needs_launch(&self, ranks: usize, executor: Executor) -> bool {
+        ranks > 1 && self.launched_world.is_none() && executor == Executor::Local
     }
 }
 

@@ -41,13 +41,16 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
 }
 
-/// Optimiser state: first and second moments for every parameter, and the step count.
+/// Optimiser state: first and second moments for every parameter (or, with ZeRO-1, for one
+/// rank's shard of them: see [`AdamW::keep_shard`]), and the step count.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdamW {
     pub cfg: AdamWConfig,
     pub m: Vec<f32>,
     pub v: Vec<f32>,
     pub step: u64,
+    /// The parameter index of `m[0]` and `v[0]`: 0, unless the moments are a shard.
+    offset: usize,
     /// Per parameter element: weight decay applies (2-D tensors only), expanded to ranges once.
     decay_ranges: Vec<(std::ops::Range<usize>, bool)>,
 }
@@ -66,8 +69,28 @@ impl AdamW {
             m: vec![0.0; layout.total],
             v: vec![0.0; layout.total],
             step: 0,
+            offset: 0,
             decay_ranges,
         }
+    }
+
+    /// Keeps only the moments of the parameters in `shard` (ZeRO-1: each rank holds its shard of
+    /// the optimizer state). Updates must then stay inside `shard`.
+    pub fn keep_shard(&mut self, shard: std::ops::Range<usize>) {
+        let local = shard.start - self.offset..shard.end - self.offset;
+        self.m = self.m[local.clone()].to_vec();
+        self.v = self.v[local].to_vec();
+        self.offset = shard.start;
+    }
+
+    /// Takes whole moments again (`m` and `v` for every parameter), after a shard.
+    pub fn set_whole(&mut self, m: Vec<f32>, v: Vec<f32>) {
+        (self.m, self.v, self.offset) = (m, v, 0);
+    }
+
+    /// The parameters whose moments this holds.
+    pub fn held(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.m.len()
     }
 
     /// Counts one more step and returns its scalars (shared by the CPU update and the GPU's).
@@ -94,8 +117,9 @@ impl AdamW {
         self.update_range(params, grads, 0..params.len(), lr);
     }
 
-    /// One update of the elements in `shard` only (ZeRO-1): `grads` holds that range's gradients;
-    /// the step count advances as in [`AdamW::update`], and the arithmetic is the same per element.
+    /// One update of the elements in `shard` only (ZeRO-1): `grads` holds that range's gradients,
+    /// and the moments must hold it ([`AdamW::held`]); the step count advances as in
+    /// [`AdamW::update`], and the arithmetic is the same per element.
     pub fn update_range(
         &mut self,
         params: &mut [f32],
@@ -103,6 +127,11 @@ impl AdamW {
         shard: std::ops::Range<usize>,
         lr: f64,
     ) {
+        let held = self.held();
+        assert!(
+            held.start <= shard.start && shard.end <= held.end,
+            "AdamW update of {shard:?} outside the moments held ({held:?})"
+        );
         let s = self.next_step(lr);
         let (b1, b2, bc2_sqrt, step_size, eps) = (s.beta1, s.beta2, s.bc2_sqrt, s.step_size, s.eps);
         for (range, decays) in &self.decay_ranges {
@@ -112,13 +141,14 @@ impl AdamW {
             }
             let decay = s.decay_for(*decays);
             let g = &grads[r.start - shard.start..r.end - shard.start];
+            let local = r.start - self.offset..r.end - self.offset;
             params[r.clone()]
                 .par_chunks_mut(CHUNK)
                 .zip(g.par_chunks(CHUNK))
                 .zip(
-                    self.m[r.clone()]
+                    self.m[local.clone()]
                         .par_chunks_mut(CHUNK)
-                        .zip(self.v[r].par_chunks_mut(CHUNK)),
+                        .zip(self.v[local].par_chunks_mut(CHUNK)),
                 )
                 .for_each(|((p, g), (m, v))| {
                     adamw_chunk(p, g, m, v, [decay, b1, b2, bc2_sqrt, step_size, eps])
@@ -228,6 +258,55 @@ mod tests {
             .at(7),
             1e-3
         );
+    }
+
+    /// Two ranks' sharded updates (ZeRO-1, each holding only its shard's moments) make exactly
+    /// the whole update, over a boundary that cuts a tensor.
+    #[test]
+    fn sharded_updates_are_the_whole_update() {
+        let cfg = super::super::GptConfig {
+            vocab_size: 11,
+            block_size: 4,
+            n_layer: 1,
+            n_head: 1,
+            n_embd: 6,
+            dropout: 0.0,
+            bias: true,
+            gelu: Default::default(),
+        };
+        let layout = ParamLayout::new(&cfg);
+        let n = layout.total;
+        let adam = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        let params: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let grads = |step: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * 7 + step) as f32 * 0.11).cos())
+                .collect()
+        };
+        let (mut whole, mut p_whole) = (AdamW::new(adam.clone(), &layout), params.clone());
+        let cut = n / 2 + 1;
+        let mut shards = [0..cut, cut..n].map(|r| {
+            let mut opt = AdamW::new(adam.clone(), &layout);
+            opt.keep_shard(r.clone());
+            (opt, r)
+        });
+        let mut p_sharded = params;
+        for step in 0..3 {
+            let g = grads(step);
+            whole.update(&mut p_whole, &g, 1e-2);
+            for (opt, r) in &mut shards {
+                opt.update_range(&mut p_sharded, &g[r.clone()], r.clone(), 1e-2);
+                assert_eq!(opt.m.len(), r.len());
+            }
+        }
+        assert_eq!(p_whole, p_sharded);
+        let joined: Vec<f32> = shards.iter().flat_map(|(o, _)| o.m.clone()).collect();
+        assert_eq!(joined, whole.m);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! Data-parallel ([`Trainer::data_parallel`]), as nanoGPT's DDP and llm.c do it: each of the
 //! `world` ranks computes `gradient_accumulation_steps / world` of each iteration's micro-steps,
 //! and the gradients are summed once per optimizer step (an all-reduce, or with `zero_stage: 1` a
-//! reduce-scatter, AdamW on each rank's shard, and an all-gather of the weights). Every rank draws
+//! reduce-scatter, AdamW on each rank's shard, and an all-gather of the weights; each rank then holds
+//! only its shard of the moments, gathered on rank 0 for checkpoints). Every rank draws
 //! every micro-step's batch positions from the same RNG stream and uses its own, and dropout masks
 //! are seeded by the global micro-step, so the global batch is the same whatever the world size.
 //! The reported loss is the global batch's last micro-step's, as on one rank.
@@ -239,13 +240,6 @@ pub enum Event {
         val_loss: f32,
         lr: f64,
     },
-    /// Saved at every evaluation (from iteration 1 on). `keep` says whether nanoGPT would have written
-    /// it to ckpt.pt (val loss improved, or always_save_checkpoint); the others are resume points only.
-    Checkpoint {
-        iter: u64,
-        keep: bool,
-        bytes: Vec<u8>,
-    },
     Log {
         iter: u64,
         loss: f32,
@@ -257,12 +251,14 @@ pub enum Event {
 
 /// What [`Trainer::run_streaming`] reports: the events, and each checkpoint as a view of the live
 /// state (weights, moments, progress) for the caller to write out, streaming, before training goes
-/// on. [`Trainer::run`] turns the latter into [`Event::Checkpoint`] with the file's bytes.
+/// on.
 pub enum Report<'a> {
     Event(Event),
+    /// Saved at every evaluation (from iteration 1 on).
     Checkpoint {
         iter: u64,
-        /// As in [`Event::Checkpoint`].
+        /// Whether nanoGPT would have written it to ckpt.pt (val loss improved, or
+        /// always_save_checkpoint); the others are resume points only.
         keep: bool,
         state: CheckpointRef<'a>,
     },
@@ -321,7 +317,6 @@ impl DivergenceGuard {
                     "training diverged at iter {iter}: val loss {val_loss:.4} is more than {DIVERGED}x the first evaluation's ({first:.4}); {CAUSE}"
                 );
             }
-            Event::Checkpoint { .. } => {}
         }
         Ok(())
     }
@@ -420,13 +415,31 @@ impl<'d> Trainer<'d> {
 
     /// Rank 0's weights and moments on every rank (every rank calls it, after
     /// [`Trainer::data_parallel`]).
+    /// With ZeRO-1, each rank then keeps only its shard of the moments.
     pub fn share_state(&mut self) -> Result<()> {
         self.comm.broadcast(&mut self.model.params)?;
         self.comm.broadcast(&mut self.opt.m)?;
-        self.comm.broadcast(&mut self.opt.v)
+        self.comm.broadcast(&mut self.opt.v)?;
+        self.shard_moments();
+        Ok(())
     }
 
-    /// Trains as one of `comm.world()` ranks (call before [`Trainer::run`], on every rank, with
+    /// ZeRO-1: this rank's shard of the moments only (no-op otherwise, or when already so).
+    fn shard_moments(&mut self) {
+        if self.zero_sharded() {
+            let mine = self.shards().range(self.comm.rank());
+            if self.opt.held() != mine {
+                self.opt.keep_shard(mine);
+            }
+        }
+    }
+
+    /// How ZeRO-1 splits the parameters (and gradients and moments) over the ranks.
+    fn shards(&self) -> Shards {
+        Shards::new(self.model.params.len(), self.comm.world())
+    }
+
+    /// Trains as one of `comm.world()` ranks (call before [`Trainer::run_streaming`], on every rank, with
     /// the same state: see the `ranks` module). `gradient_accumulation_steps` is the global count.
     pub fn data_parallel(&mut self, comm: &'d dyn Collective) -> Result<()> {
         let (world, gas) = (comm.world(), self.cfg.gradient_accumulation_steps);
@@ -442,7 +455,7 @@ impl<'d> Trainer<'d> {
         Ok(())
     }
 
-    /// Moves training to `device` (call before [`Trainer::run`]).
+    /// Moves training to `device` (call before [`Trainer::run_streaming`]).
     pub fn use_device(&mut self, device: Device) -> Result<()> {
         ensure!(
             self.comm.world() == 1 || !device.is_cuda(),
@@ -470,15 +483,19 @@ impl<'d> Trainer<'d> {
     }
 
     /// Makes `model.params` and `opt` the whole state: the GPU's weights and moments downloaded,
-    /// or with ZeRO-1 every rank's shard of the moments gathered (no-op otherwise).
+    /// or with ZeRO-1 every rank's shard of the moments gathered on rank 0 (which writes the
+    /// checkpoint; the other ranks keep their shards). No-op otherwise.
     fn sync_host(&mut self) -> Result<()> {
         if let Some(g) = &self.gpu {
             g.download(&mut self.model.params, &mut self.opt.m, &mut self.opt.v)?;
         }
         if self.zero_sharded() {
-            let (comm, shards) = (self.comm, Shards::new(self.opt.m.len(), self.comm.world()));
-            gather_shards(comm, shards, &mut self.opt.m)?;
-            gather_shards(comm, shards, &mut self.opt.v)?;
+            let (comm, shards) = (self.comm, self.shards());
+            let m = gather_to_root(comm, shards, &self.opt.m)?;
+            let v = gather_to_root(comm, shards, &self.opt.v)?;
+            if comm.rank() == 0 {
+                self.opt.set_whole(m, v);
+            }
         }
         Ok(())
     }
@@ -526,7 +543,7 @@ impl<'d> Trainer<'d> {
             return Ok(norm);
         }
         // ZeRO-1: this rank's shard of the summed gradients, of the moments and of the update.
-        let shards = Shards::new(self.model.grads.len(), comm.world());
+        let shards = self.shards();
         let mine = shards.range(comm.rank());
         let mut padded = std::mem::take(&mut self.model.grads);
         padded.resize(shards.padded(), 0.0);
@@ -639,20 +656,6 @@ impl<'d> Trainer<'d> {
         }
     }
 
-    /// Runs until `max_iters`, reporting through `on_event`; an error from it stops training.
-    /// Checkpoints arrive as [`Event::Checkpoint`] with the file's bytes in memory; stages use
-    /// [`Trainer::run_streaming`], which does not copy the state.
-    pub fn run(&mut self, on_event: &mut dyn FnMut(Event) -> Result<()>) -> Result<()> {
-        self.run_streaming(&mut |r| match r {
-            Report::Event(e) => on_event(e),
-            Report::Checkpoint { iter, keep, state } => on_event(Event::Checkpoint {
-                iter,
-                keep,
-                bytes: state.to_bytes()?,
-            }),
-        })
-    }
-
     /// Runs until `max_iters`, reporting through `on_report`; an error from it stops training.
     pub fn run_streaming(
         &mut self,
@@ -692,6 +695,7 @@ impl<'d> Trainer<'d> {
                             state: self.checkpoint_view(),
                         },
                     )?;
+                    self.shard_moments();
                 }
             }
             self.skip_eval = false;
@@ -756,6 +760,17 @@ impl<'d> Trainer<'d> {
             self.iter_num += 1;
         }
     }
+}
+
+/// Every rank's `shard` (its part of a buffer split as `shards`) joined on rank 0; empty on the
+/// other ranks.
+fn gather_to_root(comm: &dyn Collective, shards: Shards, shard: &[f32]) -> Result<Vec<f32>> {
+    let mut send = shard.to_vec();
+    send.resize(shards.shard, 0.0);
+    let mut whole = vec![0.0; if comm.rank() == 0 { shards.padded() } else { 0 }];
+    comm.gather(&send, &mut whole)?;
+    whole.truncate(shards.len);
+    Ok(whole)
 }
 
 /// Every rank's shard of `buf` (padded to `shards.padded()`) on every rank.

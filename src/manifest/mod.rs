@@ -54,6 +54,14 @@ impl StageKind {
     pub fn parse(s: &str) -> Option<StageKind> {
         serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
     }
+    /// Whether stages of this kind run the model on the manifest's device (a GPU with
+    /// `device: cuda`): train, evaluate and sample.
+    pub fn runs_engine(self) -> bool {
+        matches!(
+            self,
+            StageKind::Train | StageKind::Evaluate | StageKind::Sample
+        )
+    }
     /// The outputs every stage of this kind produces, by name; `None` for `command`, whose
     /// outputs are its `outs`.
     pub fn fixed_outputs(self) -> Option<&'static [&'static str]> {

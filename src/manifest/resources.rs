@@ -45,10 +45,7 @@ impl Resources {
     /// engine (train, evaluate, sample) on a cuda manifest that did not say how many.
     pub fn for_stage(spec: &StageSpec, defaults: &Defaults) -> Resources {
         let mut r = spec.resources.clone();
-        let on_gpu = matches!(
-            spec.kind,
-            StageKind::Train | StageKind::Evaluate | StageKind::Sample
-        ) && defaults.device.is_cuda();
+        let on_gpu = spec.kind.runs_engine() && defaults.device.is_cuda();
         if on_gpu && r.gpus.is_none() {
             r.gpus = Some(1);
         }

@@ -16,7 +16,7 @@ mod watch;
 
 use watch::{Watch, watch};
 
-use crate::exec::{self, Runner, StageResult};
+use crate::exec::{self, Runner, StageResult, inputs_of};
 use crate::manifest::StageSpec;
 use crate::plan::Plan;
 use crate::run::{RunEvent, RunLog, StageStatus, utc_now};
@@ -47,21 +47,6 @@ pub struct Job {
     pub id: String,
     pub script: PathBuf,
     pub log: PathBuf,
-}
-
-/// The inputs of stage `i` when every stage it needs is done.
-fn inputs_of(plan: &Plan, i: usize, results: &[Option<StageResult>]) -> Option<Vec<Input>> {
-    plan.deps[i]
-        .iter()
-        .map(|&j| {
-            let r = results[j].as_ref().filter(|r| r.done())?;
-            Some(Input {
-                stage: r.name.clone(),
-                kind: plan.manifest.stages[j].kind,
-                outputs: r.outputs.clone(),
-            })
-        })
-        .collect()
 }
 
 /// Whether some stage `i` needs ended without its outputs.
@@ -345,12 +330,8 @@ pub fn run_stage(runner: &Runner, plan: &Plan, stage: &str, by_hand: bool) -> Re
     for &i in plan.order.iter().filter(|&&i| needed[i]) {
         let inputs = inputs_of(plan, i, &results).expect("stages visited in order");
         let key = key_of(runner.store, plan, i, &inputs)?;
-        let rec = match runner.store.action(&key)? {
-            Some(rec) => Some(rec),
-            // A job on a machine whose store lacks it: from the remote store, as `run` pulls.
-            None => crate::exec::pull(runner, &m.stages[i], &key)?,
-        };
-        let Some(rec) = rec else {
+        // A job on a machine whose store lacks it pulls it from the remote store, as `run` does.
+        let Some((rec, _)) = runner.find_result(&m.stages[i], &key)? else {
             bail!(
                 "stage {stage} needs {}, which has no result in the store{}",
                 m.stages[i].name,

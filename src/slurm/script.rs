@@ -1,7 +1,7 @@
 //! The text of the sbatch scripts: one per stage (its resources as `#SBATCH` lines, then
 //! `pipe run-stage`), and `submit.sh` for `pipe export-slurm`.
 
-use crate::manifest::{Defaults, Resources, StageSpec};
+use crate::manifest::{Defaults, Resources, StageKind, StageSpec};
 use anyhow::{Result, bail};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -65,7 +65,12 @@ pub fn job_script(job: &Job) -> Result<String> {
         "#SBATCH --output={}",
         sbatch_value(&output.display().to_string())?
     )?;
+    let ranks = data_parallel_ranks(job.spec, job.defaults);
+    // One task per rank; nodes and tasks_per_node, when given, lay them out (plan time checked
+    // that their product is the ranks).
+    let ntasks = ranks.filter(|_| r.nodes.is_none() || r.tasks_per_node.is_none());
     let lines = [
+        ("ntasks", ntasks.map(|n| n.to_string())),
         ("gpus", r.gpus.map(|n| n.to_string())),
         ("nodes", r.nodes.map(|n| n.to_string())),
         ("ntasks-per-node", r.tasks_per_node.map(|n| n.to_string())),
@@ -95,15 +100,29 @@ pub fn job_script(job: &Job) -> Result<String> {
         .map(|url| format!(" --remote {}", quote(url)))
         .unwrap_or_default();
     let push = if job.push { " --push" } else { "" };
+    // srun starts the ranks (rank 0 runs the stage, the others join its training); a rank that
+    // fails ends the others at once.
+    let srun = if ranks.is_some() {
+        "srun --kill-on-bad-exit=1 "
+    } else {
+        ""
+    };
     writeln!(
         s,
-        "exec {} --cache {}{remote} run-stage {} {}{push}",
+        "exec {srun}{} --cache {}{remote} run-stage {} {}{push}",
         quote(&job.pipe_bin.display().to_string()),
         quote(&job.store_root.display().to_string()),
         quote(job.run_id),
         quote(name)
     )?;
     Ok(s)
+}
+
+/// The ranks a train stage's job starts, when it trains data-parallel (`defaults.ranks` > 1, as
+/// the run settled it).
+fn data_parallel_ranks(spec: &StageSpec, defaults: &Defaults) -> Option<u64> {
+    let ranks = defaults.ranks.unwrap_or(1) as u64;
+    (spec.kind == StageKind::Train && ranks > 1).then_some(ranks)
 }
 
 /// `submit.sh` for `export-slurm`: submits `scripts` (file name and the indices of the scripts
@@ -168,6 +187,59 @@ mod tests {
         assert!(text.contains("#SBATCH --output=\"/s t/cache/runs/r1/slurm/train-%j.out\"\n"));
         let plain = job_script(&job(None, false)).unwrap();
         assert!(plain.contains("exec '/bin/pipe' --cache '/s t/cache' run-stage 'r1' 'train'\n"));
+    }
+
+    /// A data-parallel train stage's job asks for one task per rank and starts them with srun;
+    /// the other stages' jobs stay one process.
+    #[test]
+    fn data_parallel_train_jobs_start_their_ranks_with_srun() {
+        let spec = |kind, resources| StageSpec {
+            name: "train".into(),
+            kind,
+            needs: vec![],
+            params: Default::default(),
+            origin: Default::default(),
+            param_origins: Default::default(),
+            resources,
+            sbatch_args: vec![],
+        };
+        let defaults = Defaults {
+            ranks: Some(4),
+            ..Default::default()
+        };
+        let script = |spec: &StageSpec| {
+            job_script(&Job {
+                spec,
+                defaults: &defaults,
+                store_root: Path::new("/c"),
+                pipe_bin: Path::new("/bin/pipe"),
+                run_id: "r1",
+                manifest_name: "m",
+                remote: None,
+                push: false,
+            })
+            .unwrap()
+        };
+        let plain = script(&spec(StageKind::Train, Resources::default()));
+        assert!(plain.contains("#SBATCH --ntasks=4\n"), "{plain}");
+        assert!(plain.contains(
+            "exec srun --kill-on-bad-exit=1 '/bin/pipe' --cache '/c' run-stage 'r1' 'train'\n"
+        ));
+        let laid_out = script(&spec(
+            StageKind::Train,
+            Resources {
+                nodes: Some(2),
+                tasks_per_node: Some(2),
+                ..Default::default()
+            },
+        ));
+        assert!(laid_out.contains("#SBATCH --nodes=2\n#SBATCH --ntasks-per-node=2\n"));
+        assert!(!laid_out.contains("--ntasks="), "{laid_out}");
+        let prepare = script(&spec(StageKind::Prepare, Resources::default()));
+        assert!(
+            !prepare.contains("srun") && !prepare.contains("--ntasks"),
+            "{prepare}"
+        );
     }
 
     #[test]

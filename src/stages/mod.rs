@@ -322,24 +322,7 @@ pub fn key_parts(
     Ok(match params {
         Params::Prepare(p) => prepare::key_parts(&m.base_dir, spec, p)?,
         Params::Init(p) => init::key_parts(store, &m.base_dir, spec, p)?,
-        Params::Train(p) => {
-            let mut v = serde_json::to_value(p)?;
-            // How many checkpoints are kept: never part of the key (it changes no output's bytes).
-            // `log_interval` is: metrics.json records every log_interval-th iteration.
-            let obj = v.as_object_mut().expect("object");
-            obj.remove("keep_checkpoints");
-            // With several ranks the gradients are summed in another order: other bits. One
-            // rank's key has no such entry, so keys from before data-parallel training hold.
-            let ranks = m.defaults.ranks.unwrap_or(1);
-            if ranks > 1 {
-                train::check_ranks(spec, p, ranks, m.defaults.device.is_cuda())?;
-                obj.insert(
-                    "data_parallel".into(),
-                    serde_json::json!({"ranks": ranks, "zero_stage": p.cfg.zero_stage}),
-                );
-            }
-            (v, Value::Null)
-        }
+        Params::Train(p) => train::key_parts(m, spec, p)?,
         Params::Evaluate(p) => {
             let sources = file_source(&m.base_dir, spec, "text", p.text.as_deref())?;
             (serde_json::to_value(p)?, sources)
@@ -348,6 +331,22 @@ pub fn key_parts(
         Params::Export(p) => (p.key_view(&m.base_dir), Value::Null),
         Params::Command(p) => command::key_parts(&m.base_dir, spec, p)?,
     })
+}
+
+/// What a stage does when its result is reused (cached or pulled) instead of computed: an export
+/// writes its copy again, a sample stage shows its samples as a fresh run does.
+pub fn reused(
+    store: &Store,
+    m: &Manifest,
+    params: &Params,
+    outputs: &Outputs,
+    ui: &Ui,
+) -> Result<()> {
+    match params {
+        Params::Export(p) => export::restore_copy(store, m, p, outputs),
+        Params::Sample(_) => sample::show_again(store, outputs, ui),
+        _ => Ok(()),
+    }
 }
 
 pub fn execute(ctx: &Ctx, params: &Params) -> Result<Produced> {

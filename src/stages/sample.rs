@@ -145,3 +145,21 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
         resumed: false,
     })
 }
+
+/// A reused sample stage's samples, where a fresh one prints them: stdout, or stderr when stdout
+/// is for `--json`.
+pub fn show_again(
+    store: &crate::store::Store,
+    outputs: &crate::store::Outputs,
+    ui: &crate::ui::Ui,
+) -> Result<()> {
+    if let Some(h) = outputs.get("samples.txt") {
+        let text = String::from_utf8_lossy(&store.get(h)?).to_string();
+        if ui.json {
+            eprint!("{text}")
+        } else {
+            print!("{text}")
+        }
+    }
+    Ok(())
+}

@@ -107,6 +107,30 @@ pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Pa
     })
 }
 
+/// The (params, sources) parts of a train stage's key. `keep_checkpoints` is never part of it (it
+/// changes no output's bytes); `log_interval` is (metrics.json records every log_interval-th
+/// iteration). With several ranks the gradients are summed in another order, so other bits: the
+/// key then has `data_parallel`. One rank's key has no such entry, so keys from before
+/// data-parallel training hold.
+pub fn key_parts(
+    m: &crate::manifest::Manifest,
+    spec: &StageSpec,
+    p: &Params,
+) -> Result<(Value, Value)> {
+    let mut v = serde_json::to_value(p)?;
+    let obj = v.as_object_mut().expect("object");
+    obj.remove("keep_checkpoints");
+    let ranks = m.defaults.ranks.unwrap_or(1);
+    if ranks > 1 {
+        check_ranks(spec, p, ranks, m.defaults.device.is_cuda())?;
+        obj.insert(
+            "data_parallel".into(),
+            json!({"ranks": ranks, "zero_stage": p.cfg.zero_stage}),
+        );
+    }
+    Ok((v, Value::Null))
+}
+
 /// A train stage on `ranks` data-parallel ranks: each computes gradient_accumulation_steps /
 /// ranks micro-steps of every iteration, so the count must divide.
 pub fn check_ranks(spec: &StageSpec, p: &Params, ranks: usize, cuda: bool) -> Result<()> {
@@ -593,8 +617,6 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
                     val_loss,
                 })?;
             }
-            // run_streaming reports checkpoints as Report::Checkpoint.
-            Event::Checkpoint { .. } => {}
         }
         Ok(())
     })?;

@@ -4,7 +4,12 @@
 //! collectives in the same order; a rank that stops calling them stops the others (see
 //! the `ranks` module for how a stage ends on every rank).
 //!
-//! pipe writes no communication of its own: what moves between processes is MPI's.
+//! pipe writes no communication of its own: what moves between processes is MPI's. The NCCL
+//! backend (GPUs) is not written yet; its first pieces are here: [`rendezvous`] (rank 0 hands NCCL's
+//! unique id to the other ranks, over TCP, bounded) and [`nccl_library`] (finding libnccl.so.2).
+
+pub mod nccl_library;
+pub mod rendezvous;
 
 #[cfg(feature = "mpi")]
 pub mod mpi;
@@ -26,6 +31,9 @@ pub trait Collective {
     fn reduce_scatter_sum(&self, send: &[f32], recv: &mut [f32]) -> Result<()>;
     /// Concatenates every rank's `send` in rank order into `recv` (world × `send.len()`).
     fn all_gather(&self, send: &[f32], recv: &mut [f32]) -> Result<()>;
+    /// Like [`Collective::all_gather`], into rank 0's `recv` only (the others' `recv` is unused
+    /// and may be empty).
+    fn gather(&self, send: &[f32], recv: &mut [f32]) -> Result<()>;
     /// Rank 0's `buf` on every rank.
     fn broadcast(&self, buf: &mut [f32]) -> Result<()>;
     /// Rank 0's bytes on every rank (the length travels first, so only rank 0's `buf` matters).
@@ -64,6 +72,10 @@ impl Collective for Single {
         Ok(())
     }
     fn all_gather(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        recv.copy_from_slice(send);
+        Ok(())
+    }
+    fn gather(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
         recv.copy_from_slice(send);
         Ok(())
     }

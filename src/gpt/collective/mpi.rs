@@ -86,6 +86,16 @@ impl Collective for Mpi {
         Ok(())
     }
 
+    fn gather(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        let root = self.world.process_at_rank(0);
+        if self.world.rank() == 0 {
+            root.gather_into_root(send, recv);
+        } else {
+            root.gather_into(send);
+        }
+        Ok(())
+    }
+
     fn broadcast(&self, buf: &mut [f32]) -> Result<()> {
         self.world.process_at_rank(0).broadcast_into(buf);
         Ok(())

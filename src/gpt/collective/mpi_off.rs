@@ -38,6 +38,9 @@ impl Collective for Mpi {
     fn all_gather(&self, _: &[f32], _: &mut [f32]) -> Result<()> {
         match *self {}
     }
+    fn gather(&self, _: &[f32], _: &mut [f32]) -> Result<()> {
+        match *self {}
+    }
     fn broadcast(&self, _: &mut [f32]) -> Result<()> {
         match *self {}
     }
