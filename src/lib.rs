@@ -17,6 +17,7 @@ pub mod nanogpt_config;
 pub mod plan;
 pub mod plot;
 pub mod ranks;
+pub mod refs;
 pub mod run;
 pub mod show;
 pub mod slurm;

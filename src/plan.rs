@@ -1,12 +1,18 @@
 //! From a manifest to an executable plan: every stage validated (typed parameters, needs),
-//! dependencies as a petgraph DAG, cycles reported by name, and a topological order.
+//! dependencies as a petgraph DAG, cycles reported by name, and a topological order. Then
+//! [`Plan::check`]: everything that can fail before a run writes anything, each stage's key parts
+//! included. Key parts are worked out once per plan ([`Plan::key_parts`]): checking the plan and
+//! executing it read the same ones, so a source file is hashed once per run.
 
 use crate::error::err;
 use crate::manifest::Manifest;
-use crate::stages;
+use crate::run::Executor;
+use crate::stages::{self, Downloads, KeyParts};
+use crate::store::Store;
 use anyhow::Result;
 use petgraph::algo::{kosaraju_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
+use std::sync::OnceLock;
 
 pub struct Plan {
     pub manifest: Manifest,
@@ -16,6 +22,67 @@ pub struct Plan {
     pub order: Vec<usize>,
     /// For each stage, the indices of the stages it needs.
     pub deps: Vec<Vec<usize>>,
+    /// Whether working out a key may download what the stage names (GPT-2 weights): `run`,
+    /// `resume` and Slurm jobs allow it; `status` never downloads.
+    pub downloads: Downloads,
+    /// Each stage's key parts, once worked out.
+    key_parts: Vec<OnceLock<KeyParts>>,
+}
+
+impl Plan {
+    /// Stage `i`'s key parts (its typed parameters and the hashes of what it reads from outside
+    /// the store), worked out on first use. Settle `manifest.defaults` (the ranks) before.
+    pub fn key_parts(&self, store: &Store, i: usize) -> Result<&KeyParts> {
+        if let Some(parts) = self.key_parts[i].get() {
+            return Ok(parts);
+        }
+        let m = &self.manifest;
+        let parts = stages::key_parts(store, m, &m.stages[i], &self.params[i], self.downloads)?;
+        Ok(self.key_parts[i].get_or_init(|| parts))
+    }
+
+    /// Everything that can be checked before a run writes anything: each stage's key parts
+    /// (missing files, bad checkpoints), export destinations (unless `allow_outside`), and the
+    /// GPU (not with Slurm: the jobs find theirs).
+    pub fn check(&self, store: &Store, allow_outside: bool, executor: Executor) -> Result<()> {
+        let m = &self.manifest;
+        for (i, (s, params)) in m.stages.iter().zip(&self.params).enumerate() {
+            self.key_parts(store, i)?;
+            if let stages::Params::Export(p) = params
+                && !allow_outside
+            {
+                stages::export::check_destination(m, s, p)?;
+            }
+        }
+        // With `device: cuda`, the GPU is found before any stage runs, so a missing driver or
+        // library is reported up front rather than after the CPU stages.
+        if executor == Executor::Local && m.defaults.device.is_cuda() {
+            let name = crate::gpt::cuda::gpu_name()?;
+            tracing::info!("device: {name}");
+        }
+        Ok(())
+    }
+
+    /// Takes `other`'s key parts for the stages that are the same in both (a sweep's variants
+    /// share most stages), so what they read is hashed once.
+    pub fn share_key_parts(&mut self, other: &Plan) {
+        let (a, b) = (&self.manifest, &other.manifest);
+        if a.base_dir != b.base_dir || a.defaults != b.defaults {
+            return;
+        }
+        for (i, s) in a.stages.iter().enumerate() {
+            let Some(j) = b.stages.iter().position(|t| t.name == s.name) else {
+                continue;
+            };
+            let t = &b.stages[j];
+            if s.kind == t.kind
+                && s.params == t.params
+                && let Some(parts) = other.key_parts[j].get()
+            {
+                let _ = self.key_parts[i].set(parts.clone());
+            }
+        }
+    }
 }
 
 pub fn build(manifest: Manifest) -> Result<Plan> {
@@ -64,10 +131,12 @@ pub fn build(manifest: Manifest) -> Result<Plan> {
         .map(|s| stages::parse(&manifest, s))
         .collect::<Result<Vec<_>>>()?;
     Ok(Plan {
+        key_parts: (0..n).map(|_| OnceLock::new()).collect(),
         manifest,
         params,
         order,
         deps,
+        downloads: Downloads::Never,
     })
 }
 

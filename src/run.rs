@@ -6,15 +6,14 @@
 //! `running` while some process holds the lock, and `interrupted` once none does (killed or crashed),
 //! so a dead run never shows as running forever.
 //!
-//! Also what run logs reference (`logged_events`, `referenced_elsewhere`, which training's
-//! checkpoint retention asks). ~540 lines of code, then its tests.
+//! `logged_events` reads a log without probing its lock (`refs.rs` reads what logs reference
+//! with it).
 
 use crate::clock::parse_utc;
 pub use crate::clock::{new_run_id, utc_now};
 use crate::store::{Hash, Key, Outputs, Store};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
@@ -300,6 +299,24 @@ impl RunLog {
     }
 }
 
+/// How a run's log says it ended: its last `run_finished`, unless a `run_started` came after it
+/// (a resume is, or was, in progress); none while it has not finished.
+pub fn finished_status(events: &[RunEvent]) -> Option<RunStatus> {
+    let last_start = events
+        .iter()
+        .rposition(|e| matches!(e, RunEvent::RunStarted { .. }));
+    let last_finish = events
+        .iter()
+        .rposition(|e| matches!(e, RunEvent::RunFinished { .. }))?;
+    if last_start > Some(last_finish) {
+        return None;
+    }
+    match &events[last_finish] {
+        RunEvent::RunFinished { status, .. } => Some(*status),
+        _ => None,
+    }
+}
+
 fn run_dir(store: &Store, id: &str) -> Result<PathBuf> {
     let dir = store.root.join("runs").join(id);
     if !id.is_empty() && !id.contains('/') && dir.join("plan.json").exists() {
@@ -363,21 +380,10 @@ impl RunRecord {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
-        let finished = events.iter().rev().find_map(|e| match e {
-            RunEvent::RunFinished { status, .. } => Some(*status),
-            _ => None,
-        });
-        // The last run_started after the last run_finished means a resume is (or was) in progress.
-        let last_start = events
-            .iter()
-            .rposition(|e| matches!(e, RunEvent::RunStarted { .. }));
-        let last_finish = events
-            .iter()
-            .rposition(|e| matches!(e, RunEvent::RunFinished { .. }));
-        let status = match (finished, last_start > last_finish) {
+        let status = match finished_status(&events) {
             _ if damage.is_some() => RunStatus::Damaged,
-            (Some(s), false) => s,
-            _ => {
+            Some(s) => s,
+            None => {
                 let lock = OpenOptions::new()
                     .create(true)
                     .truncate(false)
@@ -440,6 +446,8 @@ fn event_time(e: &RunEvent) -> &str {
     }
 }
 
+/// A run's events, read straight from its log in `dir` (no lock probing: retention reads logs
+/// while runs are live). A missing or torn log gives what it has.
 pub fn logged_events(dir: &std::path::Path) -> Vec<RunEvent> {
     std::fs::read_to_string(dir.join("log.jsonl"))
         .unwrap_or_default()
@@ -448,156 +456,9 @@ pub fn logged_events(dir: &std::path::Path) -> Vec<RunEvent> {
         .collect()
 }
 
-/// Everything that references objects apart from the progress of the train stage with key `key`:
-/// train's retention deletes a superseded checkpoint of that stage only when it is not in here.
-/// That is: outputs of finished stages in every run record (even one whose plan is damaged),
-/// checkpoints that runs logged for any *other* stage key (a `checkpoint` event is attributed to the
-/// key of the last `stage_started` of its stage in the same log; one that cannot be attributed
-/// counts as another's), the outputs of every action record (including downloads), the checkpoints
-/// of every other progress record, and pins. Checkpoints that runs logged for `key` itself are the
-/// stage's own history, which retention manages.
-pub fn referenced_elsewhere(store: &Store, key: &Key) -> Result<BTreeSet<Hash>> {
-    let mut refs = BTreeSet::new();
-    if let Ok(rd) = std::fs::read_dir(store.root.join("runs")) {
-        for dir in rd.filter_map(|e| e.ok()).map(|e| e.path()) {
-            let mut key_of: BTreeMap<String, Key> = BTreeMap::new();
-            for e in logged_events(&dir) {
-                match e {
-                    RunEvent::StageStarted { stage, key, .. } => {
-                        key_of.insert(stage, key);
-                    }
-                    RunEvent::StageFinished { outputs, .. } => refs.extend(outputs.into_values()),
-                    RunEvent::Checkpoint { stage, hash, .. } if key_of.get(&stage) != Some(key) => {
-                        refs.insert(hash);
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    refs.extend(store.pins()?);
-    for k in store.progress_keys()? {
-        if k != *key {
-            refs.extend(store.progress(&k)?.checkpoints.into_iter().map(|c| c.hash));
-        }
-    }
-    for a in store.actions()? {
-        refs.extend(a.outputs.into_values());
-    }
-    Ok(refs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{ActionRecord, Progress, SavedCheckpoint};
-    use serde_json::Value;
-
-    #[test]
-    fn referenced_elsewhere_counts_everything_but_the_stages_own_history() {
-        let dir = std::env::temp_dir().join(format!(
-            "pipe-refs-{}-{}",
-            std::process::id(),
-            crate::store::temp_name("t")
-        ));
-        let store = Store::open(&dir).unwrap();
-        let t = || "2026-01-01T00:00:00Z".to_string();
-        // Names for the test's objects and keys.
-        let h = |s: &str| Hash::of(s.as_bytes());
-        let k = |s: &str| Key::from(blake3::hash(s.as_bytes()));
-        let started = |stage: &str, key: &str| RunEvent::StageStarted {
-            time: t(),
-            stage: stage.into(),
-            kind: "train".into(),
-            key: k(key),
-        };
-        let ckpt = |stage: &str, hash: &str| RunEvent::Checkpoint {
-            time: t(),
-            stage: stage.into(),
-            iter: 1,
-            hash: h(hash),
-            keep: true,
-        };
-        let write_log = |id: &str, events: &[RunEvent]| {
-            let d = store.root.join("runs").join(id);
-            std::fs::create_dir_all(&d).unwrap();
-            let text: String = events
-                .iter()
-                .map(|e| serde_json::to_string(e).unwrap() + "\n")
-                .collect();
-            std::fs::write(d.join("log.jsonl"), text).unwrap();
-        };
-        write_log(
-            "a",
-            &[
-                started("train", "K"),
-                ckpt("train", "own-logged"),
-                started("other", "K2"),
-                ckpt("other", "other-key-logged"),
-                ckpt("never-started", "unattributed"),
-            ],
-        );
-        write_log(
-            "b",
-            &[
-                // The same stage name under another key in another run.
-                started("train", "K3"),
-                ckpt("train", "same-name-other-key"),
-                RunEvent::StageFinished {
-                    time: t(),
-                    stage: "train".into(),
-                    kind: "train".into(),
-                    key: k("K3"),
-                    status: StageStatus::Executed,
-                    outputs: crate::store::outputs([("ckpt", h("finished-output"))]),
-                    metrics: Value::Null,
-                    seconds: 1.0,
-                },
-            ],
-        );
-        let progress = |hash: &str| Progress {
-            checkpoints: vec![SavedCheckpoint {
-                iter: 1,
-                hash: h(hash),
-                keep: true,
-            }],
-            evals: vec![],
-            steps: vec![],
-        };
-        store
-            .put_progress(&k("K"), &progress("own-progress"))
-            .unwrap();
-        store
-            .put_progress(&k("K4"), &progress("other-progress"))
-            .unwrap();
-        store
-            .put_action(&ActionRecord {
-                key: k("K5"),
-                stage: "init".into(),
-                kind: crate::store::RecordKind::Stage(crate::manifest::StageKind::Init),
-                key_material: Value::Null,
-                outputs: crate::store::outputs([("ckpt", h("action-output"))]),
-                metrics: Value::Null,
-                created: t(),
-            })
-            .unwrap();
-        store.set_pin(&h("pinned"), true).unwrap();
-        let refs = referenced_elsewhere(&store, &k("K")).unwrap();
-        let want: BTreeSet<Hash> = [
-            "other-key-logged",
-            "unattributed",
-            "same-name-other-key",
-            "finished-output",
-            "other-progress",
-            "action-output",
-            "pinned",
-        ]
-        .iter()
-        .map(|s| h(s))
-        .collect();
-        assert_eq!(refs, want);
-        std::fs::remove_dir_all(dir).unwrap();
-    }
 
     #[test]
     fn active_time_leaves_out_the_gap_before_a_resume() {

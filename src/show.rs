@@ -432,38 +432,7 @@ pub fn verify(store: &Store) -> Result<crate::store::VerifyReport> {
     Ok(report)
 }
 
-/// Objects worth keeping: outputs of finished stages in any run, checkpoints logged by runs (all of
-/// them with `keep_checkpoints`, else only those of runs that may still be resumed), checkpoints of
-/// unfinished stages, pinned objects, and downloaded sources.
-pub fn reachable(store: &Store, keep_checkpoints: bool) -> Result<BTreeSet<Hash>> {
-    let mut keep = BTreeSet::new();
-    for id in list_run_ids(store)? {
-        let rec = RunRecord::load(store, &id)?;
-        let resumable = rec.status != RunStatus::Succeeded;
-        for e in &rec.events {
-            match e {
-                RunEvent::StageFinished { outputs, .. } => keep.extend(outputs.values().cloned()),
-                RunEvent::Checkpoint { hash, .. } if resumable || keep_checkpoints => {
-                    keep.insert(hash.clone());
-                }
-                _ => {}
-            }
-        }
-    }
-    keep.extend(store.pins()?);
-    for k in store.progress_keys()? {
-        keep.extend(store.progress(&k)?.checkpoints.into_iter().map(|c| c.hash));
-    }
-    for a in store.actions()? {
-        if a.kind == RecordKind::Download {
-            keep.extend(a.outputs.values().cloned());
-        }
-    }
-    Ok(keep)
-}
-
-/// A run's events, read straight from its log (no lock probing: retention calls this while runs
-/// are live). A missing or torn log gives what it has.
+/// What `gc` removed (or, with `--dry-run`, would remove) and kept.
 pub struct GcReport {
     pub removed: usize,
     pub bytes: u64,
@@ -478,7 +447,7 @@ pub fn gc(store: &Store, dry_run: bool, keep_checkpoints: bool) -> Result<GcRepo
             store.root.display()
         );
     };
-    let keep = reachable(store, keep_checkpoints)?;
+    let keep = crate::refs::References::gather(store)?.kept_by_gc(keep_checkpoints);
     let mut report = GcReport {
         removed: 0,
         bytes: 0,

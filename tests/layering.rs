@@ -12,6 +12,7 @@ const LAYERS: &[&[&str]] = &[
         "manifest",
         "key",
         "run",
+        "refs",
         "store",
         "hash",
         "error",

@@ -9,6 +9,7 @@ use crate::plan;
 use crate::ranks::Ranks;
 use crate::run::{Executor, RunEvent, RunLog, RunRecord, RunStatus, utc_now};
 use crate::show;
+use crate::stages::Downloads;
 use crate::store::Store;
 use crate::store::remote::Remote;
 use crate::ui::Ui;
@@ -29,7 +30,6 @@ pub fn run(
     executor: Executor,
     job: Job,
 ) -> Result<i32> {
-    crate::stages::allow_downloads();
     let overrides = parse_overrides(set)?;
     let variants = manifest::sweep::variants(manifest, sweep, &overrides, yes)?;
     if !variants.is_empty() {
@@ -54,12 +54,13 @@ pub fn run(
         );
     }
     let mut plan = plan::build(manifest::load(manifest, &overrides)?)?;
+    plan.downloads = Downloads::Allowed;
     let ranks = job.reconcile(&mut plan.manifest, flags.ranks, executor)?;
     let remote = remote_url(remote_flag, &plan.manifest);
     let mut opts = RunOptions::new(flags, remote, executor)?;
     // Validate what can fail before anything is written (missing files, bad checkpoints).
     let read_only = Store::at(cache);
-    check_plan(&read_only, &plan, opts.flags.allow_outside, executor)?;
+    plan.check(&read_only, opts.flags.allow_outside, executor)?;
     if job.needs_launch(ranks, executor) {
         return launch_ranks(ranks);
     }
@@ -84,7 +85,6 @@ pub fn resume(
     executor: Option<Executor>,
     job: Job,
 ) -> Result<i32> {
-    crate::stages::allow_downloads();
     if let Some(sweep) = crate::sweep::SweepRecord::find(&Store::at(cache), run_id)? {
         return super::sweeping::resume(cache, remote_flag, sweep, flags, executor);
     }
@@ -112,6 +112,7 @@ pub fn resume(
     }
     let m: Manifest = serde_json::from_value(rec.plan.clone()).context("reading the run's plan")?;
     let mut plan = plan::build(m)?;
+    plan.downloads = Downloads::Allowed;
     let remote = remote_url(remote_flag, &plan.manifest);
     // As the run started, unless told otherwise.
     let executor = executor.unwrap_or_else(|| {
@@ -127,7 +128,7 @@ pub fn resume(
     let remote = remote.map(str::to_string);
     let ranks = job.reconcile(&mut plan.manifest, flags.ranks, executor)?;
     let mut opts = RunOptions::new(flags, remote.as_deref(), executor)?;
-    check_plan(&store, &plan, opts.flags.allow_outside, executor)?;
+    plan.check(&store, opts.flags.allow_outside, executor)?;
     if job.needs_launch(ranks, executor) {
         drop(shared);
         return launch_ranks(ranks);
@@ -188,7 +189,7 @@ pub fn export_slurm(
 ) -> Result<i32> {
     let mut plan = load_plan(manifest, set)?;
     Job::default().reconcile(&mut plan.manifest, None, Executor::Slurm)?;
-    check_plan(&Store::at(cache), &plan, false, Executor::Slurm)?;
+    plan.check(&Store::at(cache), false, Executor::Slurm)?;
     let store = Store::open(cache)?;
     let _shared = store.lock_store_shared()?;
     // A run record, so the jobs' `run-stage` finds the plan and `pipe show` follows them.
@@ -224,7 +225,6 @@ pub fn run_stage(
     push: bool,
     job: Job,
 ) -> Result<i32> {
-    crate::stages::allow_downloads();
     let store = Store::open(cache)?;
     // Like a run: gc waits while a job writes to the store.
     let _shared = store.lock_store_shared()?;
@@ -233,7 +233,8 @@ pub fn run_stage(
         anyhow::bail!("run {} cannot run a stage: {why}", rec.id);
     }
     let m: Manifest = serde_json::from_value(rec.plan.clone()).context("reading the run's plan")?;
-    let plan = plan::build(m)?;
+    let mut plan = plan::build(m)?;
+    plan.downloads = Downloads::Allowed;
     let (planned, started) = (
         plan.manifest.defaults.ranks.unwrap_or(1),
         job.launched_world.unwrap_or(1),
@@ -444,38 +445,6 @@ pub(super) fn required_url<'a>(url: Option<&'a str>, what: &str) -> Result<&'a s
 /// A remote URL that cannot be used is bad input (exit 2).
 pub(super) fn open_remote(url: &str) -> Result<Remote> {
     Remote::open(url).map_err(|e| InputError::new(format!("{e:#}"), None).into())
-}
-
-/// Everything that can be checked before a run writes anything: each stage's key parts (missing
-/// files, bad checkpoints), export destinations, and the GPU (not with Slurm: the jobs find theirs).
-pub(super) fn check_plan(
-    store: &Store,
-    plan: &plan::Plan,
-    allow_outside: bool,
-    executor: Executor,
-) -> Result<()> {
-    for (s, params) in plan.manifest.stages.iter().zip(&plan.params) {
-        crate::stages::key_parts(store, &plan.manifest, s, params)?;
-        if let crate::stages::Params::Export(p) = params
-            && !allow_outside
-        {
-            crate::stages::export::check_destination(&plan.manifest, s, p)?;
-        }
-    }
-    match executor {
-        Executor::Local => check_device(&plan.manifest),
-        Executor::Slurm => Ok(()),
-    }
-}
-
-/// With `device: cuda`, finds the GPU before any stage runs, so a missing driver or library is
-/// reported up front rather than after the CPU stages.
-fn check_device(m: &Manifest) -> Result<()> {
-    if m.defaults.device.is_cuda() {
-        let name = crate::gpt::cuda::gpu_name()?;
-        tracing::info!("device: {name}");
-    }
-    Ok(())
 }
 
 /// Executes `plan` as run `run` (logged from `run_started` to `run_finished`), up to `jobs`

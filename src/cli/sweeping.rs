@@ -9,13 +9,14 @@
 //! the same time waits on the key's lock and finds them cached.
 
 use super::RunFlags;
-use super::running::{RunOptions, check_plan, on_interrupt, remote_url, run_plan};
+use super::running::{RunOptions, on_interrupt, remote_url, run_plan};
 use crate::error::InputError;
 use crate::exec::RunSummary;
 use crate::manifest::{self, Override, sweep::SweepValue};
 use crate::plan::{self, Plan};
 use crate::run::{Executor, RunLog, RunRecord, RunStatus, SweepMember, utc_now};
 use crate::show;
+use crate::stages::Downloads;
 use crate::store::Store;
 use crate::sweep::{SweepRecord, Variant, new_sweep_id, status_of};
 use crate::ui::Ui;
@@ -57,18 +58,15 @@ pub fn run(
             .cloned()
             .chain(v.iter().map(|x| x.over.clone()))
             .collect();
-        let plan = manifest::load(manifest, &all)
+        let mut plan = manifest::load(manifest, &all)
             .and_then(plan::build)
             .map_err(|e| located(e, v))?;
+        plan.downloads = Downloads::Allowed;
         plans.push(plan);
     }
     let remote = remote_url(remote_flag, &plans[0].manifest);
     let opts = RunOptions::new(flags, remote, executor)?;
-    let read_only = Store::at(cache);
-    for (plan, v) in plans.iter().zip(&variants) {
-        check_plan(&read_only, plan, opts.flags.allow_outside, executor)
-            .map_err(|e| located(e, v))?;
-    }
+    check_variants(cache, &mut plans, &variants, &opts, executor)?;
     let store = Store::open(cache)?;
     let shared = store.lock_store_shared()?;
     let mut runs = Vec::with_capacity(plans.len());
@@ -108,7 +106,6 @@ pub fn resume(
     flags: RunFlags,
     executor: Option<Executor>,
 ) -> Result<i32> {
-    crate::stages::allow_downloads();
     let store = Store::open(cache)?;
     let _shared = store.lock_store_shared()?;
     let mut plans = Vec::with_capacity(rec.variants.len());
@@ -135,7 +132,9 @@ pub fn resume(
         });
         let m: manifest::Manifest =
             serde_json::from_value(run.plan).context("reading the run's plan")?;
-        plans.push(Some(plan::build(m)?));
+        let mut plan = plan::build(m)?;
+        plan.downloads = Downloads::Allowed;
+        plans.push(Some(plan));
     }
     let executor = executor.unwrap_or_default();
     let first = plans.iter().flatten().next().map(|p| &p.manifest);
@@ -143,10 +142,39 @@ pub fn resume(
         .and_then(|m| remote_url(remote_flag, m))
         .or(remote_flag);
     let opts = RunOptions::new(flags, remote, executor)?;
-    for plan in plans.iter().flatten() {
-        check_plan(&store, plan, opts.flags.allow_outside, executor)?;
+    let mut checked: Option<&Plan> = None;
+    for plan in plans.iter_mut().flatten() {
+        if let Some(first) = checked {
+            plan.share_key_parts(first);
+        }
+        plan.check(&store, opts.flags.allow_outside, executor)?;
+        checked = checked.or(Some(plan));
     }
     execute(&store, &rec, plans, "resume", &opts)
+}
+
+/// Checks every variant's plan (the later ones reuse the first's key parts for the stages they
+/// share, so a source is hashed once per sweep).
+fn check_variants(
+    cache: &Path,
+    plans: &mut [Plan],
+    variants: &[Vec<SweepValue>],
+    opts: &RunOptions,
+    executor: Executor,
+) -> Result<()> {
+    let read_only = Store::at(cache);
+    let Some((first, rest)) = plans.split_first_mut() else {
+        return Ok(());
+    };
+    first
+        .check(&read_only, opts.flags.allow_outside, executor)
+        .map_err(|e| located(e, &variants[0]))?;
+    for (plan, v) in rest.iter_mut().zip(&variants[1..]) {
+        plan.share_key_parts(first);
+        plan.check(&read_only, opts.flags.allow_outside, executor)
+            .map_err(|e| located(e, v))?;
+    }
+    Ok(())
 }
 
 /// A plan error made while building variant `v` points at the sweep value that caused it, not at

@@ -71,7 +71,7 @@ pub fn read_corpus(
             )
         };
         if corpus.format == Format::Parquet {
-            let before = source::hash_now(&file.path)
+            let before = source::file_hash(&file.path)
                 .with_context(|| format!("reading {}", file.path.display()))?;
             if opts.expected.get(i).is_some_and(|h| *h != before) {
                 bail!(changed());

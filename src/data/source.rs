@@ -5,9 +5,7 @@
 
 use super::FieldError;
 use super::format::{self, Compression, Format};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 /// One input file.
 #[derive(Clone, Debug)]
@@ -300,26 +298,11 @@ fn resolve_glob(pattern: &str, format: Option<Format>) -> Result<Corpus, FieldEr
     })
 }
 
-/// The blake3 hash of a file's bytes. Hashes are remembered for the life of the process by (path,
-/// size, modification time), since `run` computes every key twice (to check the plan, then to
-/// execute); the content is checked again while it is read.
+/// The blake3 hash of a file's bytes: read in 16 MB blocks, each hashed on all cores (a memory map
+/// would be as fast, but its pages would count in the process's resident memory, up to the file's
+/// size). A plan hashes each source once (`Plan::key_parts`); the reader hashes it again as it
+/// reads, to catch a file that changed in between.
 pub fn file_hash(path: &Path) -> std::io::Result<String> {
-    type Memo = Mutex<HashMap<(PathBuf, u64, std::time::SystemTime), String>>;
-    static MEMO: std::sync::OnceLock<Memo> = std::sync::OnceLock::new();
-    let meta = std::fs::metadata(path)?;
-    let id = (path.to_path_buf(), meta.len(), meta.modified()?);
-    let memo = MEMO.get_or_init(Default::default);
-    if let Some(h) = memo.lock().expect("not poisoned").get(&id) {
-        return Ok(h.clone());
-    }
-    let h = hash_now(path)?;
-    memo.lock().expect("not poisoned").insert(id, h.clone());
-    Ok(h)
-}
-
-/// Hashes a file now: read in 16 MB blocks, each hashed on all cores (a memory map would be as fast,
-/// but its pages would count in the process's resident memory, up to the file's size).
-pub fn hash_now(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;
     let mut hasher = blake3::Hasher::new();

@@ -7,7 +7,7 @@
 //! - `nanogpt`: a nanoGPT `ckpt.pt` (`path`: the file or its out_dir), with its AdamW state and
 //!   iter_num, so a following train stage continues it as `train.py --init_from=resume` does.
 
-use super::{Ctx, Produced, read_meta, resolve_path, typed, with_checkpoint};
+use super::{Ctx, Downloads, Produced, read_meta, resolve_path, typed, with_checkpoint};
 use crate::error::err;
 use crate::gpt::checkpoint::CheckpointRef;
 use crate::gpt::device::{Device, check_host};
@@ -221,7 +221,7 @@ fn scratch_config(p: &Params, vocab: usize) -> GptConfig {
 }
 
 /// The folder holding `name`'s config.json and model.safetensors.
-fn find_hf_dir(base: &Path, p: &Params) -> Result<PathBuf> {
+fn find_hf_dir(base: &Path, p: &Params, downloads: Downloads) -> Result<PathBuf> {
     if let Some(d) = &p.hf_dir {
         let dir = resolve_path(base, d);
         if !dir.exists() {
@@ -257,7 +257,7 @@ fn find_hf_dir(base: &Path, p: &Params) -> Result<PathBuf> {
             }
         }
     }
-    if super::downloads_allowed() {
+    if downloads == Downloads::Allowed {
         return download_hf(&roots[0], p.from.name(), revision);
     }
     bail!(
@@ -359,6 +359,7 @@ pub fn key_parts(
     base: &Path,
     spec: &StageSpec,
     params: &Params,
+    downloads: Downloads,
 ) -> Result<(Value, Value)> {
     let mut params = params.clone();
     if params.from == InitFrom::Scratch {
@@ -396,7 +397,7 @@ pub fn key_parts(
             json!({ "checkpoint": resolve_checkpoint(store, params.checkpoint.as_deref().expect("checked")).map_err(|e| err(spec.origin_of("checkpoint").clone(), e.to_string(), None))? })
         }
         _ => {
-            let dir = find_hf_dir(base, &params)
+            let dir = find_hf_dir(base, &params, downloads)
                 .map_err(|e| err(spec.origin_of("from").clone(), e.to_string(), None))?;
             // Streamed: the weights may be larger than memory.
             let h = |f: &str| Store::hash_file(&dir.join(f));
@@ -474,7 +475,8 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
             ck.write_pipe(p.dropout, &mut w)?
         }
         _ => {
-            let dir = find_hf_dir(&ctx.base_dir, p)?;
+            // Found (or downloaded) already when the stage's key was worked out.
+            let dir = find_hf_dir(&ctx.base_dir, p, Downloads::Allowed)?;
             ctx.ui.say(&format!(
                 "{}: loading {} weights from {}",
                 ctx.spec.name,

@@ -21,16 +21,18 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::PathBuf;
 
-static DOWNLOADS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// `pipe run` and `resume` may download (GPT-2 weights); `status` and `show` never do.
-pub fn allow_downloads() {
-    DOWNLOADS.store(true, std::sync::atomic::Ordering::Relaxed);
+/// Whether working out a stage's key may download what it names (GPT-2 weights into the Hugging
+/// Face cache): `pipe run`, `resume` and a Slurm job's `run-stage` may; `status` never does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Downloads {
+    #[default]
+    Never,
+    Allowed,
 }
 
-pub fn downloads_allowed() -> bool {
-    DOWNLOADS.load(std::sync::atomic::Ordering::Relaxed)
-}
+/// A stage's key parts: its typed parameters as canonical JSON, and the content hashes of what it
+/// reads from outside the store.
+pub type KeyParts = (Value, Value);
 
 /// A finished upstream stage, as seen by the stages that need it.
 #[derive(Clone, Debug)]
@@ -318,10 +320,11 @@ pub fn key_parts(
     m: &Manifest,
     spec: &StageSpec,
     params: &Params,
-) -> Result<(Value, Value)> {
+    downloads: Downloads,
+) -> Result<KeyParts> {
     Ok(match params {
         Params::Prepare(p) => prepare::key_parts(&m.base_dir, spec, p)?,
-        Params::Init(p) => init::key_parts(store, &m.base_dir, spec, p)?,
+        Params::Init(p) => init::key_parts(store, &m.base_dir, spec, p, downloads)?,
         Params::Train(p) => train::key_parts(m, spec, p)?,
         Params::Evaluate(p) => {
             let sources = file_source(&m.base_dir, spec, "text", p.text.as_deref())?;

@@ -19,7 +19,7 @@
 //! the latest N and the one that would be its `ckpt` output if it ended now (the latest with
 //! `keep`: the best val loss so far, or the latest with `always_save_checkpoint`). Every other one
 //! is superseded: it leaves the progress record at once, and its object is deleted unless something
-//! else references it (see `run::referenced_elsewhere`). N is not part of the key: it changes no
+//! else references it (see `refs::References::outside_of`). N is not part of the key: it changes no
 //! output.
 
 use super::{Ctx, Produced, map_tokens, typed, with_checkpoint};
@@ -199,7 +199,7 @@ fn remove_superseded(
     if dropped.is_empty() {
         return Ok(0);
     }
-    let mut spared: BTreeSet<Hash> = crate::run::referenced_elsewhere(store, key)?;
+    let mut spared: BTreeSet<Hash> = crate::refs::References::gather(store)?.outside_of(key);
     spared.extend(still.iter().map(|c| c.hash.clone()));
     let mut removed = 0;
     for c in dropped {
