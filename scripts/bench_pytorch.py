@@ -57,27 +57,42 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
 
+def adamw(model, **kw):
+    """nanoGPT's configure_optimizers: weight decay on the 2-D tensors only."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    nodecay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": nodecay, "weight_decay": 0.0}],
+                             lr=kw.pop("lr", 1e-3), betas=(0.9, 0.99), **kw)
+
+
+def step_and_clear(model, opt):
+    """Clip to norm 1, AdamW step, drop the gradients."""
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def median_ms(times):
+    times.sort()
+    return times[len(times) // 2]
+
+
 def bench(name, L, H, C, T, B, dropout, threads, iters, warmup=3, compiled=False):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = GPT(L, H, C, T, 65, dropout)
     step = torch.compile(model) if compiled else model
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    nodecay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": nodecay, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.99))
+    opt = adamw(model)
     times = []
     for i in range(warmup + iters):
         x, y = torch.randint(65, (B, T)), torch.randint(65, (B, T))
         t0 = time.perf_counter()
         loss = step(x, y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        step_and_clear(model, opt)
         if i >= warmup:
             times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    ms = times[len(times) // 2]
+    ms = median_ms(times)
     print(f"{name:<32} {threads:>8} {ms:>12.1f} {B * T / ms * 1e3:>14.0f}", flush=True)
 
 
@@ -87,10 +102,7 @@ def bench_cuda(name, L, H, C, T, B, V, dropout, bias, gelu, mode, iters=20, warm
     torch.backends.cudnn.allow_tf32 = mode != "f32"
     torch.manual_seed(0)
     model = GPT(L, H, C, T, V, dropout, bias, gelu).cuda()
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    nodecay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": nodecay, "weight_decay": 0.0}],
-                            lr=1e-4, betas=(0.9, 0.99), fused=True)
+    opt = adamw(model, lr=1e-4, fused=True)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if mode == "bf16" else torch.autocast("cuda", enabled=False)
     for i in range(warmup + iters):
         if i == warmup:
@@ -100,9 +112,7 @@ def bench_cuda(name, L, H, C, T, B, V, dropout, bias, gelu, mode, iters=20, warm
         with ctx:
             loss = model(x, y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        step_and_clear(model, opt)
     torch.cuda.synchronize()
     ms = (time.perf_counter() - t0) * 1e3 / iters
     print(f"{name:<32} {mode:>8} {ms:>12.2f} {B * T / ms * 1e3:>14.0f}", flush=True)
@@ -127,9 +137,7 @@ def bench_ddp(iters=200, warmup=5, micro_steps=2, B=6):
         step = DDP(model)
     else:
         step = model
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    nodecay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": nodecay, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.99))
+    opt = adamw(model)
     mine = micro_steps // world
     times = []
     for i in range(warmup + iters):
@@ -140,13 +148,10 @@ def bench_ddp(iters=200, warmup=5, micro_steps=2, B=6):
                 step.require_backward_grad_sync = micro == mine - 1
             loss = step(x, y) / micro_steps
             loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        step_and_clear(model, opt)
         if i >= warmup:
             times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    ms = times[len(times) // 2]
+    ms = median_ms(times)
     if rank == 0:
         label = f"{world} rank{'s' * (world > 1)} x {threads} thread{'s' * (threads > 1)}"
         print(f"PyTorch {torch.__version__} eager, {'DDP (gloo)' if world > 1 else 'one process'}: "

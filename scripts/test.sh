@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test suite: unit tests, the engine against references, and end-to-end runner tests.
+# The test suite: unit tests (the runner's and the engine crate's), the engine against references,
+# and end-to-end runner tests.
 # Tests that need ../shared (tiny Shakespeare, the tiny-gpt2 fixture) or Python with transformers
 # skip with a printed reason when those are absent. Python with tensorboard ($PIPE_TEST_PYTHON, else
 # python3) is required: tests/runner.rs reads pipe's event files with TensorBoard's own reader.
@@ -17,7 +18,7 @@ if ! "${PIPE_TEST_PYTHON:-python3}" -c "import tensorboard" 2>/dev/null; then
   export PIPE_TEST_PYTHON="$venv/bin/python"
 fi
 log=$(mktemp)
-cargo test --release --all-targets -- --nocapture 2>&1 | tee "$log"
+cargo test --release --workspace --all-targets -- --nocapture 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 # One closing line for the whole suite (cargo prints one per test binary).
 passed=$(grep -oE 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')

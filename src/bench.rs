@@ -239,7 +239,7 @@ pub fn run(quick: bool) -> Result<()> {
     let (w, n) = if quick { (2, 5) } else { (5, 30) };
     let isa = crate::gpt::isa::Isa::active();
     println!(
-        "CPU path: {} (widest this CPU and build allow; see src/gpt/isa.rs)\n",
+        "CPU path: {} (widest this CPU and build allow; see crates/gpt/src/isa.rs)\n",
         isa.name()
     );
     println!(

@@ -8,7 +8,8 @@ pub mod curves;
 pub mod data;
 pub mod error;
 pub mod exec;
-pub mod gpt;
+/// The engine, its own crate (crates/gpt), under the name the runner has always used.
+pub use pipe_gpt as gpt;
 pub mod hash;
 pub mod key;
 pub mod launch;

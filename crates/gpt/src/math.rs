@@ -13,13 +13,13 @@ macro_rules! simd_kernel {
     ($name:ident, $name_on:ident, $kernel:ident, ($($arg:ident : $ty:ty),*) $(-> $ret:ty)?) => {
         #[allow(dead_code)]
         fn $name($($arg: $ty),*) $(-> $ret)? {
-            $name_on($crate::gpt::isa::Isa::active(), $($arg),*)
+            $name_on($crate::isa::Isa::active(), $($arg),*)
         }
 
         /// Runs on `isa`, which must be one of `Isa::available()`.
         #[allow(dead_code)]
-        pub(crate) fn $name_on(isa: $crate::gpt::isa::Isa, $($arg: $ty),*) $(-> $ret)? {
-            assert!(isa <= $crate::gpt::isa::Isa::active(), "{isa:?} is not available here");
+        pub(crate) fn $name_on(isa: $crate::isa::Isa, $($arg: $ty),*) $(-> $ret)? {
+            assert!(isa <= $crate::isa::Isa::active(), "{isa:?} is not available here");
             #[cfg(target_arch = "x86_64")]
             {
                 #[cfg(feature = "avx512")]
@@ -33,10 +33,10 @@ macro_rules! simd_kernel {
                 }
                 // SAFETY: `isa` is at most the active path, which the CPU supports.
                 #[cfg(feature = "avx512")]
-                if isa == $crate::gpt::isa::Isa::Avx512 {
+                if isa == $crate::isa::Isa::Avx512 {
                     return unsafe { avx512($($arg),*) };
                 }
-                if isa >= $crate::gpt::isa::Isa::Avx2 {
+                if isa >= $crate::isa::Isa::Avx2 {
                     return unsafe { avx2($($arg),*) };
                 }
             }

@@ -159,8 +159,8 @@ pub fn check_gpu(need: &Footprint, free: usize, total: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpt::Gelu;
-    use crate::gpt::config::GptConfig;
+    use crate::Gelu;
+    use crate::config::GptConfig;
 
     fn cfg(n_embd: usize, block_size: usize) -> GptConfig {
         GptConfig {

@@ -215,7 +215,7 @@ mod tests {
     /// at shapes of the engine's layers (k up to 4 * n_embd, past gemm's k blocking).
     #[test]
     fn the_active_isa_paths_gemm_is_within_1e_5_of_an_f64_reference() {
-        let mut rng = crate::gpt::rng::Rng::new(9);
+        let mut rng = crate::rng::Rng::new(9);
         for (m, k, n) in [(768, 128, 384), (64, 512, 128), (100, 1536, 70)] {
             let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
             let b: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32).collect();
@@ -230,7 +230,7 @@ mod tests {
                 .map(|(x, y)| (x - y).abs())
                 .fold(0.0, f32::max)
                 / scale;
-            let isa = crate::gpt::isa::Isa::active();
+            let isa = crate::isa::Isa::active();
             assert!(err < 1e-5, "{isa:?} ({m}x{k}x{n}): relative error {err:e}");
         }
     }

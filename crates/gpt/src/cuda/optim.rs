@@ -3,7 +3,7 @@
 use super::buffers::{grid, launch};
 use super::loader::Gpu;
 use super::{GpuGpt, NORM_CHUNK};
-use crate::gpt::optim::{AdamW, clip_coef};
+use crate::optim::{AdamW, clip_coef};
 use anyhow::{Context, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 

@@ -609,7 +609,7 @@ impl Gpt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpt::Gelu;
+    use crate::Gelu;
 
     impl Activations {
         fn floats(&self) -> usize {

@@ -1,7 +1,7 @@
 //! The checkpoint format's bytes pinned against `safetensors::serialize`, and round trips.
 
 use super::*;
-use crate::gpt::Gelu;
+use crate::Gelu;
 
 #[test]
 fn f16_decoding() {

@@ -4,9 +4,9 @@ use super::GpuGpt;
 use super::blas::Heads;
 use super::buffers::{Acts, grid, launch, rows_grid};
 use super::loader::Gpu;
-use crate::gpt::config::Gelu;
-use crate::gpt::layers::{EMBEDDING_SITE, LayerPlan, LayerSite, dropout_site};
-use crate::gpt::model::DropoutPlan;
+use crate::config::Gelu;
+use crate::layers::{EMBEDDING_SITE, LayerPlan, LayerSite, dropout_site};
+use crate::model::DropoutPlan;
 use anyhow::{Context, Result, ensure};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 

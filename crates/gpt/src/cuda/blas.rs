@@ -4,7 +4,7 @@
 use super::GpuGpt;
 use super::buffers::{Buf, grid, launch};
 use super::loader::Gpu;
-use crate::gpt::precision::Precision;
+use crate::precision::Precision;
 use anyhow::{Context, Result, anyhow};
 use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::PushKernelArg;

@@ -155,7 +155,7 @@ impl GptConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpt::params::ParamLayout;
+    use crate::params::ParamLayout;
 
     #[test]
     fn param_count_matches_the_layout() {

@@ -589,8 +589,8 @@ mod tests {
     /// checkpoint written on one CPU resumes bit-identically on another, GEMMs aside).
     #[test]
     fn every_isa_path_of_each_kernel_matches_the_portable_one_bit_for_bit() {
-        use crate::gpt::isa::Isa;
-        let mut rng = crate::gpt::rng::Rng::new(3);
+        use crate::isa::Isa;
+        let mut rng = crate::rng::Rng::new(3);
         let x: Vec<f32> = (0..4099).map(|_| (rng.normal() * 3.0) as f32).collect();
         let d: Vec<f32> = (0..4099).map(|_| rng.normal() as f32).collect();
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
@@ -639,8 +639,8 @@ mod tests {
                 x.iter().map(|v| v * v).collect::<Vec<_>>(),
             );
             let (mut p2, mut m2, mut v2) = (p1.clone(), m1.clone(), v1.clone());
-            crate::gpt::optim::adamw_chunk_on(isa, &mut p1, &d, &mut m1, &mut v1, s);
-            crate::gpt::optim::adamw_chunk_kernel(&mut p2, &d, &mut m2, &mut v2, s);
+            crate::optim::adamw_chunk_on(isa, &mut p1, &d, &mut m1, &mut v1, s);
+            crate::optim::adamw_chunk_kernel(&mut p2, &d, &mut m2, &mut v2, s);
             assert_eq!(
                 (bits(&p1), bits(&m1), bits(&v1)),
                 (bits(&p2), bits(&m2), bits(&v2)),

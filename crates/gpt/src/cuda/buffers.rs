@@ -3,9 +3,9 @@
 
 use super::loader::Gpu;
 use super::{GpuGpt, ROWS};
-use crate::gpt::config::GptConfig;
-use crate::gpt::layers::LayerPlan;
-use crate::gpt::memory::{self, Footprint};
+use crate::config::GptConfig;
+use crate::layers::LayerPlan;
+use crate::memory::{self, Footprint};
 use anyhow::{Context, Result, anyhow, ensure};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, ValidAsZeroBits};
 use std::sync::Arc;

@@ -3,8 +3,8 @@
 use super::GpuGpt;
 use super::buffers::{grid, launch};
 use super::loader::Gpu;
-use crate::gpt::rng::Rng;
-use crate::gpt::sample::{SampleConfig, sample_rng, sample_token};
+use crate::rng::Rng;
+use crate::sample::{SampleConfig, sample_rng, sample_token};
 use anyhow::{Context, Result, ensure};
 use cudarc::driver::PushKernelArg;
 

@@ -342,7 +342,7 @@ pub fn generate_many(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpt::{Gelu, GptConfig};
+    use crate::{Gelu, GptConfig};
 
     fn cfg(temperature: f32, top_k: Option<usize>) -> SampleConfig {
         SampleConfig {

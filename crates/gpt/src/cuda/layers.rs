@@ -4,7 +4,7 @@
 use super::buffers::{grid, launch, rows_grid};
 use super::loader::Gpu;
 use super::{GpuGpt, ROWS};
-use crate::gpt::model::DropoutPlan;
+use crate::model::DropoutPlan;
 use anyhow::{Context, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 

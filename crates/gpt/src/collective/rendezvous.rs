@@ -150,7 +150,7 @@ mod tests {
         let mut peer = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "gpt::collective::rendezvous::tests::the_unique_id_reaches_a_second_process_over_loopback",
+                "collective::rendezvous::tests::the_unique_id_reaches_a_second_process_over_loopback",
                 "--test-threads=1",
             ])
             .env("PIPE_TEST_RENDEZVOUS_PEER", port.to_string())
