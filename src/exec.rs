@@ -113,7 +113,7 @@ fn role(consumer: StageKind, input: &Input) -> String {
 pub fn material(store: &Store, plan: &Plan, i: usize, inputs: &[Input]) -> Result<Value> {
     let m = &plan.manifest;
     let spec = &m.stages[i];
-    let (params, sources) = plan.key_parts(store, i)?.clone();
+    let (params, sources) = plan.key_parts(store, i)?;
     let ins: serde_json::Map<String, Value> = inputs
         .iter()
         .map(|inp| (role(spec.kind, inp), json!(inp.outputs)))

@@ -5,7 +5,7 @@
 //! executing it read the same ones, so a source file is hashed once per run.
 
 use crate::error::err;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, StageKind};
 use crate::run::Executor;
 use crate::stages::{self, Downloads, KeyParts};
 use crate::store::Store;
@@ -27,18 +27,25 @@ pub struct Plan {
     pub downloads: Downloads,
     /// Each stage's key parts, once worked out.
     key_parts: Vec<OnceLock<KeyParts>>,
+    /// For each stage, whether a command stage runs before it (directly or not).
+    after_command: Vec<bool>,
 }
 
 impl Plan {
     /// Stage `i`'s key parts (its typed parameters and the hashes of what it reads from outside
-    /// the store), worked out on first use. Settle `manifest.defaults` (the ranks) before.
-    pub fn key_parts(&self, store: &Store, i: usize) -> Result<&KeyParts> {
+    /// the store), worked out on first use. Settle `manifest.defaults` (the ranks) before. A stage
+    /// that runs after a command stage gets them worked out again each time: a command may have
+    /// changed the files outside the store that the stage reads.
+    pub fn key_parts(&self, store: &Store, i: usize) -> Result<KeyParts> {
         if let Some(parts) = self.key_parts[i].get() {
-            return Ok(parts);
+            return Ok(parts.clone());
         }
         let m = &self.manifest;
         let parts = stages::key_parts(store, m, &m.stages[i], &self.params[i], self.downloads)?;
-        Ok(self.key_parts[i].get_or_init(|| parts))
+        if !self.after_command[i] {
+            let _ = self.key_parts[i].set(parts.clone());
+        }
+        Ok(parts)
     }
 
     /// Everything that can be checked before a run writes anything: each stage's key parts
@@ -96,7 +103,7 @@ pub fn build(manifest: Manifest) -> Result<Plan> {
             .position(|s| s.name == name)
             .expect("needs checked by the manifest loader")
     };
-    let mut deps = vec![Vec::new(); n];
+    let mut deps: Vec<Vec<usize>> = vec![Vec::new(); n];
     for (i, s) in manifest.stages.iter().enumerate() {
         for d in &s.needs {
             let j = index(d);
@@ -106,7 +113,7 @@ pub fn build(manifest: Manifest) -> Result<Plan> {
             }
         }
     }
-    let order = match toposort(&g, None) {
+    let order: Vec<usize> = match toposort(&g, None) {
         Ok(o) => o.into_iter().map(|ix| g[ix]).collect(),
         Err(_) => {
             let cycle = find_cycle(&g);
@@ -130,8 +137,15 @@ pub fn build(manifest: Manifest) -> Result<Plan> {
         .iter()
         .map(|s| stages::parse(&manifest, s))
         .collect::<Result<Vec<_>>>()?;
+    let mut after_command = vec![false; n];
+    for &i in &order {
+        after_command[i] = deps[i]
+            .iter()
+            .any(|&j| manifest.stages[j].kind == StageKind::Command || after_command[j]);
+    }
     Ok(Plan {
         key_parts: (0..n).map(|_| OnceLock::new()).collect(),
+        after_command,
         manifest,
         params,
         order,

@@ -12,6 +12,14 @@ use crate::store::{Hash, Key, RecordKind, Store};
 use anyhow::Result;
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Whether a run's plan.json parses (it is small: the resolved manifest).
+fn plan_readable(path: &std::path::Path) -> bool {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some()
+}
+
 /// A checkpoint a run logged.
 struct LoggedCheckpoint {
     hash: Hash,
@@ -46,8 +54,10 @@ impl References {
         if let Ok(rd) = std::fs::read_dir(store.root.join("runs")) {
             for dir in rd.filter_map(|e| e.ok()).map(|e| e.path()) {
                 let events = logged_events(&dir);
-                let run_succeeded = dir.join("plan.json").is_file()
-                    && finished_status(&events) == Some(RunStatus::Succeeded);
+                // As `RunRecord::load` reads it: a run whose plan cannot be read is damaged, never
+                // succeeded, so its checkpoints stay.
+                let run_succeeded = finished_status(&events) == Some(RunStatus::Succeeded)
+                    && plan_readable(&dir.join("plan.json"));
                 let mut key_of: BTreeMap<String, Key> = BTreeMap::new();
                 for e in events {
                     match e {
@@ -247,6 +257,19 @@ mod tests {
             ],
         );
         std::fs::write(store.root.join("runs/c/plan.json"), "{}").unwrap();
+        // The same, with a plan that cannot be read: a damaged run, whose checkpoints stay.
+        write_log(
+            "d",
+            &[
+                started("train", "K8"),
+                ckpt("train", "damaged-run-ckpt"),
+                RunEvent::RunFinished {
+                    time: t(),
+                    status: RunStatus::Succeeded,
+                },
+            ],
+        );
+        std::fs::write(store.root.join("runs/d/plan.json"), "{\"trunc").unwrap();
         store.set_pin(&h("pinned"), true).unwrap();
         let refs = References::gather(&store).unwrap();
         let set = |names: &[&str]| -> BTreeSet<Hash> { names.iter().map(|s| h(s)).collect() };
@@ -254,6 +277,7 @@ mod tests {
             refs.kept_by_gc(false),
             set(&[
                 "own-logged",
+                "damaged-run-ckpt",
                 "other-key-logged",
                 "unattributed",
                 "same-name-other-key",
@@ -277,6 +301,7 @@ mod tests {
             "action-output",
             "downloaded",
             "succeeded-run-ckpt",
+            "damaged-run-ckpt",
             "pinned",
         ]
         .iter()

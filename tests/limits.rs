@@ -140,22 +140,35 @@ fn sizes_that_do_not_fit_fail_their_stage_with_the_numbers_and_resume_fails_the_
     }
 }
 
+/// A diverging run fails its train stage, naming the knob most likely at fault first, with its value.
 #[test]
 fn a_diverging_run_fails_the_train_stage() {
-    let sb = setup(
-        "diverge",
-        &[("learning_rate: 1.0e-3", "learning_rate: 1.0e+6")],
-    );
-    let out = sb.pipe(&["run", "m.yaml", "--json"]);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("train: failed: training diverged at iter")
-            && err.contains("learning rate is probably too high"),
-        "{err}"
-    );
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(stage(&doc, "train")["status"], "failed");
+    for (name, knob, first_cause) in [
+        (
+            "diverge-lr",
+            ("learning_rate: 1.0e-3", "learning_rate: 1.0e+6"),
+            "likely causes: learning_rate 1e6 too high",
+        ),
+        (
+            "diverge-wd",
+            (
+                "learning_rate: 1.0e-3",
+                "learning_rate: 1.0e-3\n    weight_decay: 1.0e+30",
+            ),
+            "likely causes: weight_decay 1e30 too large",
+        ),
+    ] {
+        let sb = setup(name, &[knob]);
+        let out = sb.pipe(&["run", "m.yaml", "--json"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains("train: failed: training diverged at iter") && err.contains(first_cause),
+            "{name}: {err}"
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(stage(&doc, "train")["status"], "failed");
+    }
 }
 
 #[test]

@@ -495,3 +495,26 @@ fn a_disk_that_fills_during_prepare_fails_it_cleanly() {
     assert!(!err.contains("panicked"), "{err}");
     nothing_left(&store);
 }
+
+/// A command stage that rewrites the text a later prepare stage reads: the prepare stage's key is
+/// worked out when it runs, from the text the command wrote (a key from before the run would name
+/// the old text, and the prepare stage would then find the file changed under it).
+#[test]
+fn a_prepare_after_a_command_keys_the_text_the_command_wrote() {
+    let sb = Sandbox::new("prepare-after-command");
+    let new = common::corpus(7_000);
+    sb.write("new.txt", &new);
+    sb.write("text.txt", &common::corpus(5_000));
+    sb.write(
+        "m.yaml",
+        "name: regen\nstages:\n  gen:\n    kind: command\n    cmd: cp new.txt text.txt && echo ok > $PIPE_OUT/x\n    outs: [x]\n  data:\n    kind: prepare\n    needs: [gen]\n    path: text.txt\n    tokenizer: char\n",
+    );
+    let out = sb.pipe(&["run", "m.yaml", "--json"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let chars = format!("data: {} characters", new.chars().count());
+    assert!(err.contains(&chars), "{err}");
+    // The same text again (the command copies the same file): every stage is cached.
+    let again = sb.json(&["run", "m.yaml", "--json"]);
+    assert_eq!(common::stage(&again, "data")["status"], "cached", "{again}");
+}

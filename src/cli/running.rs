@@ -192,6 +192,9 @@ pub fn export_slurm(
     plan.check(&Store::at(cache), false, Executor::Slurm)?;
     let store = Store::open(cache)?;
     let _shared = store.lock_store_shared()?;
+    let dir = out.unwrap_or_else(|| PathBuf::from(format!("slurm-{}", plan.manifest.name)));
+    // Before the run exists, so a failed export leaves no run that looks interrupted.
+    crate::slurm::check_export(&store, &plan, &dir)?;
     // A run record, so the jobs' `run-stage` finds the plan and `pipe show` follows them.
     let run = RunLog::create(&store, &serde_json::to_value(&plan.manifest)?)?;
     run.append(&RunEvent::RunStarted {
@@ -203,7 +206,6 @@ pub fn export_slurm(
         executor: Executor::Slurm,
         sweep: None,
     })?;
-    let dir = out.unwrap_or_else(|| PathBuf::from(format!("slurm-{}", plan.manifest.name)));
     let files = crate::slurm::export(&store, &plan, &run.id, &dir)?;
     println!("run {}", run.id);
     println!(
@@ -293,6 +295,13 @@ impl Job<'_> {
             return Err(InputError::new("--ranks 0: expected 1 or more", None).into());
         }
         let wanted = flag.or(m.defaults.ranks);
+        if executor == Executor::Slurm {
+            // The submitter's own launcher (say an interactive `srun` shell) does not matter: each
+            // train stage's job starts its ranks.
+            let ranks = self.slurm_ranks(m, wanted)?;
+            m.defaults.ranks = (ranks > 1).then_some(ranks);
+            return Ok(ranks);
+        }
         let ranks = match self.launched_world {
             Some(world) => {
                 if let Some(n) = wanted
@@ -308,17 +317,14 @@ impl Job<'_> {
             }
             None => wanted.unwrap_or(1),
         };
-        let ranks = match executor {
-            Executor::Local => ranks,
-            Executor::Slurm => self.slurm_ranks(m, wanted)?,
-        };
         m.defaults.ranks = (ranks > 1).then_some(ranks);
         Ok(ranks)
     }
 
     /// Under the Slurm executor each train stage's job starts its ranks with srun: as many as
     /// `--ranks` / `defaults.ranks` say, or as the train stages' `resources` ask for (nodes ×
-    /// tasks_per_node). The two must agree, and so must the train stages: a run has one world size.
+    /// tasks_per_node, when both are given; one of them alone only lays out the ranks). The two
+    /// must agree, and so must the train stages: a run has one world size.
     fn slurm_ranks(&self, m: &Manifest, wanted: Option<usize>) -> Result<usize> {
         if self.launched_world.is_some_and(|w| w > 1) {
             return Err(InputError::new(
@@ -329,11 +335,11 @@ impl Job<'_> {
         }
         let mut asked: Option<(usize, &str)> = None;
         for s in m.stages.iter().filter(|s| s.kind == StageKind::Train) {
-            let r = &s.resources;
-            if r.nodes.is_none() && r.tasks_per_node.is_none() {
+            let (Some(nodes), Some(per_node)) = (s.resources.nodes, s.resources.tasks_per_node)
+            else {
                 continue;
-            }
-            let tasks = (r.nodes.unwrap_or(1) * r.tasks_per_node.unwrap_or(1)) as usize;
+            };
+            let tasks = (nodes * per_node) as usize;
             match asked {
                 Some((n, other)) if n != tasks => {
                     return Err(InputError::new(

@@ -64,6 +64,18 @@ pub fn run(
         plan.downloads = Downloads::Allowed;
         plans.push(plan);
     }
+    // Sweeps run each variant on one process: a manifest's `ranks` would key 1-rank training
+    // as N ranks' (and the train stages' Slurm resources would ask for ranks it never starts).
+    if let Some(n) = plans
+        .iter()
+        .find_map(|p| p.manifest.defaults.ranks.filter(|&n| n > 1))
+    {
+        return Err(InputError::new(
+            format!("a sweep cannot run on data-parallel ranks yet, and the manifest asks for {n} (`defaults.ranks`)"),
+            Some("sweep on one rank (drop `ranks`), or run the variants one at a time with --set and --ranks"),
+        )
+        .into());
+    }
     let remote = remote_url(remote_flag, &plans[0].manifest);
     let opts = RunOptions::new(flags, remote, executor)?;
     check_variants(cache, &mut plans, &variants, &opts, executor)?;

@@ -119,6 +119,51 @@ fn executable(path: &Path) -> Result<()> {
 /// `pipe export-slurm`: writes `DIR/NN-STAGE.sbatch` for every stage of run `run_id` in
 /// dependency order, and `DIR/submit.sh`, which submits them with afterok dependencies. Returns
 /// the number of job scripts.
+/// The file `export` writes for the `k`-th stage in plan order.
+fn export_file(k: usize, spec: &StageSpec) -> String {
+    format!("{:02}-{}.sbatch", k + 1, spec.name)
+}
+
+/// What [`export`] would fail on, checked before the run it exports exists: every script can be
+/// written (the store's path fits an `#SBATCH` line), and `dir` holds no file of the same name
+/// that pipe did not write, since an export never overwrites the user's own files.
+pub fn check_export(store: &Store, plan: &Plan, dir: &Path) -> Result<()> {
+    for (k, &i) in plan.order.iter().enumerate() {
+        let spec = &plan.manifest.stages[i];
+        script_text(store, plan, spec, "check", None)?;
+        written_by_pipe(&dir.join(export_file(k, spec)))?;
+    }
+    written_by_pipe(&dir.join("submit.sh"))
+}
+
+/// Ok when `path` is absent or is a script an earlier export wrote (by its first lines).
+fn written_by_pipe(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    match std::fs::File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Ok(f) => {
+            f.take(64).read_to_end(&mut head).ok();
+        }
+    }
+    let ours = [
+        "#!/bin/bash\n#SBATCH --job-name=pipe-",
+        "#!/bin/bash\n# Submits the stages of pipe run",
+    ];
+    if path.is_file() && ours.iter().any(|o| head.starts_with(o.as_bytes())) {
+        return Ok(());
+    }
+    Err(crate::error::InputError::new(
+        format!(
+            "{} exists and is not a script of an earlier export: export-slurm never overwrites other files",
+            path.display()
+        ),
+        Some("give another folder with --out DIR, or move that file away"),
+    )
+    .into())
+}
+
 pub fn export(store: &Store, plan: &Plan, run_id: &str, dir: &Path) -> Result<usize> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // sbatch does not create the folder of a job's --output.
@@ -127,7 +172,7 @@ pub fn export(store: &Store, plan: &Plan, run_id: &str, dir: &Path) -> Result<us
     let mut entries = Vec::new();
     for (k, &i) in plan.order.iter().enumerate() {
         let spec = &plan.manifest.stages[i];
-        let file = format!("{:02}-{}.sbatch", k + 1, spec.name);
+        let file = export_file(k, spec);
         let path = dir.join(&file);
         std::fs::write(&path, script_text(store, plan, spec, run_id, None)?)
             .with_context(|| format!("writing {}", path.display()))?;

@@ -107,9 +107,10 @@ pub fn job_script(job: &Job) -> Result<String> {
     } else {
         ""
     };
+    // `--` before the run and stage: a name is never read as an option.
     writeln!(
         s,
-        "exec {srun}{} --cache {}{remote} run-stage {} {}{push}",
+        "exec {srun}{} --cache {}{remote} run-stage{push} -- {} {}",
         quote(&job.pipe_bin.display().to_string()),
         quote(&job.store_root.display().to_string()),
         quote(job.run_id),
@@ -182,11 +183,13 @@ mod tests {
         };
         let text = job_script(&job(Some("file:///shared/remote"), true)).unwrap();
         assert!(text.contains(
-            "exec '/bin/pipe' --cache '/s t/cache' --remote 'file:///shared/remote' run-stage 'r1' 'train' --push\n"
+            "exec '/bin/pipe' --cache '/s t/cache' --remote 'file:///shared/remote' run-stage --push -- 'r1' 'train'\n"
         ), "{text}");
         assert!(text.contains("#SBATCH --output=\"/s t/cache/runs/r1/slurm/train-%j.out\"\n"));
         let plain = job_script(&job(None, false)).unwrap();
-        assert!(plain.contains("exec '/bin/pipe' --cache '/s t/cache' run-stage 'r1' 'train'\n"));
+        assert!(
+            plain.contains("exec '/bin/pipe' --cache '/s t/cache' run-stage -- 'r1' 'train'\n")
+        );
     }
 
     /// A data-parallel train stage's job asks for one task per rank and starts them with srun;
@@ -223,7 +226,7 @@ mod tests {
         let plain = script(&spec(StageKind::Train, Resources::default()));
         assert!(plain.contains("#SBATCH --ntasks=4\n"), "{plain}");
         assert!(plain.contains(
-            "exec srun --kill-on-bad-exit=1 '/bin/pipe' --cache '/c' run-stage 'r1' 'train'\n"
+            "exec srun --kill-on-bad-exit=1 '/bin/pipe' --cache '/c' run-stage -- 'r1' 'train'\n"
         ));
         let laid_out = script(&spec(
             StageKind::Train,

@@ -272,13 +272,31 @@ pub struct DivergenceGuard {
     first_val_loss: Option<f32>,
     /// Whether gradient norms are computed (grad_clip > 0); otherwise they are reported as NaN.
     clipping: bool,
+    /// What the error names as likely causes ([`likely_causes`]).
+    causes: String,
 }
 
 /// How many times the first val loss counts as diverged.
 pub const DIVERGED: f32 = 3.0;
 
-const CAUSE: &str = "the learning rate is probably too high (lower learning_rate, keep warmup_iters, \
-                     set grad_clip), or beta1/beta2 too close to 1";
+/// The knobs that make training diverge, with the stage's values, the most likely first.
+fn likely_causes(cfg: &TrainConfig) -> String {
+    let (lr, wd) = (cfg.learning_rate, cfg.weight_decay);
+    let mut causes = [
+        format!("learning_rate {lr:e} too high (lower it, keep warmup_iters, set grad_clip)"),
+        format!(
+            "weight_decay {wd:e} too large (each step multiplies the weights by 1 - learning_rate × weight_decay = {:.3e}; nanoGPT uses 0.1)",
+            1.0 - lr * wd
+        ),
+        format!("beta1 {} or beta2 {} too close to 1", cfg.beta1, cfg.beta2),
+    ];
+    // AdamW's decoupled weight decay is 0.1 in nanoGPT's configs, 0 to 0.3 in most: above 1 it is
+    // the first suspect, whatever the learning rate.
+    if wd > 1.0 {
+        causes.swap(0, 1);
+    }
+    format!("likely causes: {}", causes.join("; or "))
+}
 
 impl DivergenceGuard {
     /// `first_val_loss`: the stage's first evaluation, when it happened before (a resumed stage).
@@ -286,6 +304,7 @@ impl DivergenceGuard {
         DivergenceGuard {
             first_val_loss,
             clipping: cfg.grad_clip > 0.0,
+            causes: likely_causes(cfg),
         }
     }
 
@@ -299,7 +318,8 @@ impl DivergenceGuard {
                 ..
             } => ensure!(
                 loss.is_finite() && (grad_norm.is_finite() || !self.clipping),
-                "training diverged at iter {iter}: the loss is {loss}, the gradient norm {grad_norm}; {CAUSE}"
+                "training diverged at iter {iter}: the loss is {loss}, the gradient norm {grad_norm}; {}",
+                self.causes
             ),
             Event::Eval {
                 iter,
@@ -309,12 +329,14 @@ impl DivergenceGuard {
             } => {
                 ensure!(
                     train_loss.is_finite() && val_loss.is_finite(),
-                    "training diverged at iter {iter}: train loss {train_loss}, val loss {val_loss}; {CAUSE}"
+                    "training diverged at iter {iter}: train loss {train_loss}, val loss {val_loss}; {}",
+                    self.causes
                 );
                 let first = *self.first_val_loss.get_or_insert(val_loss);
                 ensure!(
                     val_loss <= DIVERGED * first,
-                    "training diverged at iter {iter}: val loss {val_loss:.4} is more than {DIVERGED}x the first evaluation's ({first:.4}); {CAUSE}"
+                    "training diverged at iter {iter}: val loss {val_loss:.4} is more than {DIVERGED}x the first evaluation's ({first:.4}); {}",
+                    self.causes
                 );
             }
         }
@@ -644,7 +666,9 @@ impl<'d> Trainer<'d> {
         CheckpointRef {
             config: &self.model.config,
             params: &self.model.params,
-            optimizer: Some((&self.opt.m, &self.opt.v)),
+            // Never a shard of them (a ZeRO-1 rank other than 0): no moments rather than part.
+            optimizer: (self.opt.held() == (0..self.model.params.len()))
+                .then_some((&self.opt.m, &self.opt.v)),
             progress: Some(TrainProgress {
                 iter_num: self.iter_num,
                 best_val_loss: self.best_val_loss,
@@ -669,6 +693,8 @@ impl<'d> Trainer<'d> {
             let it = self.iter_num;
             let lr = sched.at(it);
             let last = it >= self.cfg.max_iters;
+            // Whether the host holds the whole state now (see `sync_host`).
+            let mut synced = false;
             if (it.is_multiple_of(self.cfg.eval_interval) || last) && !self.skip_eval {
                 let train_loss = self.eval_split(true)?;
                 let val_loss = self.eval_split(false)?;
@@ -695,12 +721,15 @@ impl<'d> Trainer<'d> {
                             state: self.checkpoint_view(),
                         },
                     )?;
-                    self.shard_moments();
+                    synced = true;
                 }
             }
             self.skip_eval = false;
             if last {
-                return self.sync_host();
+                return if synced { Ok(()) } else { self.sync_host() };
+            }
+            if synced {
+                self.shard_moments();
             }
             let start = Instant::now();
             let mut loss = 0.0;
@@ -814,7 +843,27 @@ mod tests {
         g.check(&eval(0, 4.0)).unwrap();
         g.check(&eval(10, 11.9)).unwrap();
         let e = g.check(&eval(20, 12.5)).unwrap_err().to_string();
-        assert!(e.contains("diverged") && e.contains("learning rate"), "{e}");
+        assert!(
+            e.contains("diverged") && e.contains("likely causes: learning_rate 6e-4 too high"),
+            "{e}"
+        );
+        assert!(
+            e.contains("weight_decay 1e-1") && e.contains("beta2 0.95"),
+            "{e}"
+        );
+        // Weight decay far above nanoGPT's is named first.
+        let decay = TrainConfig {
+            weight_decay: 1e30,
+            ..cfg.clone()
+        };
+        let e = DivergenceGuard::new(&decay, None)
+            .check(&log(f32::NAN, 0.5))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("likely causes: weight_decay 1e30 too large"),
+            "{e}"
+        );
         // A resumed stage compares with the first evaluation before the interruption.
         assert!(
             DivergenceGuard::new(&cfg, Some(2.0))

@@ -43,6 +43,9 @@ pub fn find(pipe_nccl_lib: Option<&str>) -> Result<Found> {
                 file.display()
             );
         }
+        let file = file
+            .canonicalize()
+            .with_context(|| format!("PIPE_NCCL_LIB={given}: finding {}", file.display()))?;
         return Ok(Found::Soname2(file));
     }
     if loads("libnccl.so") {
@@ -50,7 +53,11 @@ pub fn find(pipe_nccl_lib: Option<&str>) -> Result<Found> {
     }
     if loads("libnccl.so.2") {
         // The loader found it by its soname: its folder is on LD_LIBRARY_PATH or in ld.so.cache.
-        let path = loaded_path("libnccl.so.2").unwrap_or_else(|| PathBuf::from("libnccl.so.2"));
+        let Some(path) = loaded_path("libnccl.so.2") else {
+            bail!(
+                "libnccl.so.2 loads, but its file could not be found: give its path with PIPE_NCCL_LIB"
+            );
+        };
         return Ok(Found::Soname2(path));
     }
     bail!("NCCL (libnccl.so.2) was not found: {INSTALL_NCCL}")
@@ -60,9 +67,12 @@ pub fn find(pipe_nccl_lib: Option<&str>) -> Result<Found> {
 /// follows, unless `dir` is on `ld_library_path` already.
 pub fn link_for_cudarc(lib: &Path, dir: &Path, ld_library_path: &str) -> Result<Option<String>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // A new link renamed over the old one: ranks on one machine may do this at once.
     let link = dir.join("libnccl.so");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(lib, &link)
+    let temp = dir.join(format!(".libnccl.so.{}", std::process::id()));
+    let _ = std::fs::remove_file(&temp);
+    std::os::unix::fs::symlink(lib, &temp)
+        .and_then(|()| std::fs::rename(&temp, &link))
         .with_context(|| format!("linking {} as {}", lib.display(), link.display()))?;
     if std::env::split_paths(ld_library_path).any(|p| p == dir) {
         return Ok(None);

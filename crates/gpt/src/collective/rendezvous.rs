@@ -18,10 +18,15 @@ pub type UniqueId = [u8; 128];
 /// Starts each message, both ways.
 const MAGIC: &[u8; 16] = b"pipe-nccl-id-v1\0";
 
+/// A rank's reply once it has the id.
+const ACK: &[u8; 2] = b"ok";
+
 /// How long one connection may take to say who it is, within the overall timeout.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Rank 0: serves `id` on `port` (every interface) to the other `world - 1` ranks.
+/// Rank 0: serves `id` on `port` (every interface) to the other `world - 1` ranks. A rank counts
+/// as served once it acknowledges the id; one that asks again (its first try timed out) is
+/// served again.
 pub fn serve(id: &UniqueId, port: u16, world: usize, timeout: Duration) -> Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", port)).with_context(|| {
         format!("rank 0 could not listen on port {port} for NCCL's unique id (is the port in use? set PIPE_NCCL_PORT to a free one)")
@@ -31,26 +36,25 @@ pub fn serve(id: &UniqueId, port: u16, world: usize, timeout: Duration) -> Resul
     let mut served = vec![false; world];
     served[0] = true;
     while served.iter().any(|s| !s) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let missing: Vec<String> = (0..world)
+                .filter(|&r| !served[r])
+                .map(|r| r.to_string())
+                .collect();
+            bail!(
+                "rank 0 waited {}s for the other ranks to fetch NCCL's unique id on port {port}; ranks {} never came (did they start, and can they reach this machine?)",
+                timeout.as_secs(),
+                missing.join(", ")
+            );
+        }
         match listener.accept() {
-            Ok((stream, from)) => match serve_one(stream, id, world, &served) {
+            Ok((stream, from)) => match serve_one(stream, id, world, left.min(HELLO_TIMEOUT)) {
                 Ok(rank) => served[rank] = true,
-                Err(e) => {
-                    tracing::warn!("refused a connection from {from} on the NCCL id port: {e:#}")
-                }
+                Err(e) => tracing::warn!("a connection from {from} on the NCCL id port: {e:#}"),
             },
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                if Instant::now() >= deadline {
-                    let missing: Vec<String> = (0..world)
-                        .filter(|&r| !served[r])
-                        .map(|r| r.to_string())
-                        .collect();
-                    bail!(
-                        "rank 0 waited {}s for the other ranks to fetch NCCL's unique id on port {port}; ranks {} never came (did they start, and can they reach this machine?)",
-                        timeout.as_secs(),
-                        missing.join(", ")
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(20))
             }
             Err(e) => return Err(e).context("accepting a rank's connection for NCCL's unique id"),
         }
@@ -58,22 +62,30 @@ pub fn serve(id: &UniqueId, port: u16, world: usize, timeout: Duration) -> Resul
     Ok(())
 }
 
-/// Reads one rank's hello and sends it the id; returns its rank.
-fn serve_one(mut s: TcpStream, id: &UniqueId, world: usize, served: &[bool]) -> Result<usize> {
+/// Reads one rank's hello, sends it the id and reads its acknowledgement; returns its rank.
+fn serve_one(mut s: TcpStream, id: &UniqueId, world: usize, wait: Duration) -> Result<usize> {
     s.set_nonblocking(false)?;
-    s.set_read_timeout(Some(HELLO_TIMEOUT))?;
-    s.set_write_timeout(Some(HELLO_TIMEOUT))?;
+    s.set_read_timeout(Some(wait))?;
+    s.set_write_timeout(Some(wait))?;
     let mut hello = [0u8; 24];
     s.read_exact(&mut hello).context("reading its hello")?;
     if &hello[..16] != MAGIC {
-        bail!("it is not a pipe rank (wrong greeting)");
+        bail!("refused: it is not a pipe rank (wrong greeting)");
     }
     let rank = u64::from_le_bytes(hello[16..].try_into().expect("8 bytes")) as usize;
-    if rank == 0 || rank >= world || served[rank] {
-        bail!("it says it is rank {rank}, which is not a rank still waiting (world {world})");
+    if rank == 0 || rank >= world {
+        bail!(
+            "refused: it says it is rank {rank}, which is not a rank of this job (world {world})"
+        );
     }
     s.write_all(MAGIC)?;
     s.write_all(id)?;
+    let mut ack = [0u8; 2];
+    s.read_exact(&mut ack)
+        .with_context(|| format!("rank {rank} did not acknowledge the id"))?;
+    if &ack != ACK {
+        bail!("rank {rank} sent a wrong acknowledgement");
+    }
     Ok(rank)
 }
 
@@ -117,6 +129,7 @@ fn exchange(mut s: TcpStream, rank: usize, wait: Duration) -> std::io::Result<Un
             "the port answered, but not as pipe's rank 0",
         ));
     }
+    s.write_all(ACK)?;
     Ok(reply[16..].try_into().expect("128 bytes"))
 }
 
@@ -177,9 +190,18 @@ mod tests {
 
         let port = free_port();
         let server = std::thread::spawn(move || serve(&id(3), port, 3, Duration::from_secs(2)));
-        // A stranger, then rank 2; rank 1 never comes.
-        std::thread::sleep(Duration::from_millis(100));
-        let mut stranger = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // A stranger (once the server listens), then rank 2; rank 1 never comes.
+        let connected = Instant::now();
+        let mut stranger = loop {
+            match TcpStream::connect(("127.0.0.1", port)) {
+                Ok(s) => break s,
+                Err(e) if connected.elapsed() < Duration::from_secs(10) => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("the server never listened: {e}"),
+            }
+        };
         stranger.write_all(&[b'x'; 24]).unwrap();
         let got = fetch(&format!("127.0.0.1:{port}"), 2, Duration::from_secs(5)).unwrap();
         assert_eq!(got, id(3));
