@@ -414,3 +414,27 @@ fn data_parallel_accumulation_steps_that_do_not_divide_are_located() {
     let out = sb.pipe(&["run", "m.yaml", "--ranks", "0"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A sweep runs each variant on one process, so a manifest's `ranks` is refused rather than
+/// keying one-rank training as two ranks'.
+#[test]
+fn data_parallel_ranks_in_a_swept_manifest_are_refused() {
+    let sb = sandbox("sweep");
+    let text = manifest(20, SCRATCH).replace("  seed: 11\n", "  seed: 11\n  ranks: 2\n");
+    sb.write("m.yaml", &text);
+    let out = sb.pipe(&["run", "m.yaml", "--sweep", "train.learning_rate=1e-3,2e-3"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr
+            .contains("a sweep cannot run on data-parallel ranks yet, and the manifest asks for 2"),
+        "{stderr}"
+    );
+    assert!(
+        !sb.cache().join("runs").exists()
+            || std::fs::read_dir(sb.cache().join("runs"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+}

@@ -648,3 +648,55 @@ fn scheduler_waits_are_bounded() {
     assert_eq!(code, 0, "{doc}");
     assert_eq!(doc["status"], "succeeded");
 }
+
+/// `export-slurm` checks what it would fail on before it creates its run, and never overwrites a
+/// file it did not write: a failed export leaves no run behind (one would show `interrupted`).
+#[test]
+fn export_slurm_checks_first_and_keeps_the_users_files() {
+    let s = Slurm::new("export-checks");
+    std::fs::create_dir_all(s.sb.dir.join("jobs")).unwrap();
+    let mine =
+        s.sb.write("jobs/01-data.sbatch", "#!/bin/bash\necho my own script\n");
+    let out = s
+        .cmd(&["export-slurm", "tiny.yaml", "--out", "jobs"], &[])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("01-data.sbatch exists and is not a script of an earlier export"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&mine).unwrap(),
+        "#!/bin/bash\necho my own script\n"
+    );
+    let runs = s.sb.json(&["show", "--json"]);
+    assert_eq!(runs["runs"].as_array().map(Vec::len), Some(0), "{runs}");
+    // An earlier export's scripts are replaced.
+    std::fs::remove_file(&mine).unwrap();
+    for _ in 0..2 {
+        let out = s
+            .cmd(&["export-slurm", "tiny.yaml", "--out", "jobs"], &[])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A store whose path cannot go into an #SBATCH line: an error, and no run.
+    let quoted = s.sb.dir.join("store \"q\"");
+    let out =
+        s.sb.pipe_with_store(&quoted, &["export-slurm", "tiny.yaml", "--out", "jobs2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("cannot be written into an #SBATCH line"),
+        "{err}"
+    );
+    let runs = s.sb.pipe_with_store(&quoted, &["show", "--json"]);
+    let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).unwrap();
+    assert_eq!(runs["runs"].as_array().map(Vec::len), Some(0), "{runs}");
+}
