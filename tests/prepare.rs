@@ -92,6 +92,31 @@ fn jsonl(docs: &[String]) -> String {
 }
 
 /// A Parquet file with a `text` column (snappy, in row groups of `group` rows) and an `id` column.
+/// A Parquet file whose `text` column is a list of strings (one row: ["a", "b"]).
+fn write_list_parquet(path: &Path) {
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    let schema = Arc::new(
+        parquet::schema::parser::parse_message_type(
+            "message doc { optional group text (LIST) { repeated group list { optional binary element (STRING); } } }",
+        )
+        .unwrap(),
+    );
+    let props = Arc::new(WriterProperties::builder().build());
+    let mut w =
+        SerializedFileWriter::new(std::fs::File::create(path).unwrap(), schema, props).unwrap();
+    let mut rg = w.next_row_group().unwrap();
+    let mut col = rg.next_column().unwrap().unwrap();
+    let values = [ByteArray::from("a"), ByteArray::from("b")];
+    col.typed::<ByteArrayType>()
+        .write_batch(&values, Some(&[3, 3]), Some(&[0, 1]))
+        .unwrap();
+    col.close().unwrap();
+    rg.close().unwrap();
+    w.close().unwrap();
+}
+
 fn write_parquet(path: &Path, docs: &[String], group: usize) {
     use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
     use parquet::file::properties::WriterProperties;
@@ -414,6 +439,18 @@ fn bad_input_is_reported_where_it_is() {
             "its columns: text, id",
         ],
     );
+    // A list column is not one text per row: said so, at plan time.
+    write_list_parquet(&sb.dir.join("list.parquet"));
+    run_failing(
+        &sb,
+        &format!("{head}    path: list.parquet\n"),
+        2,
+        &[
+            "bad.yaml:",
+            "column `text` of",
+            "is a list, not one text per row",
+        ],
+    );
     // A line that is not JSON: at run time, naming the file and the line.
     sb.write(
         "broken.jsonl",
@@ -444,6 +481,16 @@ fn bad_input_is_reported_where_it_is() {
         &format!("{head}    path: cut.jsonl.gz\n"),
         1,
         &["cut.jsonl.gz", "truncated or damaged"],
+    );
+    // A complete .gz followed by bytes that are not gzip.
+    let mut trailing = gz.clone();
+    trailing.extend_from_slice(b"not gzip at all");
+    std::fs::write(sb.dir.join("tail.jsonl.gz"), &trailing).unwrap();
+    run_failing(
+        &sb,
+        &format!("{head}    path: tail.jsonl.gz\n"),
+        1,
+        &["tail.jsonl.gz", "followed by bytes that are not gzip"],
     );
     // A truncated .zst.
     let zst = zstd(big.as_bytes());

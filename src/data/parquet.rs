@@ -60,11 +60,28 @@ pub fn inspect(file: &InputFile, column: &str) -> Result<ColumnInfo, FieldError>
     let reader = open(file)?;
     let meta = reader.metadata();
     let schema = meta.file_metadata().schema_descr();
-    let Some(index) = schema
-        .columns()
+    let leaves = schema.columns();
+    let index = leaves
         .iter()
-        .position(|c| c.path().parts() == [column.to_string()])
-    else {
+        .position(|c| c.path().parts() == [column.to_string()]);
+    // A top-level field that is not a leaf: a list (`text: list<string>`) or a struct.
+    let nested: Vec<_> = leaves
+        .iter()
+        .filter(|c| c.path().parts().len() > 1 && c.path().parts()[0] == column)
+        .collect();
+    if index.is_none() && !nested.is_empty() {
+        let what = if nested.iter().any(|c| c.max_rep_level() > 0) {
+            "a list, not one text per row"
+        } else {
+            "a group of fields (a struct), not text"
+        };
+        return Err(FieldError::new(
+            "column",
+            format!("column `{column}` of {} is {what}", file.path.display()),
+        )
+        .help("pipe reads one string column with one document per row: flatten the column first (e.g. explode the list in pandas or DuckDB)"));
+    }
+    let Some(index) = index else {
         let names: Vec<String> = schema
             .root_schema()
             .get_fields()

@@ -102,10 +102,14 @@ pub fn read_corpus(
         let (mut reader, tap) = compress::open(&file.path, file.compression, progress.clone())
             .with_context(|| format!("reading {}", file.path.display()))?;
         let damaged = |e: std::io::Error| {
-            let hint = if file.compression == super::format::Compression::None {
-                ""
-            } else {
-                " (is the file truncated or damaged?)"
+            use super::format::Compression;
+            let hint = match file.compression {
+                Compression::None => "",
+                // What flate2 says when a member ends and what follows is not another one.
+                Compression::Gzip if e.to_string().contains("invalid gzip header") => {
+                    " (its gzip data is followed by bytes that are not gzip: trailing bytes after the last member, or a damaged member; `gzip -t` tells which)"
+                }
+                _ => " (is the file truncated or damaged?)",
             };
             anyhow::anyhow!("{}: cannot read it: {e}{hint}", file.path.display())
         };
