@@ -38,6 +38,29 @@ fn cases() -> Vec<Case> {
     };
     vec![
         case(
+            "a list, not a manifest",
+            "- a\n- b\n",
+            &[
+                "bad.yaml:1:1:",
+                "expected a mapping (the manifest: name, defaults, stages)",
+            ],
+        ),
+        case(
+            "aliases that expand without end",
+            &format!(
+                "a: &a [x,x,x,x,x,x,x,x,x,x]\n{}name: x\nstages: {{}}\n",
+                ["b", "c", "d", "e", "f"]
+                    .iter()
+                    .zip(["a", "b", "c", "d", "e"])
+                    .map(|(n, p)| format!("{n}: &{n} [{}]\n", vec![format!("*{p}"); 10].join(",")))
+                    .collect::<String>()
+            ),
+            &[
+                "bad.yaml:",
+                "the YAML expands to too many nodes (at least 250001",
+            ],
+        ),
+        case(
             "yaml syntax",
             "name: bad\nstages:\n  data:\n    kind: prepare\n   path: [unclosed\n",
             &["bad.yaml:5:", "did not find expected"],

@@ -453,7 +453,12 @@ fn parse(path: &Path) -> Result<Doc> {
     let help = "a manifest has `name`, optional `defaults` (device, seed, dtype, remote, ranks) and `stages` (a map of stage name to stage)";
     // Untyped first, for where the top-level keys are; then the same text typed.
     let root = from_yaml(text).map_err(|e| yaml_err(&file, &e, Some(help)))?;
-    let top = mapping(&file, root, "struct RawManifest", help)?;
+    let top = mapping(
+        &file,
+        root,
+        "a mapping (the manifest: name, defaults, stages)",
+        help,
+    )?;
     // An empty document is an empty mapping (so the error is the missing `name`).
     let typed = if top.is_empty() { "{}" } else { text };
     let raw: RawManifest = from_yaml(typed).map_err(|e| yaml_err(&file, &e, Some(help)))?;

@@ -178,6 +178,12 @@ pub(super) fn yaml_err(file: &str, e: &serde_saphyr::Error, help: Option<&str>) 
             .next()
             .unwrap_or(rest);
         msg = format!("duplicate entry with key {key:?}");
+    } else if let Some(rest) = msg.strip_prefix("budget breached: ") {
+        // The parser's limit on what aliases expand to, in its own Debug form.
+        let reached: String = rest.chars().filter(char::is_ascii_digit).collect();
+        msg = format!(
+            "the YAML expands to too many nodes (at least {reached}, through aliases repeated inside aliases); a manifest never needs that many: write fewer aliases"
+        );
     }
     err(origin, msg, help)
 }
