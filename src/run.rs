@@ -384,15 +384,23 @@ impl RunRecord {
             _ if damage.is_some() => RunStatus::Damaged,
             Some(s) => s,
             None => {
+                let path = dir.join("lock");
+                // On a read-only store the lock is opened for reading (flock needs no write).
                 let lock = OpenOptions::new()
                     .create(true)
                     .truncate(false)
                     .write(true)
-                    .open(dir.join("lock"))?;
-                if lock.try_lock().is_ok() {
-                    RunStatus::Interrupted
-                } else {
-                    RunStatus::Running
+                    .open(&path)
+                    .or_else(|e| match e.kind() {
+                        std::io::ErrorKind::ReadOnlyFilesystem => File::open(&path),
+                        _ => Err(e),
+                    });
+                match lock {
+                    Ok(lock) if lock.try_lock().is_err() => RunStatus::Running,
+                    Ok(_) => RunStatus::Interrupted,
+                    // No lock file on a read-only store: no process can be running it.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => RunStatus::Interrupted,
+                    Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
                 }
             }
         };

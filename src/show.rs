@@ -4,7 +4,7 @@
 use crate::exec::{RunSummary, StageResult};
 use crate::manifest::Manifest;
 use crate::run::{RunEvent, RunRecord, RunStatus, StageStatus, list_run_ids};
-use crate::store::{Hash, RecordKind, Store};
+use crate::store::{Hash, RecordKind, Repair, Store};
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -406,13 +406,17 @@ pub fn forget(store: &Store, id: &str) -> Result<String> {
 /// whose plan cannot be read is reported, and set aside into `damaged/` when its log names nothing
 /// (a run that made outputs stays, so gc keeps them, until `pipe forget`). Log lines torn by a
 /// kill are normal and ignored when reading.
-pub fn verify(store: &Store) -> Result<crate::store::VerifyReport> {
-    let mut report = store.verify()?;
+pub fn verify(store: &Store, repair: Repair) -> Result<crate::store::VerifyReport> {
+    let mut report = store.verify(repair)?;
     for id in list_run_ids(store)? {
         let rec = RunRecord::load(store, &id)?;
         if let Some(why) = rec.damage {
             let dir = store.root.join("runs").join(&id);
-            if rec.events.is_empty() {
+            if repair == Repair::ReportOnly {
+                report
+                    .damaged
+                    .push(format!("run {id}: {why}; left in place (read-only store)"));
+            } else if rec.events.is_empty() {
                 let dest = store.root.join("damaged").join(format!("run-{id}"));
                 std::fs::create_dir_all(store.root.join("damaged"))?;
                 std::fs::rename(&dir, &dest).map_err(|e| {
@@ -438,14 +442,21 @@ pub struct GcReport {
     pub bytes: u64,
     pub kept: usize,
     pub actions_removed: usize,
+    /// A dry run made while a run was live: that run's newest objects may show as removable
+    /// until it records them.
+    pub during_a_run: bool,
 }
 
+/// `pipe gc`. It needs the store to itself; a dry run, which changes nothing, also looks while
+/// runs are live (under the shared lock they hold too).
 pub fn gc(store: &Store, dry_run: bool, keep_checkpoints: bool) -> Result<GcReport> {
-    let Some(_lock) = store.try_lock_store_exclusive()? else {
-        bail!(
-            "a pipe run is using the store {}; run gc when it has finished",
+    let (_lock, during_a_run) = match store.try_lock_store_exclusive()? {
+        Some(lock) => (lock, false),
+        None if dry_run => (store.lock_store_shared()?, true),
+        None => bail!(
+            "a pipe run is using the store {}; run gc when it has finished (`pipe gc --dry-run` shows what it would remove)",
             store.root.display()
-        );
+        ),
     };
     let keep = crate::refs::References::gather(store)?.kept_by_gc(keep_checkpoints);
     let mut report = GcReport {
@@ -453,6 +464,7 @@ pub fn gc(store: &Store, dry_run: bool, keep_checkpoints: bool) -> Result<GcRepo
         bytes: 0,
         kept: 0,
         actions_removed: 0,
+        during_a_run,
     };
     for h in store.all_objects()? {
         if keep.contains(&h) {
@@ -467,13 +479,15 @@ pub fn gc(store: &Store, dry_run: bool, keep_checkpoints: bool) -> Result<GcRepo
             }
         }
     }
-    if !dry_run {
-        for a in store.actions()? {
-            if !a.outputs.values().all(|h| keep.contains(h)) {
+    for a in store.actions()? {
+        if !a.outputs.values().all(|h| keep.contains(h)) {
+            if !dry_run {
                 store.remove_action(&a.key)?;
-                report.actions_removed += 1;
             }
+            report.actions_removed += 1;
         }
+    }
+    if !dry_run {
         store.clean_tmp()?;
     }
     Ok(report)

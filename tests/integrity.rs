@@ -88,6 +88,8 @@ fn a_command_cannot_change_its_inputs_in_the_store() {
     );
 }
 
+/// verify sets aside the records whose own bytes are corrupted (an output or an input), naming the
+/// corrupted object; a record built from intact outputs of those stays cached.
 #[test]
 fn verify_sets_aside_every_record_built_from_a_damaged_object() {
     let sb = Sandbox::new("taint");
@@ -103,16 +105,26 @@ fn verify_sets_aside_every_record_built_from_a_damaged_object() {
     let report = String::from_utf8_lossy(&v.stdout).to_string();
     assert_eq!(v.status.code(), Some(1), "{report}");
     assert!(report.contains("CORRUPTED object"), "{report}");
-    // make's record (damaged output), upper's (damaged input) and count's (built from upper).
+    // make's record (its output is corrupted) and upper's (built from it); count was built from
+    // upper's intact output.
     assert_eq!(
         report.matches("DAMAGED action record").count(),
-        3,
+        2,
         "{report}"
     );
-    // Nothing built from the damaged bytes stays cached: every stage runs again, and gives the
-    // same bytes as the first time.
+    let a = output(&first, "make", "a.txt");
+    assert!(
+        report.contains(&format!("its output `a.txt` ({}) is corrupted", &a[..12]))
+            && report.contains(&format!(
+                "built from input make/a.txt ({}), which is corrupted",
+                &a[..12]
+            )),
+        "{report}"
+    );
+    // Nothing built from the damaged bytes stays cached: make and upper run again and give the
+    // same bytes as the first time, so count's key is the same and it is reused.
     let again = sb.json(&["run", "m.yaml", "--json"]);
-    assert_eq!(statuses(&again), ["executed"; 3]);
+    assert_eq!(statuses(&again), ["executed", "executed", "cached"]);
     assert_eq!(
         output(&again, "count", "n.txt"),
         output(&first, "count", "n.txt")
@@ -560,4 +572,103 @@ fn waits_on_the_outside_world_are_bounded_and_named() {
         assert_eq!(out.status.code(), Some(2));
         assert!(stderr(&out).contains(&format!("--threads {threads}: expected 1 to 1024")));
     }
+}
+
+/// `pipe verify` on a store that is mounted read-only checks everything and changes nothing: a
+/// corrupted object is reported and left where it is.
+#[test]
+fn verify_checks_a_read_only_store_and_changes_nothing() {
+    let sb = Sandbox::new("verify-ro");
+    let Some(disk) = SmallDisk::mount(sb.dir.join("ro"), "16m") else {
+        missing("cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let store = disk.0.join("cache");
+    sb.write("m.yaml", CHAIN);
+    let out = sb.pipe_with_store(&store, &["run", "m.yaml", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let a = output(&first, "make", "a.txt");
+    let object = store.join("objects").join(&a[..2]).join(&a[2..]);
+    damage(&object, b"HACKED\n");
+    let remount = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&disk.0)
+        .status()
+        .unwrap();
+    assert!(remount.success());
+    let v = sb.pipe_with_store(&store, &["verify"]);
+    let report = String::from_utf8_lossy(&v.stdout).to_string();
+    assert_eq!(
+        v.status.code(),
+        Some(1),
+        "{report}{}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    assert!(
+        report.contains("is read-only: verify checks it and changes nothing"),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!(
+            "CORRUPTED object {a} (left in place: the store is read-only)"
+        )),
+        "{report}"
+    );
+    assert!(
+        report.contains("left in place (read-only store)"),
+        "{report}"
+    );
+    assert_eq!(std::fs::read(&object).unwrap(), b"HACKED\n");
+}
+
+/// While a run is live, `pipe gc` is refused (pointing at `--dry-run`), and `gc --dry-run`, which
+/// changes nothing, answers, saying that a run is live.
+#[test]
+fn gc_dry_run_answers_while_a_run_is_live() {
+    let sb = Sandbox::new("gc-live");
+    let (started, release) = (sb.dir.join("started"), sb.dir.join("release"));
+    sb.write(
+        "m.yaml",
+        &format!(
+            "name: live\nstages:\n  wait:\n    kind: command\n    cmd: touch '{}'; while [ ! -e '{}' ]; do sleep 0.05; done; echo ok > $PIPE_OUT/x\n    outs: [x]\n",
+            started.display(),
+            release.display()
+        ),
+    );
+    let mut run = sb
+        .cmd(&["run", "m.yaml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !started.exists() {
+        assert!(
+            t0.elapsed().as_secs() < 60,
+            "the run never started its stage"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let gc = sb.pipe(&["gc"]);
+    assert_eq!(gc.status.code(), Some(1), "{}", stderr(&gc));
+    assert!(
+        stderr(&gc).contains("`pipe gc --dry-run` shows what it would remove"),
+        "{}",
+        stderr(&gc)
+    );
+    let dry = sb.pipe(&["gc", "--dry-run"]);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    assert!(
+        stderr(&dry).contains("note: a run is using the store"),
+        "{}",
+        stderr(&dry)
+    );
+    assert!(String::from_utf8_lossy(&dry.stdout).starts_with("would remove "));
+    std::fs::write(&release, "").unwrap();
+    assert!(run.wait().unwrap().success());
 }

@@ -542,6 +542,11 @@ fn run_command(cli: Cli, job: running::Job) -> Result<i32> {
         } => {
             let store = Store::open(&cli.cache)?;
             let r = show::gc(&store, dry_run, !drop_checkpoints)?;
+            if r.during_a_run {
+                eprintln!(
+                    "note: a run is using the store; objects it has not recorded yet count as removable below, and `pipe gc` itself waits for it to finish"
+                );
+            }
             let verb = if dry_run { "would remove" } else { "removed" };
             println!(
                 "{verb} {} objects ({:.1} MB) and {} stale action records; kept {} objects",
@@ -558,15 +563,30 @@ fn run_command(cli: Cli, job: running::Job) -> Result<i32> {
                 println!("no store at {}", store.root.display());
                 return Ok(0);
             }
-            let Some(_lock) = store.try_lock_store_exclusive()? else {
-                anyhow::bail!(
+            // A store on a read-only filesystem is checked and reported, not repaired (and no
+            // run can be writing it).
+            let (_lock, repair) = match store.try_lock_store_exclusive() {
+                Ok(Some(lock)) => (Some(lock), crate::store::Repair::Yes),
+                Ok(None) => anyhow::bail!(
                     "a pipe run is using the store {}; run verify when it has finished",
                     store.root.display()
-                );
+                ),
+                Err(e) if is_read_only(&e) => {
+                    println!(
+                        "the store {} is read-only: verify checks it and changes nothing",
+                        store.root.display()
+                    );
+                    (None, crate::store::Repair::ReportOnly)
+                }
+                Err(e) => return Err(e),
             };
-            let r = show::verify(&store)?;
+            let r = show::verify(&store, repair)?;
+            let done = match repair {
+                crate::store::Repair::Yes => "moved aside; the stage that made it will rerun",
+                crate::store::Repair::ReportOnly => "left in place: the store is read-only",
+            };
             for h in &r.corrupted {
-                println!("CORRUPTED object {h} (moved aside; the stage that made it will rerun)");
+                println!("CORRUPTED object {h} ({done})");
             }
             for d in &r.damaged {
                 println!("DAMAGED {d}");
@@ -665,6 +685,14 @@ fn run_command(cli: Cli, job: running::Job) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// Whether `e` comes from writing to a read-only filesystem.
+fn is_read_only(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ReadOnlyFilesystem)
+    })
 }
 
 /// Is this error bad input (exit 2: an [`InputError`]) rather than a failure while running?

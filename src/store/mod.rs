@@ -129,7 +129,7 @@ pub use record::{RecordKind, download_key};
 pub fn hash_bytes(bytes: &[u8]) -> Hash {
     Hash::of(bytes)
 }
-pub use verify::VerifyReport;
+pub use verify::{Repair, VerifyReport};
 
 /// An exclusive advisory lock (flock) released when dropped or when the process dies, so a
 /// killed `pipe` never leaves a lock behind.
@@ -699,7 +699,7 @@ mod tests {
         fs::write(&path, b"hellO").unwrap();
         let err = s.get(&h).unwrap_err().to_string();
         assert!(err.contains("corrupted"), "{err}");
-        let r = s.verify().unwrap();
+        let r = s.verify(Repair::Yes).unwrap();
         assert_eq!((r.objects, r.corrupted), (1, vec![h.clone()]));
         assert!(!s.has(&h));
         fs::remove_dir_all(dir).unwrap();
@@ -719,7 +719,7 @@ mod tests {
         let copy = dir.join("copy.bin");
         s.copy_out(&h, &copy).unwrap();
         assert_eq!(fs::read(&copy).unwrap(), bytes);
-        let r = s.verify().unwrap();
+        let r = s.verify(Repair::Yes).unwrap();
         assert_eq!((r.objects, r.corrupted.len(), r.damaged.len()), (1, 0, 0));
         // Nothing is left in tmp/ by a completed put.
         assert_eq!(fs::read_dir(s.tmp()).unwrap().count(), 0);

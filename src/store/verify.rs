@@ -4,22 +4,30 @@ use super::{ActionRecord, Hash, Key, Progress, Store};
 use anyhow::{Context, Result};
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::PathBuf;
+
+/// Whether `verify` repairs what it finds, or only reports it (a read-only store).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Repair {
+    Yes,
+    ReportOnly,
+}
 
 impl Store {
     /// Checks the whole store and repairs what it can:
     /// - every object is re-hashed; corrupted ones are moved aside into `tmp/` (gc removes them);
     /// - every action record must parse, be a true record of the key its file is named by
     ///   (`ActionRecord::problem`: its outputs are the ones its kind declares), name outputs that
-    ///   are present and intact, and have been
-    ///   built from inputs that are intact; a record that fails is set aside into `damaged/`, and so,
-    ///   transitively, is every record built from its outputs, so nothing computed from damaged bytes
-    ///   stays cached;
+    ///   are present and intact, and have been built from inputs that are intact; a record that
+    ///   fails is set aside into `damaged/` (a record built from the intact outputs of one set aside
+    ///   stays: a rerun makes the same bytes, so the same key);
     /// - every progress record must parse, and keeps only the checkpoints before the first missing
     ///   or corrupted one (training resumes from the last good one).
     ///
+    /// With [`Repair::ReportOnly`] nothing is moved or rewritten, only reported.
+    ///
     /// Run records are checked by `show::verify`, which calls this.
-    pub fn verify(&self) -> Result<VerifyReport> {
+    pub fn verify(&self, repair: Repair) -> Result<VerifyReport> {
+        let fix = repair == Repair::Yes;
         let all = self.all_objects()?;
         let mut report = VerifyReport {
             objects: all.len(),
@@ -31,41 +39,34 @@ impl Store {
                 continue;
             }
             report.corrupted.push(h.clone());
-            let aside = self.tmp().join(format!("corrupted-{h}"));
-            fs::rename(&path, &aside)
-                .with_context(|| format!("moving the corrupted {} aside", path.display()))?;
+            if fix {
+                let aside = self.tmp().join(format!("corrupted-{h}"));
+                fs::rename(&path, &aside)
+                    .with_context(|| format!("moving the corrupted {} aside", path.display()))?;
+            }
         }
-        // Action records, to a fixed point: outputs of a set-aside record taint their consumers.
-        let mut bad: BTreeSet<Hash> = report.corrupted.iter().cloned().collect();
-        let mut records: Vec<(PathBuf, Option<ActionRecord>)> = Vec::new();
-        for p in self.json_files("actions")? {
-            let parsed = super::read_bounded(&p, super::MAX_RECORD_BYTES)
+        // Action records: one that does not parse or is not a true record of its key, or whose
+        // outputs or inputs are corrupted (or outputs missing). A record built from the intact
+        // outputs of a record set aside stays: its inputs are the same bytes a rerun makes again.
+        let bad: BTreeSet<Hash> = report.corrupted.iter().cloned().collect();
+        for path in self.json_files("actions")? {
+            let parsed = super::read_bounded(&path, super::MAX_RECORD_BYTES)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<ActionRecord>(&b).ok());
-            records.push((p, parsed));
-        }
-        loop {
-            let mut changed = false;
-            for (path, slot) in records.iter_mut() {
-                let why = match slot {
-                    None => Some("not a valid action record".to_string()),
-                    Some(rec) => self.record_problem(path, rec, &bad),
+            let why = match &parsed {
+                None => Some("not a valid action record".to_string()),
+                Some(rec) => self.record_problem(&path, rec, &bad),
+            };
+            if let Some(why) = why {
+                let done = if fix {
+                    self.set_aside(&path, &why);
+                    "set aside (the stage will rerun)"
+                } else {
+                    "left in place (read-only store)"
                 };
-                let Some(why) = why else { continue };
-                if let Some(rec) = slot.take() {
-                    bad.extend(rec.outputs.values().cloned());
-                }
-                if path.exists() {
-                    self.set_aside(path, &why);
-                    report.damaged.push(format!(
-                        "action record {}: {why}; set aside (the stage will rerun)",
-                        path.display()
-                    ));
-                    changed = true;
-                }
-            }
-            if !changed {
-                break;
+                report
+                    .damaged
+                    .push(format!("action record {}: {why}; {done}", path.display()));
             }
         }
         for key in self.progress_keys()? {
@@ -74,9 +75,14 @@ impl Store {
                 continue;
             };
             let Ok(mut p) = serde_json::from_slice::<Progress>(&bytes) else {
-                self.set_aside(&path, "not a valid progress record");
+                let done = if fix {
+                    self.set_aside(&path, "not a valid progress record");
+                    "set aside (training restarts)"
+                } else {
+                    "left in place (read-only store)"
+                };
                 report.damaged.push(format!(
-                    "progress record {}: not a valid progress record; set aside (training restarts)",
+                    "progress record {}: not a valid progress record; {done}",
                     path.display()
                 ));
                 continue;
@@ -91,10 +97,13 @@ impl Store {
                 p.checkpoints.truncate(good);
                 let last = p.checkpoints.last().map_or(0, |c| c.iter);
                 p.keep_until(p.checkpoints.last().map(|c| c.iter));
-                self.put_progress(&key, &p)?;
+                if fix {
+                    self.put_progress(&key, &p)?;
+                }
                 report.damaged.push(format!(
-                    "progress record {}: the checkpoint at iter {lost} is missing or corrupted; training resumes from {}",
+                    "progress record {}: the checkpoint at iter {lost} is missing or corrupted; training {} from {}",
                     path.display(),
+                    if fix { "resumes" } else { "would resume" },
                     if p.checkpoints.is_empty() { "the start".to_string() } else { format!("iter {last}") }
                 ));
             }
@@ -118,7 +127,7 @@ impl Store {
         }
         for (name, h) in &rec.outputs {
             if bad.contains(h) {
-                return Some(format!("its output `{name}` ({}) is damaged", h.short()));
+                return Some(format!("its output `{name}` ({}) is corrupted", h.short()));
             }
             if !self.has(h) {
                 return Some(format!("its output `{name}` ({}) is missing", h.short()));
@@ -131,7 +140,7 @@ impl Store {
                     && bad.contains(&h)
                 {
                     return Some(format!(
-                        "it was built from input {role}/{name} ({}), which is damaged",
+                        "it was built from input {role}/{name} ({}), which is corrupted",
                         h.short()
                     ));
                 }
