@@ -38,6 +38,16 @@ fn cases() -> Vec<Case> {
     };
     vec![
         case(
+            "a count too large for 64 bits",
+            &with_model(
+                "  train:\n    kind: train\n    needs: [model, data]\n    max_iters: 99999999999999999999\n",
+            ),
+            &[
+                "bad.yaml:",
+                "field `max_iters`: 100000000000000000000 is too large: expected a whole number of at most 18446744073709551615",
+            ],
+        ),
+        case(
             "a list, not a manifest",
             "- a\n- b\n",
             &[

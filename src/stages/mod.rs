@@ -137,8 +137,25 @@ pub fn typed<T: DeserializeOwned>(
     })
 }
 
-/// serde names Rust types ("expected usize"); a manifest's author thinks in YAML values.
+/// serde names Rust types ("expected usize"); a manifest's author thinks in YAML values. A whole
+/// number too large for 64 bits reaches serde as a float (YAML reads it so): said as too large.
 fn plain_type_names(msg: &str) -> String {
+    let whole = [
+        ("expected usize", u64::MAX),
+        ("expected u64", u64::MAX),
+        ("expected u32", u64::from(u32::MAX)),
+    ];
+    for (rust, max) in whole {
+        if let Some(rest) = msg.strip_prefix("invalid type: floating point `")
+            && let Some((value, tail)) = rest.split_once('`')
+            && tail.trim() == format!(", {rust}")
+            && let Ok(v) = value.parse::<f64>()
+            && v.fract() == 0.0
+            && v > max as f64
+        {
+            return format!("{v:.0} is too large: expected a whole number of at most {max}");
+        }
+    }
     [
         ("expected usize", "expected a whole number (0 or more)"),
         ("expected u64", "expected a whole number (0 or more)"),
