@@ -194,7 +194,17 @@ fn a_negative_temperature_is_refused_where_the_manifest_sets_it() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
         err.contains(&line_of(&sb, "temperature: -0.5"))
-            && err.contains("`temperature`: must be a finite number >= 0"),
+            && err.contains("`temperature`: must be a finite number >= 0")
+            && err.contains("found -5e-1"),
+        "{err}"
+    );
+    // Finite as a 64-bit float, infinite as the 32-bit one sampling uses.
+    let sb = setup("huge-t", &[("temperature: 0.8", "temperature: 1.0e+300")]);
+    let out = sb.pipe(&["run", "m.yaml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("fits a 32-bit float (at most 3.4028235e38), found 1e300"),
         "{err}"
     );
 }

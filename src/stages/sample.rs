@@ -69,7 +69,8 @@ fn invalid_field(p: &Params) -> Option<(&'static str, String)> {
     // Checked as the f32 sampling uses: 1e300 is a finite f64 but an infinite f32.
     if !((p.temperature as f32).is_finite() && p.temperature >= 0.0) {
         let why = format!(
-            "must be a finite number >= 0 (0 samples greedily), found {}",
+            "must be a finite number >= 0 (0 samples greedily) that fits a 32-bit float (at most {:e}), found {:e}",
+            f32::MAX,
             p.temperature
         );
         return Some(("temperature", why));
