@@ -7,18 +7,10 @@
 //! torn last line is ignored, and a run whose plan is damaged still counts: its log says what it
 //! made.
 
-use crate::run::{RunEvent, RunStatus, finished_status, logged_events};
+use crate::run::{RunEvent, RunStatus, finished_status, logged_events, read_plan};
 use crate::store::{Hash, Key, RecordKind, Store};
 use anyhow::Result;
 use std::collections::{BTreeMap, BTreeSet};
-
-/// Whether a run's plan.json parses (it is small: the resolved manifest).
-fn plan_readable(path: &std::path::Path) -> bool {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .is_some()
-}
 
 /// A checkpoint a run logged.
 struct LoggedCheckpoint {
@@ -57,7 +49,7 @@ impl References {
                 // As `RunRecord::load` reads it: a run whose plan cannot be read is damaged, never
                 // succeeded, so its checkpoints stay.
                 let run_succeeded = finished_status(&events) == Some(RunStatus::Succeeded)
-                    && plan_readable(&dir.join("plan.json"));
+                    && read_plan(&dir).is_ok();
                 let mut key_of: BTreeMap<String, Key> = BTreeMap::new();
                 for e in events {
                     match e {

@@ -299,6 +299,15 @@ impl RunLog {
     }
 }
 
+/// The plan.json of the run in `dir`, or why it cannot be read (the run is then damaged).
+pub fn read_plan(dir: &std::path::Path) -> Result<serde_json::Value, String> {
+    let path = dir.join("plan.json");
+    fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| format!("{} cannot be read: {e}", path.display()))
+}
+
 /// How a run's log says it ended: its last `run_finished`, unless a `run_started` came after it
 /// (a resume is, or was, in progress); none while it has not finished.
 pub fn finished_status(events: &[RunEvent]) -> Option<RunStatus> {
@@ -362,17 +371,10 @@ impl RunRecord {
     pub fn load(store: &Store, id: &str) -> Result<RunRecord> {
         let dir = run_dir(store, id)?;
         let id = dir.file_name().unwrap().to_string_lossy().to_string();
-        let plan_path = dir.join("plan.json");
         // A damaged plan does not hide the run (its log still says what it made, for gc).
-        let (plan, damage) = match fs::read(&plan_path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        {
+        let (plan, damage) = match read_plan(&dir) {
             Ok(p) => (p, None),
-            Err(e) => (
-                serde_json::Value::Null,
-                Some(format!("{} cannot be read: {e}", plan_path.display())),
-            ),
+            Err(why) => (serde_json::Value::Null, Some(why)),
         };
         let text = fs::read_to_string(dir.join("log.jsonl")).unwrap_or_default();
         // A torn last line (killed mid-write) is ignored: every complete line is a whole event.

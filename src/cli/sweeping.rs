@@ -78,7 +78,8 @@ pub fn run(
     }
     let remote = remote_url(remote_flag, &plans[0].manifest);
     let opts = RunOptions::new(flags, remote, executor)?;
-    check_variants(cache, &mut plans, &variants, &opts, executor)?;
+    check_all(&mut plans, &Store::at(cache), &opts, executor)
+        .map_err(|(k, e)| located(e, &variants[k]))?;
     let store = Store::open(cache)?;
     let shared = store.lock_store_shared()?;
     let mut runs = Vec::with_capacity(plans.len());
@@ -154,37 +155,26 @@ pub fn resume(
         .and_then(|m| remote_url(remote_flag, m))
         .or(remote_flag);
     let opts = RunOptions::new(flags, remote, executor)?;
-    let mut checked: Option<&Plan> = None;
-    for plan in plans.iter_mut().flatten() {
-        if let Some(first) = checked {
-            plan.share_key_parts(first);
-        }
-        plan.check(&store, opts.flags.allow_outside, executor)?;
-        checked = checked.or(Some(plan));
-    }
+    check_all(plans.iter_mut().flatten(), &store, &opts, executor).map_err(|(_, e)| e)?;
     execute(&store, &rec, plans, "resume", &opts)
 }
 
-/// Checks every variant's plan (the later ones reuse the first's key parts for the stages they
-/// share, so a source is hashed once per sweep).
-fn check_variants(
-    cache: &Path,
-    plans: &mut [Plan],
-    variants: &[Vec<SweepValue>],
+/// Checks each plan in turn; each after the first reuses the first's key parts for the stages
+/// they share, so a source is hashed once per sweep. An error comes with the failing plan's index.
+fn check_all<'a>(
+    plans: impl IntoIterator<Item = &'a mut Plan>,
+    store: &Store,
     opts: &RunOptions,
     executor: Executor,
-) -> Result<()> {
-    let read_only = Store::at(cache);
-    let Some((first, rest)) = plans.split_first_mut() else {
-        return Ok(());
-    };
-    first
-        .check(&read_only, opts.flags.allow_outside, executor)
-        .map_err(|e| located(e, &variants[0]))?;
-    for (plan, v) in rest.iter_mut().zip(&variants[1..]) {
-        plan.share_key_parts(first);
-        plan.check(&read_only, opts.flags.allow_outside, executor)
-            .map_err(|e| located(e, v))?;
+) -> Result<(), (usize, anyhow::Error)> {
+    let mut first: Option<&Plan> = None;
+    for (k, plan) in plans.into_iter().enumerate() {
+        if let Some(f) = first {
+            plan.share_key_parts(f);
+        }
+        plan.check(store, opts.flags.allow_outside, executor)
+            .map_err(|e| (k, e))?;
+        first = first.or(Some(plan));
     }
     Ok(())
 }

@@ -58,12 +58,7 @@ impl Store {
                 Some(rec) => self.record_problem(&path, rec, &bad),
             };
             if let Some(why) = why {
-                let done = if fix {
-                    self.set_aside(&path, &why);
-                    "set aside (the stage will rerun)"
-                } else {
-                    "left in place (read-only store)"
-                };
+                let done = self.set_aside_if(fix, &path, &why, "the stage will rerun");
                 report
                     .damaged
                     .push(format!("action record {}: {why}; {done}", path.display()));
@@ -75,16 +70,11 @@ impl Store {
                 continue;
             };
             let Ok(mut p) = serde_json::from_slice::<Progress>(&bytes) else {
-                let done = if fix {
-                    self.set_aside(&path, "not a valid progress record");
-                    "set aside (training restarts)"
-                } else {
-                    "left in place (read-only store)"
-                };
-                report.damaged.push(format!(
-                    "progress record {}: not a valid progress record; {done}",
-                    path.display()
-                ));
+                let why = "not a valid progress record";
+                let done = self.set_aside_if(fix, &path, why, "training restarts");
+                report
+                    .damaged
+                    .push(format!("progress record {}: {why}; {done}", path.display()));
                 continue;
             };
             let good = p
@@ -109,6 +99,16 @@ impl Store {
             }
         }
         Ok(report)
+    }
+
+    /// Sets `path` aside when repairing; says what was done (`then`: what follows from it).
+    fn set_aside_if(&self, fix: bool, path: &std::path::Path, why: &str, then: &str) -> String {
+        if fix {
+            self.set_aside(path, why);
+            format!("set aside ({then})")
+        } else {
+            "left in place (read-only store)".to_string()
+        }
     }
 
     /// Why an action record cannot be trusted, if it cannot.
