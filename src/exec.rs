@@ -21,7 +21,7 @@ use std::time::Instant;
 #[derive(Clone, Debug, Serialize)]
 pub struct StageResult {
     pub name: String,
-    pub kind: String,
+    pub kind: StageKind,
     /// executed | cached | pulled | resumed | failed | skipped (run); pending | running |
     /// interrupted too (`show`); cached | stale | pulled | blocked (status)
     pub status: StageStatus,
@@ -43,7 +43,7 @@ impl StageResult {
     pub fn new(spec: &StageSpec, status: StageStatus) -> Self {
         StageResult {
             name: spec.name.clone(),
-            kind: spec.kind.name().into(),
+            kind: spec.kind,
             status,
             key: None,
             outputs: Outputs::new(),
@@ -240,7 +240,7 @@ pub fn execute(runner: &Runner, plan: &Plan, jobs: usize) -> Result<Vec<StageRes
                     run.append(&RunEvent::StageSkipped {
                         time: utc_now(),
                         stage: spec.name.clone(),
-                        kind: spec.kind.name().into(),
+                        kind: spec.kind,
                         reason: "a stage it needs did not finish".into(),
                     })?;
                     results[i] = Some(r);
@@ -257,7 +257,7 @@ pub fn execute(runner: &Runner, plan: &Plan, jobs: usize) -> Result<Vec<StageRes
                     run.append(&RunEvent::StageSkipped {
                         time: utc_now(),
                         stage: spec.name.clone(),
-                        kind: spec.kind.name().into(),
+                        kind: spec.kind,
                         reason: CANCELLED.into(),
                     })?;
                     results[*i] = Some(r);
@@ -287,7 +287,7 @@ pub fn execute(runner: &Runner, plan: &Plan, jobs: usize) -> Result<Vec<StageRes
                                 let _ = run.append(&RunEvent::StageFailed {
                                     time: utc_now(),
                                     stage: spec.name.clone(),
-                                    kind: spec.kind.name().into(),
+                                    kind: spec.kind,
                                     key: None,
                                     error: format!("{e:#}"),
                                 });
@@ -340,7 +340,7 @@ pub fn run_stage(
     let (store, run, ui) = (runner.store, runner.run, runner.ui);
     let m = &plan.manifest;
     let spec = &m.stages[i];
-    let kind = spec.kind.name().to_string();
+    let kind = spec.kind;
     let mat = match material(store, plan, i, &inputs) {
         Ok(x) => x,
         Err(e) => {
@@ -363,7 +363,7 @@ pub fn run_stage(
         run.append(&RunEvent::StageFinished {
             time: utc_now(),
             stage: spec.name.clone(),
-            kind: kind.clone(),
+            kind,
             key: key.clone(),
             status,
             outputs: rec.outputs.clone(),
@@ -410,7 +410,7 @@ pub fn run_stage(
     run.append(&RunEvent::StageStarted {
         time: utc_now(),
         stage: spec.name.clone(),
-        kind: kind.clone(),
+        kind,
         key: key.clone(),
     })?;
     ui.say(&format!(

@@ -10,7 +10,7 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = pipe::cli::Cli::parse();
+    let cli = pipe::Cli::parse();
     let filter = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -25,7 +25,7 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let json = cli.wants_json();
-    let code = match pipe::cli::run(cli) {
+    let code = match pipe::run(cli) {
         Ok(code) => code,
         Err(e) => {
             // A closed pipe (e.g. `pipe show | head`) is not an error.
@@ -38,9 +38,9 @@ fn main() {
                 eprintln!("error: {e:#}");
                 if json {
                     // A script reading stdout still gets one document, with the same exit code.
-                    println!("{}", pipe::cli::error_json(&e));
+                    println!("{}", pipe::error_json(&e));
                 }
-                if pipe::cli::is_input_error(&e) { 2 } else { 1 }
+                if pipe::is_input_error(&e) { 2 } else { 1 }
             }
         }
     };

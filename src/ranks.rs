@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 /// This process's membership of the job.
 pub struct Ranks {
     comm: Mpi,
-    pub placement: Placement,
 }
 
 /// What rank 0 asks of the others.
@@ -62,11 +61,7 @@ impl Ranks {
                 comm.world()
             );
         }
-        Ok(Ranks { comm, placement })
-    }
-
-    pub fn comm(&self) -> &dyn Collective {
-        &self.comm
+        Ok(Ranks { comm })
     }
 
     pub fn world(&self) -> usize {

@@ -133,6 +133,7 @@ impl References {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::StageKind;
     use crate::run::StageStatus;
     use crate::store::{ActionRecord, Progress, SavedCheckpoint};
     use serde_json::Value;
@@ -152,7 +153,7 @@ mod tests {
         let started = |stage: &str, key: &str| RunEvent::StageStarted {
             time: t(),
             stage: stage.into(),
-            kind: "train".into(),
+            kind: StageKind::Train,
             key: k(key),
         };
         let ckpt = |stage: &str, hash: &str| RunEvent::Checkpoint {
@@ -190,7 +191,7 @@ mod tests {
                 RunEvent::StageFinished {
                     time: t(),
                     stage: "train".into(),
-                    kind: "train".into(),
+                    kind: StageKind::Train,
                     key: k("K3"),
                     status: StageStatus::Executed,
                     outputs: crate::store::outputs([("ckpt", h("finished-output"))]),

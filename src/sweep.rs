@@ -94,14 +94,10 @@ impl SweepRecord {
             })
             .collect()
     }
-
-    /// `running` while any variant runs; else `succeeded` when all did, `failed` when one
-    /// failed (or is damaged), `interrupted` otherwise.
-    pub fn status(&self, store: &Store) -> RunStatus {
-        status_of(&self.run_statuses(store))
-    }
 }
 
+/// `running` while any variant runs; else `succeeded` when all did, `failed` when one
+/// failed (or is damaged), `interrupted` otherwise.
 pub fn status_of(runs: &[RunStatus]) -> RunStatus {
     if runs.contains(&RunStatus::Running) {
         RunStatus::Running

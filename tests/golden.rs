@@ -164,7 +164,7 @@ fn output_hashes_change_only_with_engine_format() {
         "output bytes depend on the thread count"
     );
 
-    let format = pipe::key::ENGINE_FORMAT;
+    let format = pipe::ENGINE_FORMAT;
     let isa = pipe::gpt::isa::Isa::active().name();
     let fresh = table(isa, &all_threads);
     let (recorded, tables) = GOLDEN;

@@ -7,16 +7,16 @@ use serde_json::{Value, json};
 use std::path::Path;
 
 /// `pipe import nanogpt ARGS... -o out.yaml` in the sandbox; the manifest as pipe loads it.
-fn import(sb: &Sandbox, args: &[&str]) -> pipe::manifest::Manifest {
+fn import(sb: &Sandbox, args: &[&str]) -> pipe::Manifest {
     let mut all = vec!["import", "nanogpt"];
     all.extend_from_slice(args);
     all.extend_from_slice(&["-o", "imported.yaml", "--force"]);
     let o = sb.pipe(&all);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    pipe::manifest::load(&sb.dir.join("imported.yaml"), &[]).unwrap()
+    pipe::load_manifest(&sb.dir.join("imported.yaml"), &[]).unwrap()
 }
 
-fn params(m: &pipe::manifest::Manifest, stage: &str) -> Value {
+fn params(m: &pipe::Manifest, stage: &str) -> Value {
     let s = m
         .stages
         .iter()

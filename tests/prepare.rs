@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Sandbox, SmallDisk};
-use pipe::tokenizer::Tokenizer;
+use pipe::Tokenizer;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -57,7 +57,7 @@ fn reference(ids: &[Vec<u32>], seed: u64, val_fraction: f64) -> (Vec<u8>, Vec<u8
             .collect()
     };
     let val_idx: Vec<usize> = (0..ids.len())
-        .filter(|&i| pipe::data::split::is_val(seed, i as u64, val_fraction))
+        .filter(|&i| pipe::is_val(seed, i as u64, val_fraction))
         .collect();
     let last_train = (0..ids.len()).rev().find(|i| !val_idx.contains(i));
     let (mut train, mut val) = (Vec::new(), Vec::new());

@@ -211,7 +211,7 @@ fn assert_tensorboard_shows(dir: &std::path::Path, metrics: &serde_json::Value) 
 
 /// The run folder's curve holds metrics.json's points exactly (f32 written shortest, read back).
 fn assert_curve_shows(path: &std::path::Path, metrics: &serde_json::Value) {
-    let c = pipe::curves::read_curve(path).unwrap();
+    let c = pipe::read_curve(path).unwrap();
     let steps: Vec<(u64, f64)> = c.steps.iter().map(|s| (s.iter, s.loss as f64)).collect();
     assert_eq!(steps, column(&metrics["steps"], "loss"));
     let lr: Vec<(u64, f64)> = c.steps.iter().map(|s| (s.iter, s.lr)).collect();
@@ -252,7 +252,7 @@ fn a_train_stage_records_every_logged_iteration_for_tensorboard_and_its_run() {
     assert_tensorboard_shows(&dir.join("tensorboard/train"), &metrics);
     let curve = dir.join("curves/train.jsonl");
     assert_curve_shows(&curve, &metrics);
-    let c = pipe::curves::read_curve(&curve).unwrap();
+    let c = pipe::read_curve(&curve).unwrap();
     assert!(c.steps.iter().all(|s| s.tokens_per_second.unwrap() > 0.0));
     let elapsed: Vec<f64> = c.steps.iter().map(|s| s.elapsed_s.unwrap()).collect();
     assert!(elapsed.windows(2).all(|w| w[0] <= w[1]), "{elapsed:?}");
@@ -278,7 +278,7 @@ fn tensorboard_shows_once_the_points_a_resumed_attempt_writes_again() {
     // its last checkpoint at 20; the second resumes there.
     let sb = Sandbox::new("tb-restart");
     let dir = sb.dir.join("tb");
-    let mut first = pipe::tensorboard::EventWriter::create(&dir).unwrap();
+    let mut first = pipe::EventWriter::create(&dir).unwrap();
     first.session_start(0).unwrap();
     for i in (0..=40).step_by(10) {
         first
@@ -293,8 +293,8 @@ fn tensorboard_shows_once_the_points_a_resumed_attempt_writes_again() {
         .append(true)
         .open(&path)
         .unwrap();
-    std::io::Write::write_all(&mut torn, &pipe::tensorboard::frame(b"0123456789")[..9]).unwrap();
-    let mut second = pipe::tensorboard::EventWriter::create(&dir).unwrap();
+    std::io::Write::write_all(&mut torn, &pipe::event_frame(b"0123456789")[..9]).unwrap();
+    let mut second = pipe::EventWriter::create(&dir).unwrap();
     second.session_start(20).unwrap();
     second.scalars(20, &[("loss/val", 1.0)]).unwrap();
     for i in (20..=50).step_by(10) {
@@ -342,7 +342,7 @@ fn kill_9_during_training_then_resume_matches_an_uninterrupted_run() {
             .and_then(|e| e.ok())
             .map(|e| e.path());
         let past_a_checkpoint = dir.as_ref().is_some_and(|d| {
-            let c = pipe::curves::read_curve(&d.join("curves/train.jsonl")).unwrap();
+            let c = pipe::read_curve(&d.join("curves/train.jsonl")).unwrap();
             let last_eval = c.last_eval().map_or(0, |e| e.iter);
             let last_step = c.last_step().map_or(0, |s| s.iter);
             last_eval > 0 && last_step > last_eval

@@ -5,8 +5,8 @@
 use crate::error::InputError;
 use crate::gpt::device::Device;
 use crate::run::{Executor, RunRecord};
-use crate::show;
 use crate::store::Store;
+use crate::{maintain, show};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -412,21 +412,21 @@ fn run_command(cli: Cli, job: running::Job) -> Result<i32> {
             let store = Store::at(&cli.cache);
             match target {
                 None => {
-                    let v = show::runs_json(&store)?;
+                    let v = show::RunsList::read(&store)?;
                     if json {
                         println!("{}", serde_json::to_string_pretty(&v)?)
                     } else {
-                        show::print_runs(&v)
+                        v.print()
                     }
                 }
                 Some(t) => {
                     let is_run = RunRecord::load(&store, &t).is_ok();
                     if let Some(sweep) = crate::sweep::SweepRecord::find(&store, &t)? {
-                        let v = show::sweep_json(&store, &sweep);
+                        let v = show::SweepListing::read(&store, &sweep);
                         if json {
                             println!("{}", serde_json::to_string_pretty(&v)?)
                         } else {
-                            show::print_sweep(&v)
+                            v.print()
                         }
                     } else if is_run {
                         let summary = show::run_summary(&store, &t)?;
@@ -436,11 +436,11 @@ fn run_command(cli: Cli, job: running::Job) -> Result<i32> {
                             show::print_summary(&summary)
                         }
                     } else if let Some(hash) = store.resolve_object(&t)? {
-                        let v = show::lineage(&store, &hash)?;
+                        let v = show::Lineage::read(&store, &hash)?;
                         if json {
                             println!("{}", serde_json::to_string_pretty(&v)?)
                         } else {
-                            show::print_lineage(&v)
+                            v.print()
                         }
                     } else {
                         anyhow::bail!(
@@ -507,7 +507,7 @@ fn run_command(cli: Cli, job: running::Job) -> Result<i32> {
         }
         Command::Forget { run_id } => {
             let store = Store::open(&cli.cache)?;
-            let id = show::forget(&store, &run_id)?;
+            let id = maintain::forget(&store, &run_id)?;
             println!("forgot run {id}; `pipe gc` reclaims what only it referenced");
             Ok(0)
         }
@@ -541,7 +541,7 @@ fn run_command(cli: Cli, job: running::Job) -> Result<i32> {
             drop_checkpoints,
         } => {
             let store = Store::open(&cli.cache)?;
-            let r = show::gc(&store, dry_run, !drop_checkpoints)?;
+            let r = maintain::gc(&store, dry_run, !drop_checkpoints)?;
             if r.during_a_run {
                 eprintln!(
                     "note: a run is using the store; objects it has not recorded yet count as removable below, and `pipe gc` itself waits for it to finish"
@@ -580,7 +580,7 @@ fn run_command(cli: Cli, job: running::Job) -> Result<i32> {
                 }
                 Err(e) => return Err(e),
             };
-            let r = show::verify(&store, repair)?;
+            let r = maintain::verify(&store, repair)?;
             let done = match repair {
                 crate::store::Repair::Yes => "moved aside; the stage that made it will rerun",
                 crate::store::Repair::ReportOnly => "left in place: the store is read-only",
@@ -631,7 +631,7 @@ fn run_command(cli: Cli, job: running::Job) -> Result<i32> {
         Command::Push { run_id } => {
             let remote = running::required_remote(cli.remote.as_deref(), "`pipe push`")?;
             let store = Store::at(&cli.cache);
-            show::push(&store, &remote, run_id.as_deref())?;
+            maintain::push(&store, &remote, run_id.as_deref())?;
             Ok(0)
         }
         Command::Remote {

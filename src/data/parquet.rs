@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Clone, Debug)]
 pub struct ColumnInfo {
     pub index: usize,
-    pub rows: u64,
 }
 
 fn open(file: &InputFile) -> Result<SerializedFileReader<File>, FieldError> {
@@ -138,10 +137,7 @@ pub fn inspect(file: &InputFile, column: &str) -> Result<ColumnInfo, FieldError>
             .help(help));
         }
     }
-    Ok(ColumnInfo {
-        index,
-        rows: meta.file_metadata().num_rows().max(0) as u64,
-    })
+    Ok(ColumnInfo { index })
 }
 
 /// Calls `each(document, row)` for every row of the column, in order (rows count from 0). A null

@@ -89,6 +89,12 @@ impl StageKind {
     }
 }
 
+impl std::fmt::Display for StageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
 /// The manifest's `defaults`, checked: the device (with its matmul precision) and the seed.
 /// Serialized (in plan.json) as written, `{device, seed, dtype}`, through [`DefaultsText`].
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -353,7 +353,7 @@ pub fn run_stage(runner: &Runner, plan: &Plan, stage: &str, by_hand: bool) -> Re
             runner.run.append(&RunEvent::StageSubmitted {
                 time: utc_now(),
                 stage: stage.to_string(),
-                kind: m.stages[target].kind.name().into(),
+                kind: m.stages[target].kind,
                 log: script::log_path(&root, &runner.run.id, stage, &job_id)
                     .display()
                     .to_string(),

@@ -76,7 +76,7 @@ impl Watch<'_> {
         self.runner.run.append(&RunEvent::StageFailed {
             time: utc_now(),
             stage: spec.name.clone(),
-            kind: spec.kind.name().into(),
+            kind: spec.kind,
             key: self.keys[i].clone(),
             error: error.clone(),
         })?;
@@ -93,7 +93,7 @@ impl Watch<'_> {
         self.runner.run.append(&RunEvent::StageSkipped {
             time: utc_now(),
             stage: spec.name.clone(),
-            kind: spec.kind.name().into(),
+            kind: spec.kind,
             reason: reason.clone(),
         })?;
         let mut r = StageResult::new(&spec, StageStatus::Skipped);
@@ -149,7 +149,7 @@ impl Watch<'_> {
                 self.runner.run.append(&RunEvent::StageFinished {
                     time: utc_now(),
                     stage: spec.name.clone(),
-                    kind: spec.kind.name().into(),
+                    kind: spec.kind,
                     key: key.clone(),
                     status: StageStatus::Cached,
                     outputs: rec.outputs.clone(),
@@ -164,7 +164,7 @@ impl Watch<'_> {
                 self.runner.run.append(&RunEvent::StageFinished {
                     time: utc_now(),
                     stage: spec.name.clone(),
-                    kind: spec.kind.name().into(),
+                    kind: spec.kind,
                     key: key.clone(),
                     status: StageStatus::Executed,
                     outputs: rec.outputs.clone(),
@@ -221,7 +221,7 @@ impl Watch<'_> {
         self.runner.run.append(&RunEvent::StageSubmitted {
             time: utc_now(),
             stage: spec.name.clone(),
-            kind: spec.kind.name().into(),
+            kind: spec.kind,
             job_id: job.id.clone(),
             script: job.script.display().to_string(),
             log: job.log.display().to_string(),
@@ -256,7 +256,7 @@ impl Watch<'_> {
         run.append(&RunEvent::StageSubmitted {
             time: utc_now(),
             stage: spec.name.clone(),
-            kind: spec.kind.name().into(),
+            kind: spec.kind,
             job_id: id.clone(),
             script: script_path.display().to_string(),
             log: log.display().to_string(),
@@ -297,7 +297,7 @@ impl Watch<'_> {
             let _ = self.runner.run.append(&RunEvent::StageFailed {
                 time: utc_now(),
                 stage: self.spec(i).name.clone(),
-                kind: self.spec(i).kind.name().into(),
+                kind: self.spec(i).kind,
                 key: self.keys[i].clone(),
                 error: format!("interrupted: slurm job {id} cancelled"),
             });

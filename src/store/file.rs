@@ -116,13 +116,10 @@ pub struct ObjectWriter<'s> {
 }
 
 impl ObjectWriter<'_> {
-    /// Bytes written so far.
+    /// Bytes written so far (the remote store's downloads check it).
+    #[cfg(feature = "remote")]
     pub fn len(&self) -> u64 {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Finishes the object: fsync, read-only, rename into place (unless the store already has
@@ -140,6 +137,7 @@ impl ObjectWriter<'_> {
 
     /// Finishes the object only if its bytes hash to `expected` (a download): otherwise nothing
     /// is stored and the error names both hashes.
+    #[cfg(feature = "remote")]
     pub fn commit_expecting(mut self, expected: &Hash) -> Result<Hash> {
         self.flush_buf()?;
         let hash = Hash::from(self.hasher.finalize());

@@ -757,7 +757,7 @@ mod tests {
         for c in bytes[WRITE_BUFFER + 20..].chunks(4097) {
             w.write_all(c).unwrap();
         }
-        assert_eq!(w.len(), bytes.len() as u64);
+        assert_eq!(w.len, bytes.len() as u64);
         let h = w.commit().unwrap();
         assert_eq!(h, hash_bytes(&bytes));
         let m = s.map(&h).unwrap();

@@ -25,7 +25,7 @@ impl Store {
     ///
     /// With [`Repair::ReportOnly`] nothing is moved or rewritten, only reported.
     ///
-    /// Run records are checked by `show::verify`, which calls this.
+    /// Run records are checked by `maintain::verify`, which calls this.
     pub fn verify(&self, repair: Repair) -> Result<VerifyReport> {
         let fix = repair == Repair::Yes;
         let all = self.all_objects()?;

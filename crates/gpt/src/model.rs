@@ -2,6 +2,7 @@
 //! One file of ~670 lines because each layer's backward mirrors its forward and both read the
 //! same activation slots (`layers.rs`); ~610 lines of code, then its tests.
 
+use super::block::{BlockWeights, Normed};
 use super::config::GptConfig;
 use super::layers::{EMBEDDING_SITE, LayerPlan, LayerSite, LayerSlot, dropout_site};
 use super::ops::{self, AttnShape, Dropout};
@@ -298,23 +299,16 @@ impl Gpt {
                 &a.residual3[slot(l - 1).c]
             };
 
-            ops::layernorm_forward(
-                &mut a.ln1[rc.clone()],
-                &mut a.ln1_mean[r1.clone()],
-                &mut a.ln1_rstd[r1.clone()],
-                residual,
-                &p[blk.ln_1_w.clone()],
-                opt(p, &blk.ln_1_b),
-                c,
-            );
-            ops::linear_forward(
+            let w = BlockWeights::of(p, blk);
+            w.attention_input(
+                Normed {
+                    out: &mut a.ln1[rc.clone()],
+                    mean: &mut a.ln1_mean[r1.clone()],
+                    rstd: &mut a.ln1_rstd[r1.clone()],
+                },
                 &mut a.qkv[r3c.clone()],
-                &a.ln1[rc.clone()],
-                &p[blk.c_attn_w.clone()],
-                opt(p, &blk.c_attn_b),
-                bt,
+                residual,
                 c,
-                3 * c,
             );
             let att_drop = if dropout.is_some() {
                 Some(&mut a.att_drop[ratt.clone()])
@@ -329,47 +323,23 @@ impl Gpt {
                 &shape,
                 site(LayerSite::AttnProbs),
             );
-            ops::linear_forward(
-                &mut a.proj,
-                &a.atty[rc.clone()],
-                &p[blk.attn_proj_w.clone()],
-                opt(p, &blk.attn_proj_b),
-                bt,
-                c,
-                c,
-            );
+            w.attention_output(&mut a.proj, &a.atty[rc.clone()], c);
             if let Some(d) = site(LayerSite::AttnOut) {
                 d.apply_in_place(&mut a.proj);
             }
             ops::residual_forward(&mut a.residual2[rc.clone()], residual, &a.proj);
-
-            ops::layernorm_forward(
-                &mut a.ln2[rc.clone()],
-                &mut a.ln2_mean[r1.clone()],
-                &mut a.ln2_rstd[r1],
-                &a.residual2[rc.clone()],
-                &p[blk.ln_2_w.clone()],
-                opt(p, &blk.ln_2_b),
-                c,
-            );
-            ops::linear_forward(
+            w.mlp(
+                Normed {
+                    out: &mut a.ln2[rc.clone()],
+                    mean: &mut a.ln2_mean[r1.clone()],
+                    rstd: &mut a.ln2_rstd[r1],
+                },
                 &mut a.fch[r4c.clone()],
-                &a.ln2[rc.clone()],
-                &p[blk.c_fc_w.clone()],
-                opt(p, &blk.c_fc_b),
-                bt,
-                c,
-                4 * c,
-            );
-            ops::gelu_forward(&mut a.fch_gelu[r4c.clone()], &a.fch[r4c.clone()], cfg.gelu);
-            ops::linear_forward(
+                &mut a.fch_gelu[r4c],
                 &mut a.proj,
-                &a.fch_gelu[r4c],
-                &p[blk.mlp_proj_w.clone()],
-                opt(p, &blk.mlp_proj_b),
-                bt,
-                4 * c,
+                &a.residual2[rc.clone()],
                 c,
+                cfg.gelu,
             );
             if let Some(d) = site(LayerSite::Mlp) {
                 d.apply_in_place(&mut a.proj);

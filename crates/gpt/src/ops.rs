@@ -356,6 +356,12 @@ pub struct AttnShape {
     pub n_head: usize,
 }
 
+impl AttnShape {
+    pub fn head_size(&self) -> usize {
+        self.c / self.n_head
+    }
+}
+
 /// Views of one (batch, head)'s q, k and v, each (T, hs), inside the (B, T, 3C) qkv activations.
 fn head_views(
     qkv: &[f32],
@@ -385,7 +391,7 @@ pub fn attention_forward(
     dropout: Option<Dropout>,
 ) {
     let (b, t, c, nh) = (s.b, s.t, s.c, s.n_head);
-    let hs = c / nh;
+    let hs = s.head_size();
     let scale = 1.0 / (hs as f32).sqrt();
     assert!(out.len() >= b * t * c && att.len() >= b * nh * t * t && qkv.len() >= b * t * 3 * c);
     let out_ptr = SharedMut(out.as_mut_ptr());
@@ -435,7 +441,7 @@ pub fn attention_backward(
     dropout: Option<Dropout>,
 ) {
     let (b, t, c, nh) = (s.b, s.t, s.c, s.n_head);
-    let hs = c / nh;
+    let hs = s.head_size();
     let scale = 1.0 / (hs as f32).sqrt();
     assert!(dqkv.len() >= b * t * 3 * c && datt.len() >= b * nh * t * t && dout.len() >= b * t * c);
     let dqkv_ptr = SharedMut(dqkv.as_mut_ptr());

@@ -6,6 +6,7 @@
 //! its last `block_size` tokens exactly as nanoGPT does and the cache is rebuilt from them in one
 //! batched pass: the output equals full recomputation at every step.
 
+use super::block::{BlockWeights, Normed};
 use super::layers::LayerPlan;
 use super::model::Gpt;
 use super::ops;
@@ -86,7 +87,7 @@ impl<'m> Decoder<'m> {
         let m = self.model;
         let cfg = &m.config;
         let (c, nh, bs, v) = (cfg.n_embd, cfg.n_head, cfg.block_size, cfg.vocab_size);
-        let hs = c / nh;
+        let hs = cfg.head_size();
         let (n, p0) = (tokens.len(), self.len);
         assert!(n > 0 && p0 + n <= bs, "decoder context exceeds block_size");
         assert!(
@@ -108,25 +109,17 @@ impl<'m> Decoder<'m> {
         );
         let kv = kv_plan(cfg);
         for (l, blk) in lay.blocks.iter().enumerate() {
-            let ln = &mut self.ln[..n * c];
-            ops::layernorm_forward(
-                ln,
-                &mut self.mean[..n],
-                &mut self.rstd[..n],
-                x,
-                &p[blk.ln_1_w.clone()],
-                opt(&blk.ln_1_b),
-                c,
-            );
+            let w = BlockWeights::of(p, blk);
             let qkv = &mut self.qkv[..n * 3 * c];
-            ops::linear_forward(
+            w.attention_input(
+                Normed {
+                    out: &mut self.ln[..n * c],
+                    mean: &mut self.mean[..n],
+                    rstd: &mut self.rstd[..n],
+                },
                 qkv,
-                ln,
-                &p[blk.c_attn_w.clone()],
-                opt(&blk.c_attn_b),
-                n,
+                x,
                 c,
-                3 * c,
             );
             let kc = &mut self.k[kv.slot(l).c];
             let vc = &mut self.v[kv.slot(l).c];
@@ -158,44 +151,20 @@ impl<'m> Decoder<'m> {
                 }
             }
             let proj = &mut self.proj[..n * c];
-            ops::linear_forward(
-                proj,
-                &self.atty[..n * c],
-                &p[blk.attn_proj_w.clone()],
-                opt(&blk.attn_proj_b),
-                n,
-                c,
-                c,
-            );
+            w.attention_output(proj, &self.atty[..n * c], c);
             ops::add_into(x, proj);
-            ops::layernorm_forward(
-                ln,
-                &mut self.mean[..n],
-                &mut self.rstd[..n],
-                x,
-                &p[blk.ln_2_w.clone()],
-                opt(&blk.ln_2_b),
-                c,
-            );
-            let fc = &mut self.fc[..n * 4 * c];
-            ops::linear_forward(
-                fc,
-                ln,
-                &p[blk.c_fc_w.clone()],
-                opt(&blk.c_fc_b),
-                n,
-                c,
-                4 * c,
-            );
-            ops::gelu_forward(&mut self.fcg[..n * 4 * c], fc, cfg.gelu);
-            ops::linear_forward(
+            w.mlp(
+                Normed {
+                    out: &mut self.ln[..n * c],
+                    mean: &mut self.mean[..n],
+                    rstd: &mut self.rstd[..n],
+                },
+                &mut self.fc[..n * 4 * c],
+                &mut self.fcg[..n * 4 * c],
                 proj,
-                &self.fcg[..n * 4 * c],
-                &p[blk.mlp_proj_w.clone()],
-                opt(&blk.mlp_proj_b),
-                n,
-                4 * c,
+                x,
                 c,
+                cfg.gelu,
             );
             ops::add_into(x, proj);
         }

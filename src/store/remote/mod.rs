@@ -32,7 +32,8 @@ mod off;
 #[cfg(not(feature = "remote"))]
 pub use off::Remote;
 
-/// What a pull found.
+/// What a pull found. (A build without the remote store never pulls: only `remote` builds one.)
+#[cfg_attr(not(feature = "remote"), allow(dead_code))]
 pub enum Pulled {
     /// The record, with every output now in the local store.
     Complete(ActionRecord),

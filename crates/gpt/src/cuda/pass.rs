@@ -30,7 +30,7 @@ impl GpuGpt {
     ) -> Result<f32> {
         let cfg = self.config.clone();
         let (c, v, nh) = (cfg.n_embd, cfg.vocab_size, cfg.n_head);
-        let hs = c / nh;
+        let hs = cfg.head_size();
         ensure!(
             t <= cfg.block_size,
             "sequence length {t} exceeds block_size {}",
@@ -236,7 +236,7 @@ impl GpuGpt {
     fn backward_on(&self, a: &Acts, pass: &Pass, loss_scale: f32) -> Result<()> {
         let cfg = &self.config;
         let (c, v, nh) = (cfg.n_embd, cfg.vocab_size, cfg.n_head);
-        let hs = c / nh;
+        let hs = cfg.head_size();
         let (b, t) = (pass.b, pass.t);
         let bt = b * t;
         let lay = &self.layout;
