@@ -11,8 +11,9 @@ use super::ops;
 use super::params::BlockParams;
 use std::ops::Range;
 
-/// A block's weights, sliced out of the flat parameter vector.
+/// A block's weights, sliced out of the flat parameter vector, and its GELU's form.
 pub(crate) struct BlockWeights<'p> {
+    gelu: Gelu,
     ln_1: (&'p [f32], Option<&'p [f32]>),
     c_attn: (&'p [f32], Option<&'p [f32]>),
     attn_proj: (&'p [f32], Option<&'p [f32]>),
@@ -29,11 +30,12 @@ pub(crate) struct Normed<'a> {
 }
 
 impl<'p> BlockWeights<'p> {
-    pub(crate) fn of(params: &'p [f32], blk: &BlockParams) -> Self {
+    pub(crate) fn of(params: &'p [f32], blk: &BlockParams, gelu: Gelu) -> Self {
         let pair = |w: &Range<usize>, b: &Option<Range<usize>>| {
             (&params[w.clone()], b.as_ref().map(|b| &params[b.clone()]))
         };
         BlockWeights {
+            gelu,
             ln_1: pair(&blk.ln_1_w, &blk.ln_1_b),
             c_attn: pair(&blk.c_attn_w, &blk.c_attn_b),
             attn_proj: pair(&blk.attn_proj_w, &blk.attn_proj_b),
@@ -65,12 +67,11 @@ impl<'p> BlockWeights<'p> {
         out: &mut [f32],
         x: &[f32],
         c: usize,
-        gelu: Gelu,
     ) {
         let rows = x.len() / c;
         ops::layernorm_forward(ln.out, ln.mean, ln.rstd, x, self.ln_2.0, self.ln_2.1, c);
         ops::linear_forward(fc, ln.out, self.c_fc.0, self.c_fc.1, rows, c, 4 * c);
-        ops::gelu_forward(fc_gelu, fc, gelu);
+        ops::gelu_forward(fc_gelu, fc, self.gelu);
         let (w, b) = self.mlp_proj;
         ops::linear_forward(out, fc_gelu, w, b, rows, 4 * c, c);
     }

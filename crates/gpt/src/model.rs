@@ -299,7 +299,7 @@ impl Gpt {
                 &a.residual3[slot(l - 1).c]
             };
 
-            let w = BlockWeights::of(p, blk);
+            let w = BlockWeights::of(p, blk, cfg.gelu);
             w.attention_input(
                 Normed {
                     out: &mut a.ln1[rc.clone()],
@@ -339,7 +339,6 @@ impl Gpt {
                 &mut a.proj,
                 &a.residual2[rc.clone()],
                 c,
-                cfg.gelu,
             );
             if let Some(d) = site(LayerSite::Mlp) {
                 d.apply_in_place(&mut a.proj);

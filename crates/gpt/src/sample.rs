@@ -109,7 +109,7 @@ impl<'m> Decoder<'m> {
         );
         let kv = kv_plan(cfg);
         for (l, blk) in lay.blocks.iter().enumerate() {
-            let w = BlockWeights::of(p, blk);
+            let w = BlockWeights::of(p, blk, cfg.gelu);
             let qkv = &mut self.qkv[..n * 3 * c];
             w.attention_input(
                 Normed {
@@ -164,7 +164,6 @@ impl<'m> Decoder<'m> {
                 proj,
                 x,
                 c,
-                cfg.gelu,
             );
             ops::add_into(x, proj);
         }
