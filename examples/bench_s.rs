@@ -6,7 +6,13 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let iters = args.first().copied().unwrap_or(50);
     let threads = args.get(1).copied().unwrap_or(1);
-    let ms = pipe::time_training(&pipe::config_s(), threads, 3, iters)?;
+    let ms = pipe::time_training(
+        &pipe::config_s(),
+        pipe::gpt::device::Device::Cpu,
+        threads,
+        3,
+        iters,
+    )?;
     println!("config S: {ms:.1} ms/iter ({threads} threads)");
     Ok(())
 }

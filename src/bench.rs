@@ -1,15 +1,13 @@
 //! `pipe bench`: the engine's speed on nanoGPT's configurations, with synthetic data (speed does not
-//! depend on the text). Reports ms/iter after warm-up (the median on the CPU, the mean of the
-//! GPU's queued steps) and tokens/s.
+//! depend on the text). Training runs through the trainer `pipe run` uses, on either device, and
+//! reports the median of its per-iteration times after warm-up (forward, backward, clip, AdamW)
+//! and tokens/s; sampling runs through the same engine as the sample stage.
 
-use crate::gpt::cuda::GpuGpt;
-use crate::gpt::device::Precision;
-use crate::gpt::optim::{AdamW, clip_grad_norm};
-use crate::gpt::params::ParamLayout;
-use crate::gpt::rng::Rng;
-use crate::gpt::sample::{SampleConfig, generate};
-use crate::gpt::train::get_batch;
-use crate::gpt::{DropoutPlan, Gelu, Gpt, GptConfig, TrainConfig};
+use crate::gpt::device::{Device, Precision};
+use crate::gpt::engine::Engine;
+use crate::gpt::sample::SampleConfig;
+use crate::gpt::train::{Event, Report};
+use crate::gpt::{Gelu, Gpt, GptConfig, TrainConfig, Trainer};
 use anyhow::Result;
 use std::time::Instant;
 
@@ -79,67 +77,91 @@ fn synthetic_data(vocab: usize) -> Vec<u16> {
         .collect()
 }
 
-/// Mean milliseconds per training iteration on the GPU (forward, backward, clip, AdamW).
-pub fn time_training_gpu(
+/// Median milliseconds per training iteration on `device` with `threads` CPU threads, over the
+/// `iters` iterations after `warmup`: the trainer's own per-iteration time (its `log` events),
+/// one micro-step per iteration, with its evaluation (one batch, at the start and the end)
+/// outside the timed steps.
+pub fn time_training(
     cfg: &BenchConfig,
-    precision: Precision,
+    device: Device,
+    threads: usize,
     warmup: usize,
     iters: usize,
 ) -> Result<f64> {
-    let init = Gpt::new_random(cfg.model.clone(), 1)?;
-    let mut g = GpuGpt::new(&cfg.model, &init.params, precision)?;
-    drop(init);
-    let mut opt = AdamW::new(
-        TrainConfig::default().adamw(),
-        &ParamLayout::new(&cfg.model),
-    );
-    let mut rng = Rng::new(0);
-    let data = synthetic_data(cfg.model.vocab_size);
-    let (b, t) = (cfg.batch_size, cfg.model.block_size);
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    let mut t0 = Instant::now();
-    for it in 0..warmup + iters {
-        if it == warmup {
-            g.synchronize()?;
-            t0 = Instant::now();
-        }
-        get_batch(&data, b, t, &mut rng, &mut x, &mut y);
-        let dropout = DropoutPlan {
-            p: cfg.model.dropout,
-            seed: it as u64,
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
+    pool.install(|| {
+        let data = synthetic_data(cfg.model.vocab_size);
+        let max_iters = (warmup + iters) as u64;
+        let tc = TrainConfig {
+            max_iters,
+            eval_interval: max_iters,
+            eval_iters: 1,
+            log_interval: 1,
+            batch_size: cfg.batch_size,
+            gradient_accumulation_steps: 1,
+            decay_lr: false,
+            learning_rate: 1e-3,
+            ..TrainConfig::default()
         };
-        g.forward(&x, Some(&y), (b, t), Some(dropout), true)?;
-        g.backward(1.0)?;
-        g.step(&mut opt, 1e-4, 1.0)?;
-    }
-    g.synchronize()?;
-    Ok(t0.elapsed().as_secs_f64() * 1e3 / iters as f64)
+        let model = Gpt::new_random(cfg.model.clone(), 1)?;
+        let mut trainer = Trainer::new(model, tc, &data, &data)?;
+        trainer.use_device(device)?;
+        let mut times = Vec::new();
+        trainer.run_streaming(&mut |report| {
+            if let Report::Event(Event::Log { iter, ms, .. }) = report
+                && iter >= warmup as u64
+            {
+                times.push(ms);
+            }
+            Ok(())
+        })?;
+        anyhow::ensure!(!times.is_empty(), "no timed iterations");
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    })
 }
 
-/// What the sampling benchmarks generate: sample.py's temperature and top-k.
-fn sampling_config(new_tokens: usize) -> SampleConfig {
-    SampleConfig {
-        max_new_tokens: new_tokens,
-        temperature: 0.8,
-        top_k: Some(200),
-        seed: 1,
-    }
+/// Tokens per second generating `new_tokens` after a one-token prompt (KV cache, cropping past
+/// block_size like nanoGPT), one sample, with sample.py's temperature and top-k.
+pub fn time_sampling(
+    cfg: &GptConfig,
+    device: Device,
+    new_tokens: usize,
+    threads: usize,
+) -> Result<f64> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
+    pool.install(|| {
+        let init = Gpt::new_random(cfg.clone(), 1)?;
+        let mut engine = Engine::new(device, cfg.clone(), init.params)?;
+        let sc = SampleConfig {
+            max_new_tokens: new_tokens,
+            temperature: 0.8,
+            top_k: Some(200),
+            seed: 1,
+        };
+        let t0 = Instant::now();
+        let out = engine.generate_many(&[0], &sc, 1)?;
+        Ok(out[0].len() as f64 / t0.elapsed().as_secs_f64())
+    })
 }
 
-/// Tokens per second generating `new_tokens` after a one-token prompt on the GPU, one sample.
-pub fn time_sampling_gpu(cfg: &GptConfig, new_tokens: usize) -> Result<f64> {
-    let init = Gpt::new_random(cfg.clone(), 1)?;
-    let mut g = GpuGpt::new(cfg, &init.params, Precision::F32)?;
-    let sc = sampling_config(new_tokens);
-    let t0 = Instant::now();
-    let out = g.generate_many(&[0], &sc, 1)?;
-    Ok(out[0].len() as f64 / t0.elapsed().as_secs_f64())
+fn print_training(c: &BenchConfig, column: &str, ms: f64) {
+    println!(
+        "{:<32} {column:>8} {ms:>12.2} {:>14.0}",
+        c.name,
+        (c.batch_size * c.model.block_size) as f64 / ms * 1e3
+    );
 }
 
 /// `pipe bench --device cuda`: the GPU table (f32, TF32 and bf16 matrix products).
 pub fn run_gpu(quick: bool) -> Result<()> {
     println!("on {}", crate::gpt::cuda::gpu_name()?);
     let (w, n) = if quick { (2, 5) } else { (3, 20) };
+    let threads = rayon::current_num_threads();
     println!(
         "{:<32} {:>8} {:>12} {:>14}",
         "training on cuda", "matmul", "ms/iter", "tokens/s"
@@ -150,14 +172,8 @@ pub fn run_gpu(quick: bool) -> Result<()> {
             ("tf32", Precision::Tf32),
             ("bf16", Precision::Bf16),
         ] {
-            let ms = time_training_gpu(&c, precision, w, n)?;
-            println!(
-                "{:<32} {:>8} {:>12.2} {:>14.0}",
-                c.name,
-                label,
-                ms,
-                (c.batch_size * c.model.block_size) as f64 / ms * 1e3
-            );
+            let ms = time_training(&c, Device::Cuda(precision), threads, w, n)?;
+            print_training(&c, label, ms);
         }
     }
     println!();
@@ -169,72 +185,13 @@ pub fn run_gpu(quick: bool) -> Result<()> {
         ("S, 500 tokens (crops context)", config_s().model, 500),
         ("GPT-2 124M, 100 tokens", config_gpt2().model, 100),
     ] {
-        let tps = time_sampling_gpu(&cfg, tokens)?;
+        let tps = time_sampling(&cfg, Device::Cuda(Precision::F32), tokens, threads)?;
         println!("{label:<32} {:>8} {tokens:>12} {tps:>14.0}", "f32");
     }
     Ok(())
 }
 
-/// Median milliseconds per training iteration (forward, backward, clip, AdamW).
-pub fn time_training(
-    cfg: &BenchConfig,
-    threads: usize,
-    warmup: usize,
-    iters: usize,
-) -> Result<f64> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()?;
-    pool.install(|| {
-        let mut model = Gpt::new_random(cfg.model.clone(), 1)?;
-        let tc = TrainConfig::default();
-        let mut opt = AdamW::new(tc.adamw(), &model.layout);
-        let mut rng = Rng::new(0);
-        let data = synthetic_data(cfg.model.vocab_size);
-        let (b, t) = (cfg.batch_size, cfg.model.block_size);
-        let (mut x, mut y) = (Vec::new(), Vec::new());
-        let mut times = Vec::new();
-        for it in 0..warmup + iters {
-            let t0 = Instant::now();
-            get_batch(&data, b, t, &mut rng, &mut x, &mut y);
-            model.forward(
-                &x,
-                Some(&y),
-                b,
-                t,
-                Some(DropoutPlan {
-                    p: cfg.model.dropout,
-                    seed: it as u64,
-                }),
-            );
-            model.backward(1.0);
-            clip_grad_norm(&mut model.grads, 1.0);
-            opt.update(&mut model.params, &model.grads, 1e-3);
-            model.zero_grad();
-            if it >= warmup {
-                times.push(t0.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        times.sort_by(f64::total_cmp);
-        Ok(times[times.len() / 2])
-    })
-}
-
-/// Tokens per second generating `new_tokens` after a one-token prompt (KV cache, cropping past
-/// block_size like nanoGPT), one sample.
-pub fn time_sampling(cfg: &GptConfig, new_tokens: usize, threads: usize) -> Result<f64> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()?;
-    pool.install(|| {
-        let model = Gpt::new_random(cfg.clone(), 1)?;
-        let sc = sampling_config(new_tokens);
-        let t0 = Instant::now();
-        let out = generate(&model, &[0], &sc, &mut Rng::new(1));
-        Ok(out.len() as f64 / t0.elapsed().as_secs_f64())
-    })
-}
-
+/// `pipe bench`: the CPU table.
 pub fn run(quick: bool) -> Result<()> {
     let (w, n) = if quick { (2, 5) } else { (5, 30) };
     let isa = crate::gpt::isa::Isa::active();
@@ -248,25 +205,13 @@ pub fn run(quick: bool) -> Result<()> {
     );
     for threads in [1, 2] {
         let c = config_s();
-        let ms = time_training(&c, threads, w, n)?;
-        println!(
-            "{:<32} {:>8} {:>12.1} {:>14.0}",
-            c.name,
-            threads,
-            ms,
-            (c.batch_size * c.model.block_size) as f64 / ms * 1e3
-        );
+        let ms = time_training(&c, Device::Cpu, threads, w, n)?;
+        print_training(&c, &threads.to_string(), ms);
     }
     let c = config_m();
     let threads = rayon::current_num_threads();
-    let ms = time_training(&c, threads, 1, if quick { 2 } else { 5 })?;
-    println!(
-        "{:<32} {:>8} {:>12.1} {:>14.0}",
-        c.name,
-        threads,
-        ms,
-        (c.batch_size * c.model.block_size) as f64 / ms * 1e3
-    );
+    let ms = time_training(&c, Device::Cpu, threads, 1, if quick { 2 } else { 5 })?;
+    print_training(&c, &threads.to_string(), ms);
     println!();
     println!(
         "{:<32} {:>8} {:>12} {:>14}",
@@ -277,7 +222,7 @@ pub fn run(quick: bool) -> Result<()> {
         ("S, within block_size", s.block_size - 1),
         ("S, 500 tokens (crops context)", 500),
     ] {
-        let tps = time_sampling(&s, tokens, 1)?;
+        let tps = time_sampling(&s, Device::Cpu, tokens, 1)?;
         println!("{label:<32} {:>8} {tokens:>12} {tps:>14.0}", 1);
     }
     Ok(())

@@ -470,6 +470,14 @@ fn bad_input_is_reported_where_it_is() {
         1,
         &["other.jsonl:1:", "no field `text`", "body, id"],
     );
+    // A value of the wrong type: the line, the field and the type, and no stray position.
+    sb.write("number.jsonl", "{\"text\": 5}\n");
+    run_failing(
+        &sb,
+        &format!("{head}    path: number.jsonl\n"),
+        1,
+        &["number.jsonl:1: field `text` is a number, not a string\n"],
+    );
     // A truncated .gz.
     let big: String = (0..3000)
         .map(|i| format!("{{\"text\": \"document {i}\"}}\n"))
@@ -499,8 +507,25 @@ fn bad_input_is_reported_where_it_is() {
         &sb,
         &format!("{head}    path: cut.jsonl.zst\n"),
         1,
-        &["cut.jsonl.zst", "truncated or damaged"],
+        &[
+            "cut.jsonl.zst",
+            "zstd: the file ends inside a frame (it is truncated)",
+        ],
     );
+    // A .zst whose frame is damaged, not cut short: said in words, not as Rust's debug output.
+    let mut bad = zstd(big.as_bytes());
+    let middle = bad.len() / 2;
+    bad[middle..middle + 64].iter_mut().for_each(|b| *b ^= 0x5a);
+    std::fs::write(sb.dir.join("bad.jsonl.zst"), &bad).unwrap();
+    sb.write("bad.yaml", &format!("{head}    path: bad.jsonl.zst\n"));
+    let out = sb.pipe(&["run", "bad.yaml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("bad.jsonl.zst") && err.contains("zstd: "),
+        "{err}"
+    );
+    assert!(!err.contains("Error {") && !err.contains("kind:"), "{err}");
     // Text that is not UTF-8.
     std::fs::create_dir_all(sb.dir.join("bin")).unwrap();
     std::fs::write(sb.dir.join("bin/a.txt"), b"ok").unwrap();

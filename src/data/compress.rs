@@ -84,6 +84,38 @@ fn zstd_error(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}"))
 }
 
+/// What a ruzstd error means, in words: its own messages print Rust's debug form
+/// (`BlockContentReadError(Error { kind: UnexpectedEof … })`). A read that hit the end of the
+/// input anywhere in the error's chain is a truncated file; a disk error is passed on as it is;
+/// anything else is data that is not zstd.
+fn zstd_failure(e: &(dyn std::error::Error + 'static)) -> io::Error {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<io::Error>() {
+            match io.kind() {
+                io::ErrorKind::UnexpectedEof => {
+                    return zstd_error("the file ends inside a frame (it is truncated)");
+                }
+                io::ErrorKind::Other | io::ErrorKind::InvalidData => {}
+                kind => return io::Error::new(kind, io.to_string()),
+            }
+        }
+        cause = c.source();
+    }
+    zstd_error("the data is not valid zstd (the file is damaged)")
+}
+
+/// [`zstd_failure`] for the errors a ruzstd reader returns (its error inside an `io::Error`).
+fn zstd_read_failure(e: io::Error) -> io::Error {
+    match e.get_ref() {
+        Some(inner) => zstd_failure(inner),
+        None if e.kind() == io::ErrorKind::UnexpectedEof => {
+            zstd_error("the file ends inside a frame (it is truncated)")
+        }
+        None => e,
+    }
+}
+
 /// Skips skippable frames (magic 0x184D2A50..=0x184D2A5F); false at the end of the stream.
 fn skip_to_frame(source: &mut impl BufRead) -> io::Result<bool> {
     loop {
@@ -110,7 +142,9 @@ impl<R: BufRead> Zstd<R> {
             return Err(zstd_error("the file is empty (no zstd frame)"));
         }
         Ok(Zstd {
-            decoder: Some(ruzstd::decoding::StreamingDecoder::new(source).map_err(zstd_error)?),
+            decoder: Some(
+                ruzstd::decoding::StreamingDecoder::new(source).map_err(|e| zstd_failure(&e))?,
+            ),
         })
     }
 }
@@ -121,7 +155,7 @@ impl<R: BufRead> Read for Zstd<R> {
             let Some(decoder) = self.decoder.as_mut() else {
                 return Ok(0);
             };
-            let n = decoder.read(buf)?;
+            let n = decoder.read(buf).map_err(zstd_read_failure)?;
             if n > 0 || buf.is_empty() {
                 return Ok(n);
             }
@@ -140,7 +174,7 @@ impl<R: BufRead> Read for Zstd<R> {
             }
             self.decoder = Some(
                 ruzstd::decoding::StreamingDecoder::new_with_decoder(source, frame)
-                    .map_err(zstd_error)?,
+                    .map_err(|e| zstd_failure(&e))?,
             );
         }
     }

@@ -16,7 +16,7 @@ pub fn document<'a>(line: &'a [u8], field: &str) -> Result<Cow<'a, str>, String>
         .map_err(|e| {
             if e.is_data() {
                 // Our own messages (wrong type of value) or "expected a JSON object".
-                format!("{e}").replace(" at line 1", "")
+                strip_position(&e.to_string())
             } else {
                 format!(
                     "not valid JSON ({}, at column {})",

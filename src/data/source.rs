@@ -222,6 +222,20 @@ fn relative(root: &Path, path: &Path) -> String {
         .join("/")
 }
 
+/// Whether `path` lies below a symlinked folder under `fixed` (the file itself may be a symlink,
+/// as in a folder walk).
+fn through_symlinked_folder(fixed: &Path, path: &Path) -> bool {
+    let Ok(below) = path.strip_prefix(fixed) else {
+        return false;
+    };
+    let mut at = fixed.to_path_buf();
+    let folders = below.components().count().saturating_sub(1);
+    below.components().take(folders).any(|c| {
+        at.push(c);
+        std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink())
+    })
+}
+
 fn resolve_glob(pattern: &str, format: Option<Format>) -> Result<Corpus, FieldError> {
     let paths = glob::glob(pattern).map_err(|e| {
         FieldError::new("path", format!("`{pattern}` is not a valid glob: {e}")).help(
@@ -233,6 +247,12 @@ fn resolve_glob(pattern: &str, format: Option<Format>) -> Result<Corpus, FieldEr
         .components()
         .take_while(|c| !is_glob(&c.as_os_str().to_string_lossy()))
         .collect();
+    // The folder walk's rules below the fixed folders: no hidden name, unless the pattern names
+    // one itself (`.*.txt`), and nothing read through a symlinked folder (which can loop).
+    let asks_for_hidden = Path::new(pattern)
+        .components()
+        .skip(fixed.components().count())
+        .any(|c| c.as_os_str().to_string_lossy().starts_with('.'));
     let mut files = Vec::new();
     let mut kinds = Vec::new();
     for p in paths {
@@ -240,10 +260,12 @@ fn resolve_glob(pattern: &str, format: Option<Format>) -> Result<Corpus, FieldEr
         let Ok(meta) = std::fs::metadata(&path) else {
             continue;
         };
-        if !meta.is_file() {
+        let name = relative(&fixed, &path);
+        let hidden = name.split('/').any(|part| part.starts_with('.'));
+        if !meta.is_file() || through_symlinked_folder(&fixed, &path) || hidden && !asks_for_hidden
+        {
             continue;
         }
-        let name = relative(&fixed, &path);
         let (f, compression) = format::from_name(&name);
         let f = match (format, f) {
             (Some(given), _) => given,
@@ -322,4 +344,41 @@ pub fn file_hash(path: &Path) -> std::io::Result<String> {
         hasher.update_rayon(&buf[..n]);
     }
     Ok(hasher.finalize().to_hex().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_glob_reads_what_the_folder_walk_reads() {
+        let dir = std::env::temp_dir().join(format!("pipe-glob-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let docs = dir.join("docs");
+        for f in [
+            "a.txt",
+            "sub/b.txt",
+            ".hidden/c.txt",
+            ".d.txt",
+            "sub/.e.txt",
+        ] {
+            let p = docs.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, f).unwrap();
+        }
+        // A loop back up, and a symlinked folder that leads elsewhere.
+        std::os::unix::fs::symlink("..", docs.join("sub/loop")).unwrap();
+        std::fs::create_dir_all(dir.join("elsewhere")).unwrap();
+        std::fs::write(dir.join("elsewhere/f.txt"), "f").unwrap();
+        std::os::unix::fs::symlink(dir.join("elsewhere"), docs.join("link")).unwrap();
+        let names = |c: Corpus| c.files.into_iter().map(|f| f.name).collect::<Vec<_>>();
+        let by_folder = names(resolve(&docs, None).unwrap());
+        assert_eq!(by_folder, ["a.txt", "sub/b.txt"]);
+        let by_glob = names(resolve(&docs.join("**/*.txt"), None).unwrap());
+        assert_eq!(by_glob, by_folder);
+        // A dot written in the pattern still matches hidden names.
+        let hidden = names(resolve(&docs.join(".*.txt"), None).unwrap());
+        assert_eq!(hidden, [".d.txt"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -9,7 +9,8 @@ use super::{
 };
 use crate::gpt::Gelu;
 use crate::gpt::GptConfig;
-use crate::gpt::device::{EvalLoss, Model, check_host};
+use crate::gpt::device::check_host;
+use crate::gpt::engine::Engine;
 use crate::gpt::memory::Work;
 use crate::gpt::rng::Rng;
 use crate::gpt::train::estimate_loss;
@@ -90,9 +91,9 @@ pub fn tokenizer_for(ctx: &Ctx, config: &GptConfig) -> Result<Tokenizer> {
 }
 
 /// Mean next-token loss over `ids` in consecutive windows of up to block_size predictions.
-pub fn text_loss<M: EvalLoss + ?Sized>(model: &mut M, ids: &[u32]) -> Result<f64> {
+pub fn text_loss(model: &mut Engine, ids: &[u32]) -> Result<f64> {
     ensure!(ids.len() >= 2, "the text must have at least two tokens");
-    let bs = model.block_size();
+    let bs = model.config().block_size;
     let (mut total, mut count) = (0.0f64, 0usize);
     let mut start = 0;
     while start + 1 < ids.len() {
@@ -117,7 +118,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
             t: f.config.block_size,
         };
         check_host(&f.config, work, device)?;
-        let model = Model::load(device, f)
+        let model = Engine::load(device, f)
             .with_context(|| format!("reading the checkpoint from stage `{}`", input.stage))?;
         Ok((f.config.clone(), model))
     })?;

@@ -7,7 +7,8 @@
 use super::evaluate::{text_arg, tokenizer_for};
 use super::{Ctx, Produced, model_checkpoint, typed, with_checkpoint};
 use crate::error::err;
-use crate::gpt::device::{Model, check_host};
+use crate::gpt::device::check_host;
+use crate::gpt::engine::Engine;
 use crate::gpt::memory::Work;
 use crate::gpt::sample::SampleConfig;
 use crate::manifest::StageSpec;
@@ -101,7 +102,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     // The weights only, straight from the checkpoint's memory map into the device's buffer.
     let (config, mut model) = with_checkpoint(ctx.store, hash, |f| {
         check_host(&f.config, Work::Sample { parallel }, device)?;
-        let model = Model::load(device, f)
+        let model = Engine::load(device, f)
             .with_context(|| format!("reading the checkpoint from stage `{}`", input.stage))?;
         Ok((f.config.clone(), model))
     })?;

@@ -488,9 +488,8 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
     let start_iter = trainer.iter_num;
     let max_iters = p.cfg.max_iters;
     // nanoGPT's tokens_per_iter (one process): gradient_accumulation_steps x batch_size x block_size.
-    let tokens_per_iter = (p.cfg.gradient_accumulation_steps
-        * p.cfg.batch_size
-        * trainer.model.config.block_size) as f64;
+    let tokens_per_iter =
+        (p.cfg.gradient_accumulation_steps * p.cfg.batch_size * trainer.config().block_size) as f64;
     let mut live = Live::open(
         ctx,
         &progress,

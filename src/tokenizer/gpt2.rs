@@ -25,6 +25,13 @@ use rustc_hash::FxHashMap;
 /// tiktoken-rs, whose merge is O(n log n); the scanner's simple merge is quadratic.
 const LONG_PIECE: usize = 256;
 
+/// ... and pieces longer than this (a run of one class with no whitespace, hundreds of KB long:
+/// never natural text) are merged in chunks of this many bytes, cut at character boundaries.
+/// tiktoken-rs's merge keeps about 56 bytes per byte of the piece, so a 20 MB "word" would cost
+/// about 1 GB; chunked, a thread never holds more than about 15 MB for it. Here only the tokens
+/// may differ from tiktoken's (which merges the whole piece), at the chunks' edges.
+const HUGE_PIECE: usize = 256 * 1024;
+
 /// Cache slots per thread for pieces of up to 7 bytes (24 bytes each)...
 const SHORT_SLOTS: usize = 1 << 16;
 /// ... and for pieces of 8 to 32 bytes that merge into at most 16 tokens (66 bytes each). Longer
@@ -335,7 +342,15 @@ impl Gpt2Encoder {
             return;
         }
         if p.len() > LONG_PIECE {
-            ids.extend(self.fallback.encode_ordinary(piece));
+            let mut rest = piece;
+            while !rest.is_empty() {
+                let mut cut = rest.len().min(HUGE_PIECE);
+                while !rest.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                ids.extend(self.fallback.encode_ordinary(&rest[..cut]));
+                rest = &rest[cut..];
+            }
             return;
         }
         let rank = |a: u32, b: u32| self.rank(&p[a as usize..b as usize]).unwrap_or(u32::MAX);
@@ -528,6 +543,31 @@ mod tests {
             assert_eq!(ours(&long), tiktoken(&long), "{long:?}");
         }
         assert_eq!(ours(""), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn a_huge_piece_is_merged_in_chunks_that_decode_back_to_it() {
+        // One "word" of 2.5 chunks, with 2-byte characters so that a cut could split one.
+        let word: String = "xé".repeat(HUGE_PIECE * 5 / 6);
+        assert!(word.len() > 2 * HUGE_PIECE);
+        let ids = ours(&word);
+        let bpe = crate::tokenizer::gpt2_bpe().unwrap();
+        assert_eq!(bpe.decode(&ids).unwrap(), word);
+        // Exactly the chunks' own encodings, one after the other, each cut on a character.
+        let mut chunks = Vec::new();
+        let mut rest = word.as_str();
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(HUGE_PIECE);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            chunks.extend(tiktoken(&rest[..cut]));
+            rest = &rest[cut..];
+        }
+        assert_eq!(ids, chunks);
+        // A piece just under the bound is still tiktoken's exactly.
+        let under = "q".repeat(HUGE_PIECE);
+        assert_eq!(ours(&under), tiktoken(&under));
     }
 
     #[test]

@@ -1,16 +1,13 @@
 //! Where a stage's model runs: the manifest's `device` (cpu, cuda) and `dtype` (float32, tf32, bf16),
-//! and a model for evaluation and sampling on either. Training picks its device in `train.rs`.
+//! and whether the host has the memory for it. The model on that device is an `Engine`
+//! (engine.rs).
 
-use super::checkpoint::CheckpointFile;
 use super::config::GptConfig;
-use super::cuda::GpuGpt;
 use super::memory::{self, Work};
-use super::model::Gpt;
-use super::sample::{SampleConfig, generate_many};
 use anyhow::Result;
 
-/// Defined in `precision.rs`, which the CUDA engine imports too: the engine never imports this file,
-/// so the imports between the two go one way (device -> cuda).
+/// Defined in `precision.rs`, which the CUDA engine imports too, so that it never imports this
+/// file.
 pub use super::precision::Precision;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,88 +98,4 @@ pub fn check_host(config: &GptConfig, work: Work, device: Device) -> Result<()> 
         need.activations = None;
     }
     memory::check_host(&need)
-}
-
-/// Scores a batch in evaluation mode (no dropout, no gradients), on whichever device.
-pub trait EvalLoss {
-    fn block_size(&self) -> usize;
-    fn eval_loss(&mut self, x: &[u32], y: &[u32], b: usize, t: usize) -> Result<f32>;
-}
-
-impl EvalLoss for Gpt {
-    fn block_size(&self) -> usize {
-        self.config.block_size
-    }
-    fn eval_loss(&mut self, x: &[u32], y: &[u32], b: usize, t: usize) -> Result<f32> {
-        Ok(self.forward_no_grad(x, Some(y), b, t))
-    }
-}
-
-impl EvalLoss for GpuGpt {
-    fn block_size(&self) -> usize {
-        self.config().block_size
-    }
-    fn eval_loss(&mut self, x: &[u32], y: &[u32], b: usize, t: usize) -> Result<f32> {
-        GpuGpt::eval_loss(self, x, y, b, t)
-    }
-}
-
-/// A model for the evaluate and sample stages.
-pub enum Model {
-    Cpu(Box<Gpt>),
-    Cuda(Box<GpuGpt>),
-}
-
-impl Model {
-    pub fn new(device: Device, config: GptConfig, params: Vec<f32>) -> Result<Model> {
-        Ok(match device {
-            Device::Cpu => Model::Cpu(Box::new(Gpt::from_params(config, params)?)),
-            Device::Cuda(precision) => {
-                Model::Cuda(Box::new(GpuGpt::new(&config, &params, precision)?))
-            }
-        })
-    }
-
-    /// The model of a checkpoint file, read straight into the device's parameter buffer: on the
-    /// CPU the one host buffer, on a GPU tensor by tensor from the file (no host copy at all).
-    pub fn load(device: Device, file: &CheckpointFile) -> Result<Model> {
-        Ok(match device {
-            Device::Cpu => Model::Cpu(Box::new(Gpt::from_params(
-                file.config.clone(),
-                file.params()?,
-            )?)),
-            Device::Cuda(precision) => {
-                let mut g = GpuGpt::new_zeroed(&file.config, precision)?;
-                file.for_each_param(&mut |range, x| g.upload_params(range.start, x))?;
-                Model::Cuda(Box::new(g))
-            }
-        })
-    }
-
-    pub fn generate_many(
-        &mut self,
-        prompt: &[u32],
-        cfg: &SampleConfig,
-        num_samples: usize,
-    ) -> Result<Vec<Vec<u32>>> {
-        match self {
-            Model::Cpu(m) => Ok(generate_many(m, prompt, cfg, num_samples)),
-            Model::Cuda(g) => g.generate_many(prompt, cfg, num_samples),
-        }
-    }
-}
-
-impl EvalLoss for Model {
-    fn block_size(&self) -> usize {
-        match self {
-            Model::Cpu(m) => m.block_size(),
-            Model::Cuda(g) => g.block_size(),
-        }
-    }
-    fn eval_loss(&mut self, x: &[u32], y: &[u32], b: usize, t: usize) -> Result<f32> {
-        match self {
-            Model::Cpu(m) => m.as_mut().eval_loss(x, y, b, t),
-            Model::Cuda(g) => EvalLoss::eval_loss(g.as_mut(), x, y, b, t),
-        }
-    }
 }

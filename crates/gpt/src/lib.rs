@@ -14,6 +14,7 @@ pub mod cuda;
 #[path = "cuda_off.rs"]
 pub mod cuda;
 pub mod device;
+pub mod engine;
 pub mod hf;
 pub mod isa;
 pub mod layers;

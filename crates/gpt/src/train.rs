@@ -19,8 +19,10 @@
 
 use super::checkpoint::{Checkpoint, CheckpointRef, TrainProgress};
 use super::collective::{Collective, Shards, Single};
+use super::config::GptConfig;
 use super::cuda::GpuGpt;
-use super::device::{Device, EvalLoss};
+use super::device::Device;
+use super::engine::Engine;
 use super::model::{DropoutPlan, Gpt};
 use super::optim::{AdamW, AdamWConfig, LrSchedule, clip_coef, clip_grad_norm, grad_square_sum};
 use super::rng::{Rng, mix64};
@@ -185,8 +187,8 @@ pub fn skip_batch(data: &[u16], b: usize, t: usize, rng: &mut Rng) {
 /// Mean loss over `eval_iters` batches per split, in evaluation mode (nanoGPT's estimate_loss).
 /// `after_batch` runs once each batch has been copied out of `data` (see
 /// [`Trainer::after_each_batch`]).
-pub fn estimate_loss<M: EvalLoss + ?Sized>(
-    model: &mut M,
+pub fn estimate_loss(
+    model: &mut Engine,
     data: &[u16],
     batch_size: usize,
     eval_iters: usize,
@@ -206,8 +208,8 @@ pub fn estimate_loss<M: EvalLoss + ?Sized>(
 
 /// [`estimate_loss`] with its batches split across ranks: rank r computes batches r, r + world,
 /// ..., and the sum is reduced, so every rank returns the same mean.
-pub fn estimate_loss_shared<M: EvalLoss + ?Sized>(
-    model: &mut M,
+pub fn estimate_loss_shared(
+    model: &mut Engine,
     data: &[u16],
     batch_size: usize,
     eval_iters: usize,
@@ -215,7 +217,7 @@ pub fn estimate_loss_shared<M: EvalLoss + ?Sized>(
     after_batch: &dyn Fn(),
     comm: &dyn Collective,
 ) -> Result<f32> {
-    let t = model.block_size();
+    let t = model.config().block_size;
     let (mut x, mut y) = (Vec::new(), Vec::new());
     let mut total = [0.0f64];
     for i in 0..eval_iters {
@@ -357,7 +359,11 @@ pub struct ReplicaState {
 }
 
 pub struct Trainer<'d> {
-    pub model: Gpt,
+    /// The model being trained, on its device.
+    engine: Engine,
+    /// On a GPU, the host copy of the weights that checkpoints are written from, refreshed by
+    /// `sync_host`; empty on the CPU, whose engine holds its weights on the host.
+    host_params: Vec<f32>,
     pub opt: AdamW,
     pub cfg: TrainConfig,
     pub rng: Rng,
@@ -367,9 +373,6 @@ pub struct Trainer<'d> {
     val: &'d [u16],
     /// Set when resuming: the evaluation at `iter_num` already happened before the checkpoint.
     skip_eval: bool,
-    /// On a GPU, the live weights and moments; `model.params` and `opt.m/v` are then host copies,
-    /// refreshed before each checkpoint and at the end.
-    gpu: Option<GpuGpt>,
     /// See [`Trainer::after_each_batch`].
     after_batch: Option<Box<dyn Fn() + 'd>>,
     /// The other ranks, when training data-parallel (see [`Trainer::data_parallel`]).
@@ -391,7 +394,8 @@ impl<'d> Trainer<'d> {
         let opt = AdamW::new(cfg.adamw(), &model.layout);
         let rng = Rng::new(cfg.seed);
         Ok(Trainer {
-            model,
+            engine: Engine::Cpu(Box::new(model)),
+            host_params: Vec::new(),
             opt,
             cfg,
             rng,
@@ -400,7 +404,6 @@ impl<'d> Trainer<'d> {
             train,
             val,
             skip_eval: false,
-            gpu: None,
             after_batch: None,
             comm: &Single,
             comm_seconds: 0.0,
@@ -411,7 +414,7 @@ impl<'d> Trainer<'d> {
     /// trainer (see the `ranks` module).
     pub fn replica_state(&self) -> ReplicaState {
         ReplicaState {
-            config: self.model.config.clone(),
+            config: self.config().clone(),
             cfg: self.cfg.clone(),
             iter_num: self.iter_num,
             best_val_loss: self.best_val_loss,
@@ -439,7 +442,10 @@ impl<'d> Trainer<'d> {
     /// [`Trainer::data_parallel`]).
     /// With ZeRO-1, each rank then keeps only its shard of the moments.
     pub fn share_state(&mut self) -> Result<()> {
-        self.comm.broadcast(&mut self.model.params)?;
+        let Engine::Cpu(model) = &mut self.engine else {
+            anyhow::bail!("data-parallel training runs on the CPU only");
+        };
+        self.comm.broadcast(&mut model.params)?;
         self.comm.broadcast(&mut self.opt.m)?;
         self.comm.broadcast(&mut self.opt.v)?;
         self.shard_moments();
@@ -458,7 +464,7 @@ impl<'d> Trainer<'d> {
 
     /// How ZeRO-1 splits the parameters (and gradients and moments) over the ranks.
     fn shards(&self) -> Shards {
-        Shards::new(self.model.params.len(), self.comm.world())
+        Shards::new(self.params().len(), self.comm.world())
     }
 
     /// Trains as one of `comm.world()` ranks (call before [`Trainer::run_streaming`], on every rank, with
@@ -470,7 +476,7 @@ impl<'d> Trainer<'d> {
             "gradient_accumulation_steps ({gas}) must be a multiple of the number of ranks ({world}): each rank computes gradient_accumulation_steps / ranks micro-steps of every iteration, as in nanoGPT"
         );
         ensure!(
-            self.gpu.is_none() || world == 1,
+            self.engine.device_name().is_none() || world == 1,
             "data-parallel training on a GPU needs the NCCL backend, which this pipe does not have yet: use one rank with device: cuda, or ranks on the CPU"
         );
         self.comm = comm;
@@ -483,10 +489,13 @@ impl<'d> Trainer<'d> {
             self.comm.world() == 1 || !device.is_cuda(),
             "data-parallel training on a GPU needs the NCCL backend, which this pipe does not have yet: use one rank with device: cuda, or ranks on the CPU"
         );
-        if let Device::Cuda(precision) = device {
-            let mut g = GpuGpt::new(&self.model.config, &self.model.params, precision)?;
-            g.upload_moments(&self.opt.m, &self.opt.v)?;
-            self.gpu = Some(g);
+        let (Device::Cuda(precision), Engine::Cpu(model)) = (device, &self.engine) else {
+            return Ok(());
+        };
+        let mut g = GpuGpt::new(&model.config, &model.params, precision)?;
+        g.upload_moments(&self.opt.m, &self.opt.v)?;
+        if let Engine::Cpu(model) = std::mem::replace(&mut self.engine, Engine::Cuda(Box::new(g))) {
+            self.host_params = model.params;
         }
         Ok(())
     }
@@ -501,15 +510,28 @@ impl<'d> Trainer<'d> {
 
     /// The GPU's name when training on one.
     pub fn device_name(&self) -> Option<&str> {
-        self.gpu.as_ref().map(|g| g.device_name())
+        self.engine.device_name()
     }
 
-    /// Makes `model.params` and `opt` the whole state: the GPU's weights and moments downloaded,
+    pub fn config(&self) -> &GptConfig {
+        self.engine.config()
+    }
+
+    /// The weights on the host: on a GPU, as of the last `sync_host` (every checkpoint, and the
+    /// end of training).
+    pub fn params(&self) -> &[f32] {
+        match &self.engine {
+            Engine::Cpu(model) => &model.params,
+            Engine::Cuda(_) => &self.host_params,
+        }
+    }
+
+    /// Makes `params()` and `opt` the whole state: the GPU's weights and moments downloaded,
     /// or with ZeRO-1 every rank's shard of the moments gathered on rank 0 (which writes the
     /// checkpoint; the other ranks keep their shards). No-op otherwise.
     fn sync_host(&mut self) -> Result<()> {
-        if let Some(g) = &self.gpu {
-            g.download(&mut self.model.params, &mut self.opt.m, &mut self.opt.v)?;
+        if let Engine::Cuda(g) = &self.engine {
+            g.download(&mut self.host_params, &mut self.opt.m, &mut self.opt.v)?;
         }
         if self.zero_sharded() {
             let (comm, shards) = (self.comm, self.shards());
@@ -546,34 +568,40 @@ impl<'d> Trainer<'d> {
 
     /// One optimizer step on this rank's gradients (already divided by the global accumulation
     /// count): summed over the ranks, clipped by the global norm, AdamW. Returns the norm (NaN
-    /// without clipping).
-    fn cpu_step(&mut self, lr: f64) -> Result<f32> {
+    /// without clipping). On one rank, the engine's own step.
+    fn step(&mut self, lr: f64) -> Result<f32> {
         let clip = self.cfg.grad_clip as f32;
         let comm = self.comm;
+        if comm.world() == 1 {
+            return self.engine.step(&mut self.opt, lr, clip);
+        }
+        let zero_sharded = self.zero_sharded();
+        let shards = self.shards();
+        let Engine::Cpu(model) = &mut self.engine else {
+            anyhow::bail!("data-parallel training runs on the CPU only");
+        };
         let started = Instant::now();
-        if !self.zero_sharded() {
-            comm.all_reduce_sum(&mut self.model.grads)?;
+        if !zero_sharded {
+            comm.all_reduce_sum(&mut model.grads)?;
             self.comm_seconds += started.elapsed().as_secs_f64();
             let norm = if clip > 0.0 {
-                clip_grad_norm(&mut self.model.grads, clip)
+                clip_grad_norm(&mut model.grads, clip)
             } else {
                 f32::NAN
             };
-            self.opt
-                .update(&mut self.model.params, &self.model.grads, lr);
-            self.model.zero_grad();
+            self.opt.update(&mut model.params, &model.grads, lr);
+            model.zero_grad();
             return Ok(norm);
         }
         // ZeRO-1: this rank's shard of the summed gradients, of the moments and of the update.
-        let shards = self.shards();
         let mine = shards.range(comm.rank());
-        let mut padded = std::mem::take(&mut self.model.grads);
+        let mut padded = std::mem::take(&mut model.grads);
         padded.resize(shards.padded(), 0.0);
         let mut shard = vec![0.0f32; shards.shard];
         comm.reduce_scatter_sum(&padded, &mut shard)?;
         self.comm_seconds += started.elapsed().as_secs_f64();
         padded.truncate(shards.len);
-        self.model.grads = padded;
+        model.grads = padded;
         let shard = &mut shard[..mine.len()];
         let norm = if clip > 0.0 {
             let mut sq = [grad_square_sum(shard)];
@@ -588,12 +616,11 @@ impl<'d> Trainer<'d> {
         } else {
             f32::NAN
         };
-        self.opt
-            .update_range(&mut self.model.params, shard, mine, lr);
+        self.opt.update_range(&mut model.params, shard, mine, lr);
         let started = Instant::now();
-        gather_shards(comm, shards, &mut self.model.params)?;
+        gather_shards(comm, shards, &mut model.params)?;
         self.comm_seconds += started.elapsed().as_secs_f64();
-        self.model.zero_grad();
+        model.zero_grad();
         Ok(norm)
     }
 
@@ -604,10 +631,7 @@ impl<'d> Trainer<'d> {
             Some(f) => f.as_ref(),
             None => &|| {},
         };
-        match &mut self.gpu {
-            Some(g) => estimate_loss_shared(g, data, b, n, &mut self.rng, after, comm),
-            None => estimate_loss_shared(&mut self.model, data, b, n, &mut self.rng, after, comm),
-        }
+        estimate_loss_shared(&mut self.engine, data, b, n, &mut self.rng, after, comm)
     }
 
     /// Like [`Trainer::resume`], taking the checkpoint's buffers instead of copying them.
@@ -664,10 +688,10 @@ impl<'d> Trainer<'d> {
     /// last download: every checkpoint event and the end of `run`).
     pub fn checkpoint_view(&self) -> CheckpointRef<'_> {
         CheckpointRef {
-            config: &self.model.config,
-            params: &self.model.params,
+            config: self.engine.config(),
+            params: self.params(),
             // Never a shard of them (a ZeRO-1 rank other than 0): no moments rather than part.
-            optimizer: (self.opt.held() == (0..self.model.params.len()))
+            optimizer: (self.opt.held() == (0..self.params().len()))
                 .then_some((&self.opt.m, &self.opt.v)),
             progress: Some(TrainProgress {
                 iter_num: self.iter_num,
@@ -685,7 +709,7 @@ impl<'d> Trainer<'d> {
         &mut self,
         on_report: &mut dyn FnMut(Report<'_>) -> Result<()>,
     ) -> Result<()> {
-        let (b, t) = (self.cfg.batch_size, self.model.config.block_size);
+        let (b, t) = (self.cfg.batch_size, self.config().block_size);
         let gas = self.cfg.gradient_accumulation_steps;
         let sched = self.cfg.schedule();
         let (mut x, mut y) = (Vec::new(), Vec::new());
@@ -746,24 +770,14 @@ impl<'d> Trainer<'d> {
                     f();
                 }
                 let dropout = DropoutPlan {
-                    p: self.model.config.dropout,
+                    p: self.config().dropout,
                     seed: mix64(self.cfg.seed ^ mix64(it * 1_000_003 + micro as u64)),
                 };
-                match &mut self.gpu {
-                    Some(g) => {
-                        loss = g.forward(&x, Some(&y), (b, t), Some(dropout), true)?;
-                        g.backward(1.0 / gas as f32)?;
-                    }
-                    None => {
-                        loss = self.model.forward(&x, Some(&y), b, t, Some(dropout));
-                        self.model.backward(1.0 / gas as f32);
-                    }
-                }
+                loss = self
+                    .engine
+                    .forward_backward(&x, &y, (b, t), dropout, 1.0 / gas as f32)?;
             }
-            let grad_norm = match &mut self.gpu {
-                Some(g) => g.step(&mut self.opt, lr, self.cfg.grad_clip as f32)?,
-                None => self.cpu_step(lr)?,
-            };
+            let grad_norm = self.step(lr)?;
             if self.comm.world() > 1 {
                 // The last micro-step is the last rank's: its loss, on every rank.
                 let last_rank = self.comm.rank() + 1 == self.comm.world();
