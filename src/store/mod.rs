@@ -6,7 +6,7 @@
 //!   objects/ab/cdef…      blobs named by their blake3 hash (hex); immutable
 //!   actions/<key>.json    action cache: stage key -> output hashes + metrics
 //!   progress/<key>.json   checkpoints saved so far by an unfinished long stage (train)
-//!   runs/<run-id>/        run records (see run.rs)
+//!   runs/<run-id>/        run records (see run/)
 //!   pins/<hash>           objects `gc` must keep even when no run references them
 //!   index/<manifest>--<stage>.json   the key material a stage had last time (`pipe status` diffs it)
 //!   locks/                flock files: one per stage key being computed, one for the store
