@@ -24,7 +24,7 @@ use super::cuda::GpuGpt;
 use super::device::Device;
 use super::engine::Engine;
 use super::model::{DropoutPlan, Gpt};
-use super::optim::{AdamW, AdamWConfig, LrSchedule, clip_coef, clip_grad_norm, grad_square_sum};
+use super::optim::{AdamW, AdamWConfig, LrSchedule, clip_coef, grad_square_sum};
 use super::rng::{Rng, mix64};
 use anyhow::{Result, ensure};
 use serde::{Deserialize, Serialize};
@@ -582,16 +582,10 @@ impl<'d> Trainer<'d> {
         };
         let started = Instant::now();
         if !zero_sharded {
+            // The summed gradients, then the one-rank step on them.
             comm.all_reduce_sum(&mut model.grads)?;
             self.comm_seconds += started.elapsed().as_secs_f64();
-            let norm = if clip > 0.0 {
-                clip_grad_norm(&mut model.grads, clip)
-            } else {
-                f32::NAN
-            };
-            self.opt.update(&mut model.params, &model.grads, lr);
-            model.zero_grad();
-            return Ok(norm);
+            return self.engine.step(&mut self.opt, lr, clip);
         }
         // ZeRO-1: this rank's shard of the summed gradients, of the moments and of the update.
         let mine = shards.range(comm.rank());
