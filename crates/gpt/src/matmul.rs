@@ -4,18 +4,29 @@
 //! config S, 16384x384x1536 for config M) it ran 100-115 GFLOPS single-threaded, 5-25% ahead of
 //! `matrixmultiply`, with no system library to install (OpenBLAS would need one).
 //!
-//! Determinism: rows of C are cut into blocks whose size depends only on the matrix shape
-//! ([`row_block`]), never on the number of threads, and every block runs the single-threaded kernel. Each output element is
-//! therefore computed by the same instructions in the same order whatever rayon's pool size, which is
-//! what makes training bit-identical across 1 and 2 threads.
+//! Determinism: every `gemm` call here has an inner dimension of at most [`K_CHUNK`] (longer
+//! products are cut into chunks at fixed offsets, added in order), so gemm never blocks `k`
+//! itself and each output element is one FMA chain per chunk, in `k` order, whatever the call's
+//! shape. [`matmul`] cuts the rows of C into one block per thread (one gemm call each: measured
+//! here, 8 calls of 96 rows ran at 110-150 GFLOPS where one call of 768 ran at 190-220), and
+//! keeps every block large enough that gemm's special kernels for tiny matrices (which sum in
+//! another order) never run on a block unless they would on the whole matrix. So the bits do not
+//! depend on the number of threads, which is what makes training bit-identical across 1 and 2.
 
 use rayon::prelude::*;
 
-/// Rows of C per task: about an eighth of the rows (enough tasks to balance two to eight threads),
-/// a multiple of 16 (gemm's micro-kernel height), and between 64 and 256 rows (measured: 64-row calls
-/// run at ~88 GFLOPS, 256-row calls at ~103, on one core of the dev machine).
-fn row_block(m: usize) -> usize {
-    m.div_ceil(8).next_multiple_of(16).clamp(64, 256)
+/// The longest inner dimension one gemm call gets: gemm's own `k` blocking is `k` itself up to 512
+/// on every cache size, so chunks of 512 fix the summation order.
+const K_CHUNK: usize = 512;
+
+/// The row blocks of an `m x n` product on `threads` threads: at most one per thread, each of at
+/// least 16 rows and more than 256 elements (below that gemm switches kernels), spread evenly.
+fn row_blocks(m: usize, n: usize, threads: usize) -> Vec<std::ops::Range<usize>> {
+    let min_rows = 16.max(257usize.div_ceil(n.max(1)));
+    let blocks = threads.min(m / min_rows).max(1);
+    (0..blocks)
+        .map(|i| i * m / blocks..(i + 1) * m / blocks)
+        .collect()
 }
 
 /// A read-only strided matrix view: element (i, j) is `data[i * rs + j * cs]`.
@@ -70,35 +81,37 @@ impl<'a> MatRef<'a> {
 }
 
 /// `c (m x n, row-major, contiguous) = a (m x k) * b (k x n)`, or `+=` when `accumulate`.
-/// Parallel over fixed row blocks of `c`.
+/// Parallel over row blocks of `c`, one per thread ([`row_blocks`]).
 pub fn matmul(c: &mut [f32], a: MatRef, b: MatRef, accumulate: bool) {
     let (m, n) = (a.rows, b.cols);
     assert_eq!(a.cols, b.rows, "matmul inner dimensions differ");
     assert!(c.len() >= m * n, "matmul output too small");
     a.check();
     b.check();
-    let rb = row_block(m);
-    c[..m * n]
-        .par_chunks_mut(rb * n)
-        .enumerate()
-        .for_each(|(block, c_rows)| {
-            let rows = c_rows.len() / n;
-            let a_rows = a.rows_from(block * rb, rows);
-            // SAFETY: views were bounds-checked above; c_rows is exactly rows x n.
-            unsafe {
-                gemm_raw(
-                    rows,
-                    n,
-                    a.cols,
-                    c_rows.as_mut_ptr(),
-                    n,
-                    1,
-                    accumulate,
-                    a_rows,
-                    b,
-                );
-            }
-        });
+    let mut rest = &mut c[..m * n];
+    let mut tasks = Vec::new();
+    for rows in row_blocks(m, n, rayon::current_num_threads()) {
+        let (block, tail) = std::mem::take(&mut rest).split_at_mut(rows.len() * n);
+        tasks.push((rows, block));
+        rest = tail;
+    }
+    tasks.into_par_iter().for_each(|(rows, c_rows)| {
+        let a_rows = a.rows_from(rows.start, rows.len());
+        // SAFETY: views were bounds-checked above; c_rows is exactly rows x n.
+        unsafe {
+            gemm_raw(
+                rows.len(),
+                n,
+                a.cols,
+                c_rows.as_mut_ptr(),
+                n,
+                1,
+                accumulate,
+                a_rows,
+                b,
+            );
+        }
+    });
 }
 
 /// Single-threaded multiply into a strided destination (used inside per-head attention tasks).
@@ -145,28 +158,33 @@ unsafe fn gemm_raw(
         }
         return;
     }
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c,
-            csc as isize,
-            rsc as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
+    // Chunks of the inner dimension, each added onto what the ones before it left in c.
+    for k0 in (0..k).step_by(K_CHUNK) {
+        let kc = K_CHUNK.min(k - k0);
+        let add = accumulate || k0 > 0;
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                kc,
+                c,
+                csc as isize,
+                rsc as isize,
+                add,
+                a.data.as_ptr().add(k0 * a.cs),
+                a.cs as isize,
+                a.rs as isize,
+                b.data.as_ptr().add(k0 * b.rs),
+                b.cs as isize,
+                b.rs as isize,
+                if add { 1.0 } else { 0.0 },
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
     }
 }
 
@@ -208,6 +226,38 @@ mod tests {
         matmul(&mut c, av, bv, true);
         for (x, y) in c.iter().zip(&expect) {
             assert!((x - 2.0 * y).abs() < 2e-4);
+        }
+    }
+
+    /// The row blocks follow the thread count, the bits must not: shapes with k past one chunk,
+    /// odd sizes, few columns (where a block could fall below gemm's small-matrix threshold) and
+    /// accumulation, on pools of 1 to 7 threads.
+    #[test]
+    fn products_are_bit_identical_on_any_number_of_threads() {
+        let mut rng = crate::rng::Rng::new(5);
+        for (m, k, n) in [(768, 128, 384), (300, 1100, 70), (97, 600, 3), (40, 513, 9), (5, 7, 2)] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+            let b: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32).collect();
+            let c0: Vec<f32> = (0..m * n).map(|_| rng.normal() as f32).collect();
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut c = c0.clone();
+                pool.install(|| {
+                    matmul(&mut c, MatRef::new(&a, m, k), MatRef::new(&b, n, k).t(), true);
+                    let mut d = vec![0.0; m * n];
+                    matmul(&mut d, MatRef::new(&a, m, k), MatRef::new(&b, k, n), false);
+                    c.extend(d);
+                });
+                c.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            };
+            let one = run(1);
+            for threads in 2..=7 {
+                assert!(run(threads) == one, "{m}x{k}x{n} differs on {threads} threads");
+            }
+            assert!(row_blocks(m, n, 7).iter().all(|r| r.len() * n > 256 || r.len() == m));
         }
     }
 

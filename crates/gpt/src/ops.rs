@@ -85,8 +85,8 @@ math::simd_kernel!(layernorm_row, layernorm_row_on, layernorm_row_kernel, (o: &m
 #[inline(always)]
 fn layernorm_row_kernel(o: &mut [f32], x: &[f32], w: &[f32], b: Option<&[f32]>) -> (f32, f32) {
     let c = x.len();
-    let mu = x.iter().sum::<f32>() / c as f32;
-    let var = x.iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
+    let mu = math::sum(x) / c as f32;
+    let var = math::sum3(x, x, x, |v, _, _| (v - mu) * (v - mu)) / c as f32;
     let rs = 1.0 / (var + LN_EPS).sqrt();
     match b {
         Some(b) => {
@@ -303,16 +303,8 @@ fn layernorm_backward_row_kernel(
     rs: f32,
 ) {
     let c = x.len();
-    let mut dnorm_mean = 0.0f32;
-    let mut dnorm_norm_mean = 0.0f32;
-    for j in 0..c {
-        let norm = (x[j] - mu) * rs;
-        let dnorm = w[j] * d[j];
-        dnorm_mean += dnorm;
-        dnorm_norm_mean += dnorm * norm;
-    }
-    dnorm_mean /= c as f32;
-    dnorm_norm_mean /= c as f32;
+    let dnorm_mean = math::dot(w, d) / c as f32;
+    let dnorm_norm_mean = math::sum3(w, d, x, |w, d, x| w * d * ((x - mu) * rs)) / c as f32;
     for j in 0..c {
         let norm = (x[j] - mu) * rs;
         let dnorm = w[j] * d[j];
@@ -479,7 +471,7 @@ pub fn attention_backward(
                 // softmax backward, then the 1/sqrt(hs) scale.
                 for i in 0..t {
                     let (ar, dr) = (&a[i * t..][..t], &mut da[i * t..][..t]);
-                    let dot: f32 = ar[..=i].iter().zip(&dr[..=i]).map(|(p, g)| p * g).sum();
+                    let dot = math::dot(&ar[..=i], &dr[..=i]);
                     for j in 0..=i {
                         dr[j] = ar[j] * (dr[j] - dot) * scale;
                     }
@@ -531,14 +523,15 @@ fn causal_softmax_rows_kernel(a: &mut [f32], t: usize, scale: f32) {
     }
 }
 
-/// The exponentials are a loop of their own so they vectorise; the sum stays sequential (in order).
+/// The exponentials are a loop of their own so they vectorise; the max and sum are lane-wise
+/// ([`math::LANES`]).
 #[inline(always)]
 pub fn softmax_in_place(p: &mut [f32]) {
-    let max = p.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let max = math::max(p);
     for x in p.iter_mut() {
         *x = math::exp(*x - max);
     }
-    let sum: f32 = p.iter().sum();
+    let sum = math::sum(p);
     let inv = 1.0 / sum;
     for x in p.iter_mut() {
         *x *= inv;

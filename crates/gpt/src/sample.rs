@@ -9,7 +9,7 @@
 use super::block::{BlockWeights, Normed};
 use super::layers::LayerPlan;
 use super::model::Gpt;
-use super::ops;
+use super::{math, ops};
 use super::rng::{Rng, mix64};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -136,7 +136,7 @@ impl<'m> Decoder<'m> {
                         let q = &qkv[i * 3 * c + h * hs..][..hs];
                         let scores = &mut scores_buf[..=pos];
                         for (j, s) in scores.iter_mut().enumerate() {
-                            *s = dot(q, &kc[j * c + h * hs..][..hs]) * scale;
+                            *s = math::dot(q, &kc[j * c + h * hs..][..hs]) * scale;
                         }
                         ops::softmax_in_place(scores);
                         let y = &mut atty[i * c + h * hs..][..hs];
@@ -188,26 +188,6 @@ impl<'m> Decoder<'m> {
 /// The KV cache's layer plan: one sequence of `block_size` rows per layer.
 fn kv_plan(cfg: &super::config::GptConfig) -> LayerPlan {
     LayerPlan::new(1, cfg.block_size, cfg.n_embd, cfg.n_head)
-}
-
-/// Dot product with 8 independent partial sums, so it vectorises (a single running sum cannot be
-/// reordered by the compiler).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// Picks the next token from logits: temperature, top-k, then a draw from the softmax.
