@@ -152,8 +152,25 @@ pub fn max(x: &[f32]) -> f32 {
     combine(acc, f32::max)
 }
 
+/// `sum of x[i]^2`, each square in f64, in [`LANES`] lanes (the gradient norm's sum).
 #[inline(always)]
-fn combine(mut acc: [f32; LANES], op: impl Fn(f32, f32) -> f32) -> f32 {
+pub fn square_sum_f64(x: &[f32]) -> f64 {
+    let full = x.len() / LANES * LANES;
+    let mut acc = [0.0f64; LANES];
+    for chunk in x[..full].chunks_exact(LANES) {
+        for j in 0..LANES {
+            acc[j] += chunk[j] as f64 * chunk[j] as f64;
+        }
+    }
+    for (j, &v) in x[full..].iter().enumerate() {
+        acc[j] += v as f64 * v as f64;
+    }
+    combine(acc, |a, b| a + b)
+}
+
+/// The lanes, combined pairwise.
+#[inline(always)]
+fn combine<T: Copy>(mut acc: [T; LANES], op: impl Fn(T, T) -> T) -> T {
     let mut width = LANES;
     while width > 1 {
         width /= 2;

@@ -468,15 +468,7 @@ pub fn attention_backward(
                         *x *= d.scale(bh * t * t + k);
                     }
                 }
-                // softmax backward, then the 1/sqrt(hs) scale.
-                for i in 0..t {
-                    let (ar, dr) = (&a[i * t..][..t], &mut da[i * t..][..t]);
-                    let dot = math::dot(&ar[..=i], &dr[..=i]);
-                    for j in 0..=i {
-                        dr[j] = ar[j] * (dr[j] - dot) * scale;
-                    }
-                    dr[i + 1..].fill(0.0);
-                }
+                causal_softmax_backward_rows(da, a, t, scale);
                 let dpre = MatRef::new(da, t, t);
                 matmul_strided(dq, 3 * c, 1, dpre, k, false);
                 matmul_strided(dk, 3 * c, 1, dpre.t(), q, false);
@@ -510,16 +502,51 @@ pub fn crossentropy_forward(
 math::simd_kernel!(softmax, softmax_on, softmax_in_place, (p: &mut [f32]));
 math::simd_kernel!(causal_softmax_rows, causal_softmax_rows_on, causal_softmax_rows_kernel, (a: &mut [f32], t: usize, scale: f32));
 
-/// Row i of a (T, T) score block: scale, softmax over columns 0..=i, zeros after.
+/// The columns of row `i` of a causal (T, T) block that the lane-wise kernels touch: `0..=i`
+/// rounded up to whole [`math::LANES`] chunks (the rest of the row is zero).
+fn causal_width(i: usize, t: usize) -> usize {
+    (i + 1).next_multiple_of(math::LANES).min(t)
+}
+
+/// Row i of a (T, T) score block: scale, softmax over columns 0..=i, zeros after. Each row is
+/// worked in whole lane chunks, the columns past `i` masked (-inf into the max, 0 into the sum):
+/// the same bits as softmax over `0..=i` alone (lane `j % 16` takes column `j` either way), without
+/// a scalar tail on every row.
 #[inline(always)]
 fn causal_softmax_rows_kernel(a: &mut [f32], t: usize, scale: f32) {
     for i in 0..t {
         let row = &mut a[i * t..][..t];
-        for x in &mut row[..=i] {
-            *x *= scale;
+        let (live, rest) = row.split_at_mut(causal_width(i, t));
+        for (j, x) in live.iter_mut().enumerate() {
+            *x = if j <= i { *x * scale } else { f32::NEG_INFINITY };
         }
-        softmax_in_place(&mut row[..=i]);
-        row[i + 1..].fill(0.0);
+        let max = math::max(live);
+        for (j, x) in live.iter_mut().enumerate() {
+            *x = if j <= i { math::exp(*x - max) } else { 0.0 };
+        }
+        let inv = 1.0 / math::sum(live);
+        for x in live.iter_mut() {
+            *x *= inv;
+        }
+        rest.fill(0.0);
+    }
+}
+
+math::simd_kernel!(causal_softmax_backward_rows, causal_softmax_backward_rows_on, causal_softmax_backward_rows_kernel, (da: &mut [f32], a: &[f32], t: usize, scale: f32));
+
+/// Softmax's backward on a causal (T, T) block, then the 1/sqrt(hs) scale: `da` holds the
+/// gradient of the probabilities `a` and becomes that of the scores. Lane chunks as in
+/// [`causal_softmax_rows_kernel`]; `a` is zero past column `i`, so the dot product is unchanged.
+#[inline(always)]
+fn causal_softmax_backward_rows_kernel(da: &mut [f32], a: &[f32], t: usize, scale: f32) {
+    for i in 0..t {
+        let (ar, dr) = (&a[i * t..][..t], &mut da[i * t..][..t]);
+        let width = causal_width(i, t);
+        let dot = math::dot(&ar[..width], &dr[..width]);
+        for (j, (d, &p)) in dr[..width].iter_mut().zip(&ar[..width]).enumerate() {
+            *d = if j <= i { p * (*d - dot) * scale } else { 0.0 };
+        }
+        dr[width..].fill(0.0);
     }
 }
 

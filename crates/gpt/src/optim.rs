@@ -1,6 +1,7 @@
 //! AdamW as nanoGPT configures it (`configure_optimizers`), global-norm clipping and the learning-rate
 //! schedule (`get_lr`). Formulas follow torch.optim.AdamW so losses track PyTorch's closely.
 
+use super::math;
 use super::params::ParamLayout;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -157,7 +158,7 @@ impl AdamW {
     }
 }
 
-super::math::simd_kernel!(adamw_chunk, adamw_chunk_on, adamw_chunk_kernel, (p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: [f32; 6]));
+math::simd_kernel!(adamw_chunk, adamw_chunk_on, adamw_chunk_kernel, (p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: [f32; 6]));
 
 /// torch's AdamW on one chunk; `s` is (decay, beta1, beta2, sqrt(1 - beta2^t), step size, eps).
 #[inline(always)]
@@ -212,11 +213,15 @@ pub fn grad_norm(grads: &[f32]) -> f32 {
 
 /// The sum of the squared gradients, in f64 (a ZeRO-1 rank's share of the global norm).
 pub fn grad_square_sum(grads: &[f32]) -> f64 {
-    let partial: Vec<f64> = grads
-        .par_chunks(CHUNK)
-        .map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum())
-        .collect();
+    let partial: Vec<f64> = grads.par_chunks(CHUNK).map(square_sum).collect();
     partial.iter().sum::<f64>()
+}
+
+math::simd_kernel!(square_sum, square_sum_on, square_sum_kernel, (x: &[f32]) -> f64);
+
+#[inline(always)]
+fn square_sum_kernel(x: &[f32]) -> f64 {
+    math::square_sum_f64(x)
 }
 
 /// torch.nn.utils.clip_grad_norm_: scales by max_norm / (norm + 1e-6) when that is below 1.
