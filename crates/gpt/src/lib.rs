@@ -4,6 +4,7 @@
 //! a KV cache ([`sample`]), checkpoints ([`checkpoint`]) and Hugging Face import/export ([`hf`]). The same model on an NVIDIA GPU
 //! is [`cuda`] (the `cuda` feature; a stand-in without it), and [`device`] picks one for a stage.
 
+pub mod attention;
 mod block;
 pub mod checkpoint;
 pub mod collective;

@@ -5,7 +5,8 @@
 use super::block::{BlockWeights, Normed};
 use super::config::GptConfig;
 use super::layers::{EMBEDDING_SITE, LayerPlan, LayerSite, LayerSlot, dropout_site};
-use super::ops::{self, AttnShape, Dropout};
+use super::attention::{self, AttnShape};
+use super::ops::{self, Dropout};
 use super::params::ParamLayout;
 use super::rng::Rng;
 use std::ops::Range;
@@ -315,7 +316,7 @@ impl Gpt {
             } else {
                 None
             };
-            ops::attention_forward(
+            attention::attention_forward(
                 &mut a.atty[rc.clone()],
                 &mut a.att[ratt],
                 att_drop,
@@ -515,7 +516,7 @@ impl Gpt {
             } else {
                 None
             };
-            ops::attention_backward(
+            attention::attention_backward(
                 &mut a.dqkv,
                 &mut a.datt,
                 &a.datty,

@@ -7,7 +7,7 @@
 
 use super::config::Gelu;
 use super::math;
-use super::matmul::{MatRef, matmul, matmul_strided};
+use super::matmul::{MatRef, matmul};
 use super::rng::dropout_keep;
 use rayon::prelude::*;
 
@@ -325,158 +325,6 @@ pub fn residual_forward(out: &mut [f32], a: &[f32], b: &[f32]) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Causal self-attention. qkv: (B, T, 3C) holding q, k, v; att: (B, H, T, T) softmax probabilities;
-// att_drop: the same after dropout (only when training with dropout); out: (B, T, C).
-
-/// A raw pointer that may cross threads: each (batch, head) task writes a disjoint strided region.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
-
-impl SharedMut {
-    /// A method (not `.0`) so closures capture the whole wrapper, which is Send + Sync.
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
-}
-
-pub struct AttnShape {
-    pub b: usize,
-    pub t: usize,
-    pub c: usize,
-    pub n_head: usize,
-}
-
-impl AttnShape {
-    pub fn head_size(&self) -> usize {
-        self.c / self.n_head
-    }
-}
-
-/// Views of one (batch, head)'s q, k and v, each (T, hs), inside the (B, T, 3C) qkv activations.
-fn head_views(
-    qkv: &[f32],
-    bi: usize,
-    h: usize,
-    t: usize,
-    c: usize,
-    hs: usize,
-) -> (MatRef<'_>, MatRef<'_>, MatRef<'_>) {
-    let base = &qkv[bi * t * 3 * c..];
-    let view = |offset: usize| MatRef {
-        data: &base[offset + h * hs..],
-        rows: t,
-        cols: hs,
-        rs: 3 * c,
-        cs: 1,
-    };
-    (view(0), view(c), view(2 * c))
-}
-
-pub fn attention_forward(
-    out: &mut [f32],
-    att: &mut [f32],
-    att_drop: Option<&mut [f32]>,
-    qkv: &[f32],
-    s: &AttnShape,
-    dropout: Option<Dropout>,
-) {
-    let (b, t, c, nh) = (s.b, s.t, s.c, s.n_head);
-    let hs = s.head_size();
-    let scale = 1.0 / (hs as f32).sqrt();
-    assert!(out.len() >= b * t * c && att.len() >= b * nh * t * t && qkv.len() >= b * t * 3 * c);
-    let out_ptr = SharedMut(out.as_mut_ptr());
-    let drop_ptr = att_drop.map(|d| {
-        assert!(d.len() >= b * nh * t * t);
-        SharedMut(d.as_mut_ptr())
-    });
-    att[..b * nh * t * t]
-        .par_chunks_mut(t * t)
-        .enumerate()
-        .for_each(|(bh, a)| {
-            let (bi, h) = (bh / nh, bh % nh);
-            let (q, k, v) = head_views(qkv, bi, h, t, c, hs);
-            // SAFETY: `a` is this task's own (T, T) block.
-            unsafe { matmul_strided(a.as_mut_ptr(), t, 1, q, k.t(), false) };
-            causal_softmax_rows(a, t, scale);
-            let probs: &[f32] = match (drop_ptr, dropout) {
-                (Some(dp), Some(d)) => {
-                    // SAFETY: this task's own (T, T) block of att_drop.
-                    let ad =
-                        unsafe { std::slice::from_raw_parts_mut(dp.ptr().add(bh * t * t), t * t) };
-                    for (k, (o, &x)) in ad.iter_mut().zip(a.iter()).enumerate() {
-                        *o = x * d.scale(bh * t * t + k);
-                    }
-                    ad
-                }
-                _ => a,
-            };
-            // SAFETY: out rows (bi, 0..t), columns h*hs..(h+1)*hs belong to this task alone.
-            unsafe {
-                let dst = out_ptr.ptr().add(bi * t * c + h * hs);
-                matmul_strided(dst, c, 1, MatRef::new(probs, t, t), v, false);
-            }
-        });
-}
-
-/// Writes dqkv (overwritten). `datt` is (B, H, T, T) scratch.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_backward(
-    dqkv: &mut [f32],
-    datt: &mut [f32],
-    dout: &[f32],
-    qkv: &[f32],
-    att: &[f32],
-    att_drop: Option<&[f32]>,
-    s: &AttnShape,
-    dropout: Option<Dropout>,
-) {
-    let (b, t, c, nh) = (s.b, s.t, s.c, s.n_head);
-    let hs = s.head_size();
-    let scale = 1.0 / (hs as f32).sqrt();
-    assert!(dqkv.len() >= b * t * 3 * c && datt.len() >= b * nh * t * t && dout.len() >= b * t * c);
-    let dqkv_ptr = SharedMut(dqkv.as_mut_ptr());
-    datt[..b * nh * t * t]
-        .par_chunks_mut(t * t)
-        .enumerate()
-        .for_each(|(bh, da)| {
-            let (bi, h) = (bh / nh, bh % nh);
-            let (q, k, v) = head_views(qkv, bi, h, t, c, hs);
-            let dy = MatRef {
-                data: &dout[bi * t * c + h * hs..],
-                rows: t,
-                cols: hs,
-                rs: c,
-                cs: 1,
-            };
-            let a = &att[bh * t * t..][..t * t];
-            let probs = match (att_drop, dropout) {
-                (Some(ad), Some(_)) => &ad[bh * t * t..][..t * t],
-                _ => a,
-            };
-            // SAFETY: each task writes only its own head's columns of dqkv and its own datt block.
-            unsafe {
-                let dq = dqkv_ptr.ptr().add(bi * t * 3 * c + h * hs);
-                let dk = dq.add(c);
-                let dv = dq.add(2 * c);
-                // dv = probs^T @ dy ; dprobs = dy @ v^T
-                matmul_strided(dv, 3 * c, 1, MatRef::new(probs, t, t).t(), dy, false);
-                matmul_strided(da.as_mut_ptr(), t, 1, dy, v.t(), false);
-                if let Some(d) = dropout.filter(|_| att_drop.is_some()) {
-                    for (k, x) in da.iter_mut().enumerate() {
-                        *x *= d.scale(bh * t * t + k);
-                    }
-                }
-                causal_softmax_backward_rows(da, a, t, scale);
-                let dpre = MatRef::new(da, t, t);
-                matmul_strided(dq, 3 * c, 1, dpre, k, false);
-                matmul_strided(dk, 3 * c, 1, dpre.t(), q, false);
-            }
-        });
-}
-
-// ---------------------------------------------------------------------------------------------
 // Softmax + cross-entropy, fused.
 
 /// Turns logits (n, v) into probabilities in place; returns the mean loss over rows (sum in f64, in
@@ -500,55 +348,6 @@ pub fn crossentropy_forward(
 
 // Numerically stable softmax of one row, in place (AVX2 when available).
 math::simd_kernel!(softmax, softmax_on, softmax_in_place, (p: &mut [f32]));
-math::simd_kernel!(causal_softmax_rows, causal_softmax_rows_on, causal_softmax_rows_kernel, (a: &mut [f32], t: usize, scale: f32));
-
-/// The columns of row `i` of a causal (T, T) block that the lane-wise kernels touch: `0..=i`
-/// rounded up to whole [`math::LANES`] chunks (the rest of the row is zero).
-fn causal_width(i: usize, t: usize) -> usize {
-    (i + 1).next_multiple_of(math::LANES).min(t)
-}
-
-/// Row i of a (T, T) score block: scale, softmax over columns 0..=i, zeros after. Each row is
-/// worked in whole lane chunks, the columns past `i` masked (-inf into the max, 0 into the sum):
-/// the same bits as softmax over `0..=i` alone (lane `j % 16` takes column `j` either way), without
-/// a scalar tail on every row.
-#[inline(always)]
-fn causal_softmax_rows_kernel(a: &mut [f32], t: usize, scale: f32) {
-    for i in 0..t {
-        let row = &mut a[i * t..][..t];
-        let (live, rest) = row.split_at_mut(causal_width(i, t));
-        for (j, x) in live.iter_mut().enumerate() {
-            *x = if j <= i { *x * scale } else { f32::NEG_INFINITY };
-        }
-        let max = math::max(live);
-        for (j, x) in live.iter_mut().enumerate() {
-            *x = if j <= i { math::exp(*x - max) } else { 0.0 };
-        }
-        let inv = 1.0 / math::sum(live);
-        for x in live.iter_mut() {
-            *x *= inv;
-        }
-        rest.fill(0.0);
-    }
-}
-
-math::simd_kernel!(causal_softmax_backward_rows, causal_softmax_backward_rows_on, causal_softmax_backward_rows_kernel, (da: &mut [f32], a: &[f32], t: usize, scale: f32));
-
-/// Softmax's backward on a causal (T, T) block, then the 1/sqrt(hs) scale: `da` holds the
-/// gradient of the probabilities `a` and becomes that of the scores. Lane chunks as in
-/// [`causal_softmax_rows_kernel`]; `a` is zero past column `i`, so the dot product is unchanged.
-#[inline(always)]
-fn causal_softmax_backward_rows_kernel(da: &mut [f32], a: &[f32], t: usize, scale: f32) {
-    for i in 0..t {
-        let (ar, dr) = (&a[i * t..][..t], &mut da[i * t..][..t]);
-        let width = causal_width(i, t);
-        let dot = math::dot(&ar[..width], &dr[..width]);
-        for (j, (d, &p)) in dr[..width].iter_mut().zip(&ar[..width]).enumerate() {
-            *d = if j <= i { p * (*d - dot) * scale } else { 0.0 };
-        }
-        dr[width..].fill(0.0);
-    }
-}
 
 /// The exponentials are a loop of their own so they vectorise; the max and sum are lane-wise
 /// ([`math::LANES`]).
@@ -636,10 +435,6 @@ mod tests {
             gelu_tanh_forward_on(isa, &mut a, &x);
             gelu_tanh_forward_kernel(&mut b, &x);
             assert_eq!(bits(&a), bits(&b), "{isa:?} gelu_tanh_forward");
-            let (mut s1, mut s2) = (x[..64 * 64].to_vec(), x[..64 * 64].to_vec());
-            causal_softmax_rows_on(isa, &mut s1, 64, 0.17);
-            causal_softmax_rows_kernel(&mut s2, 64, 0.17);
-            assert_eq!(bits(&s1), bits(&s2), "{isa:?} causal_softmax_rows");
             let (mut p1, mut p2) = (x[..65].to_vec(), x[..65].to_vec());
             softmax_on(isa, &mut p1);
             softmax_in_place(&mut p2);
