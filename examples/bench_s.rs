@@ -1,18 +1,15 @@
-//! Times config S training iterations (for profiling with perf): `cargo run --release --example bench_s -- ITERS THREADS`.
+//! Times config S (or M) training iterations, for profiling with perf:
+//! `cargo run --release --example bench_s -- ITERS THREADS [m]`.
 fn main() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().unwrap())
-        .collect();
-    let iters = args.first().copied().unwrap_or(50);
-    let threads = args.get(1).copied().unwrap_or(1);
-    let ms = pipe::time_training(
-        &pipe::config_s(),
-        pipe::gpt::device::Device::Cpu,
-        threads,
-        3,
-        iters,
-    )?;
-    println!("config S: {ms:.1} ms/iter ({threads} threads)");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |i: usize, default: usize| args.get(i).map_or(Ok(default), |a| a.parse());
+    let iters = number(0, 50)?;
+    let threads = number(1, 1)?;
+    let config = match args.get(2).map(String::as_str) {
+        Some("m") => pipe::config_m(),
+        _ => pipe::config_s(),
+    };
+    let ms = pipe::time_training(&config, pipe::gpt::device::Device::Cpu, threads, 1, iters)?;
+    println!("{}: {ms:.1} ms/iter ({threads} threads)", config.name);
     Ok(())
 }

@@ -70,7 +70,7 @@ use serde_json::{Value, json};
 
 /// Bump when any stage's output for the same key material would change. 2: a train stage's
 /// metrics.json has `steps` (every `log_interval` iterations), its loss.svg draws them.
-pub const ENGINE_FORMAT: u32 = 2;
+pub const ENGINE_FORMAT: u32 = 3;
 
 pub fn material(kind: &str, device: &str, params: Value, sources: Value, inputs: Value) -> Value {
     json!({ "format": ENGINE_FORMAT, "kind": kind, "device": device, "params": params, "sources": sources, "inputs": inputs })

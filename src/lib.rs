@@ -35,7 +35,7 @@ mod ui;
 /// The engine, its own crate (crates/gpt), under the name the runner has always used.
 pub use pipe_gpt as gpt;
 
-pub use bench::{config_s, time_training};
+pub use bench::{config_m, config_s, time_training};
 pub use cli::{Cli, error_json, is_input_error, run};
 pub use curves::{Curve, read_curve};
 pub use data::split::is_val;

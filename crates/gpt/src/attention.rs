@@ -5,7 +5,7 @@
 
 use super::math;
 use super::matmul::{MatRef, matmul_strided};
-use super::ops::Dropout;
+use super::ops::{Dropout, dropout_in_place, dropout_into};
 use rayon::prelude::*;
 
 math::simd_kernel!(causal_softmax_rows, causal_softmax_rows_on, causal_softmax_rows_kernel, (a: &mut [f32], t: usize, scale: f32));
@@ -87,9 +87,7 @@ pub fn attention_forward(
                     // SAFETY: this task's own (T, T) block of att_drop.
                     let ad =
                         unsafe { std::slice::from_raw_parts_mut(dp.ptr().add(bh * t * t), t * t) };
-                    for (k, (o, &x)) in ad.iter_mut().zip(a.iter()).enumerate() {
-                        *o = x * d.scale(bh * t * t + k);
-                    }
+                    dropout_into(ad, a, d, bh * t * t);
                     ad
                 }
                 _ => a,
@@ -146,9 +144,7 @@ pub fn attention_backward(
                 matmul_strided(dv, 3 * c, 1, MatRef::new(probs, t, t).t(), dy, false);
                 matmul_strided(da.as_mut_ptr(), t, 1, dy, v.t(), false);
                 if let Some(d) = dropout.filter(|_| att_drop.is_some()) {
-                    for (k, x) in da.iter_mut().enumerate() {
-                        *x *= d.scale(bh * t * t + k);
-                    }
+                    dropout_in_place(da, d, bh * t * t);
                 }
                 causal_softmax_backward_rows(da, a, t, scale);
                 let dpre = MatRef::new(da, t, t);

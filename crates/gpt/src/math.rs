@@ -12,7 +12,7 @@
 macro_rules! simd_kernel {
     ($name:ident, $name_on:ident, $kernel:ident, ($($arg:ident : $ty:ty),*) $(-> $ret:ty)?) => {
         #[allow(dead_code)]
-        fn $name($($arg: $ty),*) $(-> $ret)? {
+        pub(crate) fn $name($($arg: $ty),*) $(-> $ret)? {
             $name_on($crate::isa::Isa::active(), $($arg),*)
         }
 

@@ -73,13 +73,30 @@ pub fn layernorm_forward(
     b: Option<&[f32]>,
     c: usize,
 ) {
-    out.par_chunks_mut(c)
-        .zip(inp.par_chunks(c))
-        .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
-        .for_each(|((o, x), (m, r))| (*m, *r) = layernorm_row(o, x, w, b));
+    out.par_chunks_mut(ROWS * c)
+        .zip(inp.par_chunks(ROWS * c))
+        .zip(mean.par_chunks_mut(ROWS).zip(rstd.par_chunks_mut(ROWS)))
+        .for_each(|((o, x), (m, r))| layernorm_rows(o, m, r, x, w, b));
 }
 
-math::simd_kernel!(layernorm_row, layernorm_row_on, layernorm_row_kernel, (o: &mut [f32], x: &[f32], w: &[f32], b: Option<&[f32]>) -> (f32, f32));
+math::simd_kernel!(layernorm_rows, layernorm_rows_on, layernorm_rows_kernel, (out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], w: &[f32], b: Option<&[f32]>));
+
+/// A block of rows' LayerNorm (one dispatch per block, not per row).
+#[inline(always)]
+fn layernorm_rows_kernel(
+    out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+) {
+    let c = w.len();
+    let rows = out.chunks_exact_mut(c).zip(inp.chunks_exact(c));
+    for ((o, x), (m, r)) in rows.zip(mean.iter_mut().zip(rstd.iter_mut())) {
+        (*m, *r) = layernorm_row_kernel(o, x, w, b);
+    }
+}
 
 /// One row's LayerNorm; returns its mean and 1/std.
 #[inline(always)]
@@ -116,11 +133,11 @@ pub fn layernorm_backward_add(
     w: &[f32],
     c: usize,
 ) {
-    dinp.par_chunks_mut(c)
-        .zip(dout.par_chunks(c))
-        .zip(inp.par_chunks(c))
-        .enumerate()
-        .for_each(|(i, ((di, d), x))| layernorm_backward_row(di, d, x, w, mean[i], rstd[i]));
+    dinp.par_chunks_mut(ROWS * c)
+        .zip(dout.par_chunks(ROWS * c))
+        .zip(inp.par_chunks(ROWS * c))
+        .zip(mean.par_chunks(ROWS).zip(rstd.par_chunks(ROWS)))
+        .for_each(|(((di, d), x), (m, r))| layernorm_backward_rows(di, d, x, w, m, r));
     let with_bias = db.is_some();
     let width = if with_bias { 2 * c } else { c };
     let sums = reduce_rows(dout.len() / c, width, |i, acc| {
@@ -271,7 +288,7 @@ pub struct Dropout {
 }
 
 impl Dropout {
-    #[inline]
+    #[inline(always)]
     pub fn scale(&self, index: usize) -> f32 {
         if dropout_keep(self.seed, self.site, index, self.p) {
             1.0 / (1.0 - self.p)
@@ -282,15 +299,49 @@ impl Dropout {
 
     /// `x[i] *= mask(i) / (1 - p)`; the backward of dropout is the same operation on the gradient.
     pub fn apply_in_place(&self, x: &mut [f32]) {
-        x.par_chunks_mut(4096).enumerate().for_each(|(chunk, xs)| {
-            for (k, v) in xs.iter_mut().enumerate() {
-                *v *= self.scale(chunk * 4096 + k);
-            }
-        });
+        x.par_chunks_mut(4096)
+            .enumerate()
+            .for_each(|(chunk, xs)| dropout_in_place(xs, *self, chunk * 4096));
     }
 }
 
-math::simd_kernel!(layernorm_backward_row, layernorm_backward_row_on, layernorm_backward_row_kernel, (di: &mut [f32], d: &[f32], x: &[f32], w: &[f32], mu: f32, rs: f32));
+math::simd_kernel!(dropout_in_place, dropout_in_place_on, dropout_in_place_kernel, (x: &mut [f32], d: Dropout, first: usize));
+math::simd_kernel!(dropout_into, dropout_into_on, dropout_into_kernel, (out: &mut [f32], x: &[f32], d: Dropout, first: usize));
+
+/// `x[k] *= mask(first + k) / (1 - p)`: the masks' integer hashing vectorises too.
+#[inline(always)]
+fn dropout_in_place_kernel(x: &mut [f32], d: Dropout, first: usize) {
+    for (k, v) in x.iter_mut().enumerate() {
+        *v *= d.scale(first + k);
+    }
+}
+
+/// `out[k] = x[k] * mask(first + k) / (1 - p)`.
+#[inline(always)]
+fn dropout_into_kernel(out: &mut [f32], x: &[f32], d: Dropout, first: usize) {
+    for (k, (o, &v)) in out.iter_mut().zip(x).enumerate() {
+        *o = v * d.scale(first + k);
+    }
+}
+
+math::simd_kernel!(layernorm_backward_rows, layernorm_backward_rows_on, layernorm_backward_rows_kernel, (di: &mut [f32], d: &[f32], x: &[f32], w: &[f32], mean: &[f32], rstd: &[f32]));
+
+/// A block of rows of LayerNorm's input gradient, added into `di`.
+#[inline(always)]
+fn layernorm_backward_rows_kernel(
+    di: &mut [f32],
+    d: &[f32],
+    x: &[f32],
+    w: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+) {
+    let c = w.len();
+    let rows = di.chunks_exact_mut(c).zip(d.chunks_exact(c)).zip(x.chunks_exact(c));
+    for (((di, d), x), (&mu, &rs)) in rows.zip(mean.iter().zip(rstd)) {
+        layernorm_backward_row_kernel(di, d, x, w, mu, rs);
+    }
+}
 
 /// One row of LayerNorm's input gradient, added into `di`.
 #[inline(always)]
@@ -440,18 +491,21 @@ mod tests {
             softmax_in_place(&mut p2);
             assert_eq!(bits(&p1), bits(&p2), "{isa:?} softmax");
             let (w, bias) = (&d[..128], &x[128..256]);
-            let (mut o1, mut o2) = (vec![0.0; 128], vec![0.0; 128]);
+            let (mut o1, mut o2) = (vec![0.0; 3 * 128], vec![0.0; 3 * 128]);
+            let (mut m1, mut m2, mut r1, mut r2) = ([0.0; 3], [0.0; 3], [0.0; 3], [0.0; 3]);
             for b in [Some(bias), None] {
-                let r1 = layernorm_row_on(isa, &mut o1, &x[..128], w, b);
-                let r2 = layernorm_row_kernel(&mut o2, &x[..128], w, b);
+                layernorm_rows_on(isa, &mut o1, &mut m1, &mut r1, &x[..3 * 128], w, b);
+                layernorm_rows_kernel(&mut o2, &mut m2, &mut r2, &x[..3 * 128], w, b);
                 assert_eq!(
-                    (bits(&o1), r1.0.to_bits()),
-                    (bits(&o2), r2.0.to_bits()),
+                    (bits(&o1), bits(&m1), bits(&r1)),
+                    (bits(&o2), bits(&m2), bits(&r2)),
                     "{isa:?} layernorm"
                 );
             }
-            layernorm_backward_row_on(isa, &mut o1, &d[..128], &x[..128], w, 0.1, 1.3);
-            layernorm_backward_row_kernel(&mut o2, &d[..128], &x[..128], w, 0.1, 1.3);
+            let (dx, xs) = (&d[..3 * 128], &x[..3 * 128]);
+            let (mu, rs) = ([0.1, -0.2, 0.3], [1.3, 0.7, 2.1]);
+            layernorm_backward_rows_on(isa, &mut o1, dx, xs, w, &mu, &rs);
+            layernorm_backward_rows_kernel(&mut o2, dx, xs, w, &mu, &rs);
             assert_eq!(bits(&o1), bits(&o2), "{isa:?} layernorm backward");
             let s = [0.999, 0.9, 0.95, 0.3, 1e-3, 1e-8];
             let (mut p1, mut m1, mut v1) = (

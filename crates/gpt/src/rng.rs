@@ -15,6 +15,7 @@ pub struct Rng {
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// The SplitMix64 finaliser: a strong 64-bit mixing function.
+#[inline(always)]
 pub fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -54,7 +55,7 @@ impl Rng {
 
 /// Counter-based dropout masks: whether element `index` at dropout site `site` is kept. Stateless, so
 /// forward and backward recompute the same mask, and any thread can evaluate any element.
-#[inline]
+#[inline(always)]
 pub fn dropout_keep(seed: u64, site: u64, index: usize, p: f32) -> bool {
     let h = mix64(
         seed ^ mix64(
