@@ -29,6 +29,7 @@ pub fn encoder_forward(
     out.par_chunks_mut(c)
         .zip(tokens.par_iter())
         .enumerate()
+        .with_min_len(ROWS)
         .for_each(|(i, (row, &tok))| {
             let t = i % t_len;
             let te = &wte[tok as usize * c..][..c];
@@ -390,6 +391,7 @@ pub fn crossentropy_forward(
         .par_chunks_mut(v)
         .zip(losses.par_iter_mut())
         .zip(targets.par_iter())
+        .with_min_len(ROWS)
         .for_each(|((p, l), &y)| {
             softmax(p);
             *l = -p[y as usize].max(f32::MIN_POSITIVE).ln();
@@ -420,6 +422,7 @@ pub fn crossentropy_backward(probs: &mut [f32], targets: &[u32], v: usize, dloss
     probs
         .par_chunks_mut(v)
         .zip(targets.par_iter())
+        .with_min_len(ROWS)
         .for_each(|(p, &y)| {
             p[y as usize] -= 1.0;
             for x in p.iter_mut() {
