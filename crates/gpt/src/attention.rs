@@ -170,7 +170,11 @@ fn causal_softmax_rows_kernel(a: &mut [f32], t: usize, scale: f32) {
         let row = &mut a[i * t..][..t];
         let (live, rest) = row.split_at_mut(causal_width(i, t));
         for (j, x) in live.iter_mut().enumerate() {
-            *x = if j <= i { *x * scale } else { f32::NEG_INFINITY };
+            *x = if j <= i {
+                *x * scale
+            } else {
+                f32::NEG_INFINITY
+            };
         }
         let max = math::max(live);
         for (j, x) in live.iter_mut().enumerate() {
@@ -201,4 +205,3 @@ fn causal_softmax_backward_rows_kernel(da: &mut [f32], a: &[f32], t: usize, scal
         dr[width..].fill(0.0);
     }
 }
-

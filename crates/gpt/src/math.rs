@@ -152,20 +152,14 @@ pub fn max(x: &[f32]) -> f32 {
     combine(acc, f32::max)
 }
 
-/// `sum of x[i]^2`, each square in f64, in [`LANES`] lanes (the gradient norm's sum).
+/// `sum of x[i]^2` (the gradient norm's sum): blocks of 256 elements summed in f32 [`LANES`]
+/// lanes (16 squares per lane), the blocks' sums added in order in f64. (An all-f64 sum did not
+/// vectorise: 2% of a training step in config S.)
 #[inline(always)]
 pub fn square_sum_f64(x: &[f32]) -> f64 {
-    let full = x.len() / LANES * LANES;
-    let mut acc = [0.0f64; LANES];
-    for chunk in x[..full].chunks_exact(LANES) {
-        for j in 0..LANES {
-            acc[j] += chunk[j] as f64 * chunk[j] as f64;
-        }
-    }
-    for (j, &v) in x[full..].iter().enumerate() {
-        acc[j] += v as f64 * v as f64;
-    }
-    combine(acc, |a, b| a + b)
+    x.chunks(256)
+        .map(|block| sum3(block, block, block, |v, _, _| v * v) as f64)
+        .fold(0.0, |total, s| total + s)
 }
 
 /// The lanes, combined pairwise.
@@ -205,6 +199,12 @@ mod tests {
         assert_eq!(super::max(&[f32::NAN, -3.0, -2.0]), -2.0);
         assert_eq!(super::max(&[]), f32::NEG_INFINITY);
         assert_eq!(super::sum(&[]), 0.0);
+        let g: Vec<f32> = (0..100_003)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 1e-3)
+            .collect();
+        let exact: f64 = g.iter().map(|&v| v as f64 * v as f64).sum();
+        let ours = super::square_sum_f64(&g);
+        assert!(((ours - exact) / exact).abs() < 1e-6, "{ours} vs {exact}");
     }
 
     #[test]

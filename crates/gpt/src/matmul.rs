@@ -235,7 +235,13 @@ mod tests {
     #[test]
     fn products_are_bit_identical_on_any_number_of_threads() {
         let mut rng = crate::rng::Rng::new(5);
-        for (m, k, n) in [(768, 128, 384), (300, 1100, 70), (97, 600, 3), (40, 513, 9), (5, 7, 2)] {
+        for (m, k, n) in [
+            (768, 128, 384),
+            (300, 1100, 70),
+            (97, 600, 3),
+            (40, 513, 9),
+            (5, 7, 2),
+        ] {
             let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
             let b: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32).collect();
             let c0: Vec<f32> = (0..m * n).map(|_| rng.normal() as f32).collect();
@@ -246,7 +252,12 @@ mod tests {
                     .unwrap();
                 let mut c = c0.clone();
                 pool.install(|| {
-                    matmul(&mut c, MatRef::new(&a, m, k), MatRef::new(&b, n, k).t(), true);
+                    matmul(
+                        &mut c,
+                        MatRef::new(&a, m, k),
+                        MatRef::new(&b, n, k).t(),
+                        true,
+                    );
                     let mut d = vec![0.0; m * n];
                     matmul(&mut d, MatRef::new(&a, m, k), MatRef::new(&b, k, n), false);
                     c.extend(d);
@@ -255,9 +266,16 @@ mod tests {
             };
             let one = run(1);
             for threads in 2..=7 {
-                assert!(run(threads) == one, "{m}x{k}x{n} differs on {threads} threads");
+                assert!(
+                    run(threads) == one,
+                    "{m}x{k}x{n} differs on {threads} threads"
+                );
             }
-            assert!(row_blocks(m, n, 7).iter().all(|r| r.len() * n > 256 || r.len() == m));
+            assert!(
+                row_blocks(m, n, 7)
+                    .iter()
+                    .all(|r| r.len() * n > 256 || r.len() == m)
+            );
         }
     }
 

@@ -2,10 +2,10 @@
 //! One file of ~670 lines because each layer's backward mirrors its forward and both read the
 //! same activation slots (`layers.rs`); ~610 lines of code, then its tests.
 
+use super::attention::{self, AttnShape};
 use super::block::{BlockWeights, Normed};
 use super::config::GptConfig;
 use super::layers::{EMBEDDING_SITE, LayerPlan, LayerSite, LayerSlot, dropout_site};
-use super::attention::{self, AttnShape};
 use super::ops::{self, Dropout};
 use super::params::ParamLayout;
 use super::rng::Rng;

@@ -338,7 +338,10 @@ fn layernorm_backward_rows_kernel(
     rstd: &[f32],
 ) {
     let c = w.len();
-    let rows = di.chunks_exact_mut(c).zip(d.chunks_exact(c)).zip(x.chunks_exact(c));
+    let rows = di
+        .chunks_exact_mut(c)
+        .zip(d.chunks_exact(c))
+        .zip(x.chunks_exact(c));
     for (((di, d), x), (&mu, &rs)) in rows.zip(mean.iter().zip(rstd)) {
         layernorm_backward_row_kernel(di, d, x, w, mu, rs);
     }

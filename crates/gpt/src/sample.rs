@@ -9,8 +9,8 @@
 use super::block::{BlockWeights, Normed};
 use super::layers::LayerPlan;
 use super::model::Gpt;
-use super::{math, ops};
 use super::rng::{Rng, mix64};
+use super::{math, ops};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
