@@ -49,7 +49,7 @@ const TINY: &[(&str, &str)] = &[
     ),
     (
         "export/model.safetensors",
-        "176ea7998948c6083c7c069eb345564bb2bdb5600ea7c668f1a77cb60eb6879a",
+        "2b993dd16f5001384547ce4ee55fbcefef904b2cd4ce1bcedacb0c0bc2283d7d",
     ),
     (
         "model/ckpt",
@@ -61,7 +61,7 @@ const TINY: &[(&str, &str)] = &[
     ),
     (
         "train/ckpt",
-        "869300b2babf4480d77d2e6983bdbf9a6eec8b7cae440c636f64ced581678e06",
+        "afd864bbea2a99b0751455a0c4f554fe7f985cf3bec0dcf2b07c008a977e01fa",
     ),
     (
         "train/loss.svg",
@@ -69,7 +69,7 @@ const TINY: &[(&str, &str)] = &[
     ),
     (
         "train/metrics.json",
-        "7ca9cd71bd461dee08e54853896397bce6d7be7349a12160233f107be966af1e",
+        "0d72cfcba74c987c18c2abbbcb5766a250cf92a6188cd8eb4ab0d106371212ff",
     ),
 ];
 
