@@ -43,7 +43,8 @@
 //!   machine for differences of rounding. `pipe show` says which path computed a stage (`cpu_isa`
 //!   in its metrics), and `tests/golden.rs` keeps one table per path.
 //! - **The thread count** (`--threads`), deliberately: CPU results are bit-identical across thread
-//!   counts by construction (fixed row blocks, reductions in block order, counter-based dropout).
+//!   counts by construction (gemm calls with k in fixed chunks, reductions in fixed blocks added in
+//!   order, counter-based dropout).
 //! - **`keep_checkpoints`** (train), deliberately: which intermediate checkpoints are retained,
 //!   never an output's bytes. (`log_interval` is keyed since `ENGINE_FORMAT` 2: metrics.json
 //!   records every `log_interval`-th iteration's loss, learning rate and gradient norm; and a
