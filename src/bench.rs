@@ -144,7 +144,7 @@ pub fn time_sampling(
             seed: 1,
         };
         let t0 = Instant::now();
-        let out = engine.generate_many(&[0], &sc, 1)?;
+        let out = engine.generate_many(&[0], &sc, 0..1)?;
         Ok(out[0].len() as f64 / t0.elapsed().as_secs_f64())
     })
 }

@@ -288,8 +288,8 @@ fn greedy_samples_match_the_cpu_engine() {
         seed: 5,
     };
     let prompt = [1u32, 2, 3];
-    let a = generate_many(&cpu, &prompt, &sc, 3);
-    let b = gpu.generate_many(&prompt, &sc, 3).unwrap();
+    let a = generate_many(&cpu, &prompt, &sc, 0..3);
+    let b = gpu.generate_many(&prompt, &sc, 0..3).unwrap();
     assert_eq!(a, b);
     // With temperature and top-k the streams are the CPU's: equal unless logits tie to 1e-6.
     let sc = SampleConfig {
@@ -297,7 +297,7 @@ fn greedy_samples_match_the_cpu_engine() {
         temperature: 0.8,
         ..sc
     };
-    let b = gpu.generate_many(&prompt, &sc, 2).unwrap();
+    let b = gpu.generate_many(&prompt, &sc, 0..2).unwrap();
     assert_eq!(b.len(), 2);
     assert!(
         b.iter()

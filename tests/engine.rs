@@ -434,8 +434,8 @@ fn sampling_is_seeded() {
         top_k: Some(5),
         seed: 3,
     };
-    let a = pipe::gpt::sample::generate_many(&model, &[1, 2], &sc, 3);
-    let b = pipe::gpt::sample::generate_many(&model, &[1, 2], &sc, 3);
+    let a = pipe::gpt::sample::generate_many(&model, &[1, 2], &sc, 0..3);
+    let b = pipe::gpt::sample::generate_many(&model, &[1, 2], &sc, 0..3);
     assert_eq!(a, b);
     assert_ne!(a[0], a[1], "samples should differ from one another");
     assert!(a.iter().all(|s| s.len() == 40));

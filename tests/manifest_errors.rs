@@ -38,6 +38,52 @@ fn cases() -> Vec<Case> {
     };
     vec![
         case(
+            "max_iters that cannot finish",
+            &train("    max_iters: 1000000000000000000\n"),
+            &[
+                "bad.yaml:",
+                "field `max_iters`: 1000000000000000000 cannot finish: at most 100000000 is accepted",
+            ],
+        ),
+        case(
+            "train eval_iters that cannot finish",
+            &train("    eval_iters: 1000000000000\n"),
+            &[
+                "bad.yaml:",
+                "field `eval_iters`: 1000000000000 cannot finish: at most 1000000",
+            ],
+        ),
+        case(
+            "evaluate eval_iters that cannot finish",
+            &with_model(
+                "  ev:\n    kind: evaluate\n    needs: [model, data]\n    eval_iters: 1000000000000\n",
+            ),
+            &[
+                "bad.yaml:",
+                "field `eval_iters`: 1000000000000 cannot finish: at most 1000000",
+            ],
+        ),
+        case(
+            "num_samples that cannot finish",
+            &with_model(
+                "  s:\n    kind: sample\n    needs: [model, data]\n    num_samples: 1000000000\n",
+            ),
+            &[
+                "bad.yaml:",
+                "field `num_samples`: 1000000000 cannot finish: at most 100000",
+            ],
+        ),
+        case(
+            "max_new_tokens that cannot finish",
+            &with_model(
+                "  s:\n    kind: sample\n    needs: [model, data]\n    max_new_tokens: 1000000000000\n",
+            ),
+            &[
+                "bad.yaml:",
+                "field `max_new_tokens`: 1000000000000 cannot finish: at most 1000000",
+            ],
+        ),
+        case(
             "a count too large for 64 bits",
             &with_model(
                 "  train:\n    kind: train\n    needs: [model, data]\n    max_iters: 99999999999999999999\n",

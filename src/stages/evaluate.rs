@@ -13,7 +13,7 @@ use crate::gpt::device::check_host;
 use crate::gpt::engine::Engine;
 use crate::gpt::memory::Work;
 use crate::gpt::rng::Rng;
-use crate::gpt::train::estimate_loss;
+use crate::gpt::train::{MAX_EVAL_ITERS, beyond_ceiling, estimate_loss};
 use crate::manifest::StageSpec;
 use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result, ensure};
@@ -54,6 +54,14 @@ pub fn params(spec: &StageSpec, p: &serde_json::Map<String, Value>) -> Result<Pa
                 Some(HELP),
             ));
         }
+    }
+    if params.eval_iters as u64 > MAX_EVAL_ITERS {
+        let why = beyond_ceiling(params.eval_iters as u64, MAX_EVAL_ITERS);
+        return Err(crate::error::err(
+            spec.origin_of("eval_iters").clone(),
+            format!("stage `{}`, field `eval_iters`: {why}", spec.name),
+            Some(HELP),
+        ));
     }
     Ok(params)
 }

@@ -11,6 +11,7 @@ use crate::gpt::device::check_host;
 use crate::gpt::engine::Engine;
 use crate::gpt::memory::Work;
 use crate::gpt::sample::SampleConfig;
+use crate::gpt::train::beyond_ceiling;
 use crate::manifest::StageSpec;
 use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
@@ -83,8 +84,20 @@ fn invalid_field(p: &Params) -> Option<(&'static str, String)> {
     if p.num_samples == 0 {
         return Some(("num_samples", "must be at least 1".into()));
     }
+    for (field, v, max) in [
+        ("num_samples", p.num_samples, MAX_SAMPLES),
+        ("max_new_tokens", p.max_new_tokens, MAX_NEW_TOKENS),
+    ] {
+        if v > max {
+            return Some((field, beyond_ceiling(v as u64, max as u64)));
+        }
+    }
     None
 }
+
+/// Sampling's ceilings (see `train`'s): nanoGPT's sample.py makes 10 samples of 500 tokens.
+const MAX_SAMPLES: usize = 100_000;
+const MAX_NEW_TOKENS: usize = 1_000_000;
 
 /// A prompt file is part of the key by content.
 pub fn key_parts(base: &Path, spec: &StageSpec, params: &Params) -> Result<(Value, Value)> {
@@ -124,26 +137,33 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
         top_k: p.top_k,
         seed: p.seed,
     };
+    // Samples stream out in batches (printed, and written to the store's object) as they finish.
     let t0 = Instant::now();
-    let samples = model.generate_many(&prompt, &cfg, p.num_samples)?;
+    let mut out = ctx.store.writer()?;
+    let (mut tokens, batch) = (0, model.sample_batch());
+    for first in (0..p.num_samples).step_by(batch) {
+        let samples = first..(first + batch).min(p.num_samples);
+        let mut text = String::new();
+        for s in model.generate_many(&prompt, &cfg, samples)? {
+            tokens += s.len();
+            let mut ids = prompt.clone();
+            ids.extend(s);
+            text.push_str(&tok.decode(&ids)?);
+            text.push_str(SEPARATOR);
+        }
+        if ctx.ui.json {
+            eprint!("{text}")
+        } else {
+            print!("{text}");
+            std::io::Write::flush(&mut std::io::stdout())?;
+        }
+        std::io::Write::write_all(&mut out, text.as_bytes())?;
+    }
     let secs = t0.elapsed().as_secs_f64();
-    let mut text = String::new();
-    for s in &samples {
-        let mut ids = prompt.clone();
-        ids.extend(s);
-        text.push_str(&tok.decode(&ids)?);
-        text.push_str(SEPARATOR);
-    }
-    if ctx.ui.json {
-        eprint!("{text}")
-    } else {
-        print!("{text}")
-    }
-    let tokens = samples.iter().map(Vec::len).sum::<usize>();
-    let hash = ctx.store.put(text.as_bytes())?;
+    let hash = out.commit()?;
     Ok(Produced {
         outputs: crate::store::outputs([("samples.txt", hash)]),
-        metrics: json!({ "samples": samples.len(), "new_tokens": tokens, "tokens_per_second": tokens as f64 / secs.max(1e-9), "cpu_isa": ctx.cpu_isa() }),
+        metrics: json!({ "samples": p.num_samples, "new_tokens": tokens, "tokens_per_second": tokens as f64 / secs.max(1e-9), "cpu_isa": ctx.cpu_isa() }),
         resumed: false,
     })
 }

@@ -72,7 +72,7 @@ impl GpuGpt {
         &mut self,
         _prompt: &[u32],
         _cfg: &SampleConfig,
-        _num_samples: usize,
+        _samples: std::ops::Range<usize>,
     ) -> Result<Vec<Vec<u32>>> {
         match self.never {}
     }

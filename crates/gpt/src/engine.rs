@@ -109,15 +109,25 @@ impl Engine {
         }
     }
 
+    /// Samples `samples` (their indices; see [`generate_many`]).
     pub fn generate_many(
         &mut self,
         prompt: &[u32],
         cfg: &SampleConfig,
-        num_samples: usize,
+        samples: std::ops::Range<usize>,
     ) -> Result<Vec<Vec<u32>>> {
         match self {
-            Engine::Cpu(m) => Ok(generate_many(m, prompt, cfg, num_samples)),
-            Engine::Cuda(g) => g.generate_many(prompt, cfg, num_samples),
+            Engine::Cpu(m) => Ok(generate_many(m, prompt, cfg, samples)),
+            Engine::Cuda(g) => g.generate_many(prompt, cfg, samples),
+        }
+    }
+
+    /// How many samples [`Engine::generate_many`] should get at a time: one per thread on the
+    /// CPU, a batch of 64 on a GPU (so memory stays bounded and samples stream out).
+    pub fn sample_batch(&self) -> usize {
+        match self {
+            Engine::Cpu(_) => rayon::current_num_threads(),
+            Engine::Cuda(_) => 64,
         }
     }
 }

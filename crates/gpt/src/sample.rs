@@ -270,15 +270,16 @@ pub fn sample_rng(seed: u64, i: usize) -> Rng {
     Rng::new(mix64(seed) ^ i as u64)
 }
 
-/// `num_samples` independent samples, in parallel; sample `i` draws from its own stream derived from
-/// `(seed, i)`, so the output does not depend on the thread count.
+/// Samples `samples` (their indices: a run streams its samples in batches), in parallel; sample
+/// `i` draws from its own stream derived from `(seed, i)`, so the output does not depend on the
+/// thread count or the batches.
 pub fn generate_many(
     model: &Gpt,
     prompt: &[u32],
     cfg: &SampleConfig,
-    num_samples: usize,
+    samples: std::ops::Range<usize>,
 ) -> Vec<Vec<u32>> {
-    (0..num_samples)
+    samples
         .into_par_iter()
         .map(|i| {
             let mut rng = sample_rng(cfg.seed, i);

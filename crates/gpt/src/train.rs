@@ -86,6 +86,20 @@ impl Default for TrainConfig {
     }
 }
 
+/// Counts past these cannot finish (they were accepted, and ran until killed): a hundred times
+/// and more nanoGPT's largest recipe, GPT-2 124M's 600,000 iterations with `eval_iters` 200 and 40
+/// accumulation steps. Refused with the limit named ([`beyond_ceiling`]).
+pub const MAX_ITERS: u64 = 100_000_000;
+pub const MAX_EVAL_ITERS: u64 = 1_000_000;
+pub const MAX_ACCUMULATION: u64 = 100_000;
+
+/// Why a count above its ceiling is refused.
+pub fn beyond_ceiling(v: u64, max: u64) -> String {
+    format!(
+        "{v} cannot finish: at most {max} is accepted (a hundred times and more the largest nanoGPT recipe); lower it"
+    )
+}
+
 impl TrainConfig {
     pub fn schedule(&self) -> LrSchedule {
         LrSchedule {
@@ -117,6 +131,18 @@ impl TrainConfig {
     /// manifest): betas in [0, 1) (at 1 AdamW's bias corrections divide by zero), rates, weight
     /// decay and the clip norm finite and not negative, counts at least 1.
     pub fn invalid_field(&self) -> Option<(&'static str, String)> {
+        let ceilings = [
+            ("max_iters", self.max_iters, MAX_ITERS),
+            ("eval_iters", self.eval_iters as u64, MAX_EVAL_ITERS),
+            (
+                "gradient_accumulation_steps",
+                self.gradient_accumulation_steps as u64,
+                MAX_ACCUMULATION,
+            ),
+        ];
+        if let Some((field, v, max)) = ceilings.iter().find(|(_, v, max)| v > max) {
+            return Some((*field, beyond_ceiling(*v, *max)));
+        }
         let counts = [
             ("batch_size", self.batch_size as u64),
             (

@@ -19,13 +19,13 @@ impl GpuGpt {
         Ok(out)
     }
 
-    /// `num_samples` samples, all advanced together as one batch; sample `i` draws from the same
+    /// Samples `samples` (their indices), all advanced together as one batch; sample `i` draws from the same
     /// stream as on the CPU (`generate_many`), and the context is cropped to `block_size` as nanoGPT.
     pub fn generate_many(
         &mut self,
         prompt: &[u32],
         cfg: &SampleConfig,
-        num_samples: usize,
+        samples: std::ops::Range<usize>,
     ) -> Result<Vec<Vec<u32>>> {
         ensure!(
             !prompt.is_empty(),
@@ -33,11 +33,11 @@ impl GpuGpt {
         );
         let bs = self.config.block_size;
         let v = self.config.vocab_size;
-        let n = num_samples;
+        let n = samples.len();
         if n == 0 {
             return Ok(Vec::new());
         }
-        let mut rngs: Vec<Rng> = (0..n).map(|i| sample_rng(cfg.seed, i)).collect();
+        let mut rngs: Vec<Rng> = samples.map(|i| sample_rng(cfg.seed, i)).collect();
         let mut seqs: Vec<Vec<u32>> = vec![prompt.to_vec(); n];
         // One allocation for the longest context.
         self.ensure_acts(
