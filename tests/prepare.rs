@@ -526,6 +526,24 @@ fn bad_input_is_reported_where_it_is() {
         "{err}"
     );
     assert!(!err.contains("Error {") && !err.contains("kind:"), "{err}");
+    // A Parquet file whose snappy pages are damaged: the decoder's message once, in words.
+    let docs: Vec<String> = (0..400)
+        .map(|i| format!("document {i} {}", "words ".repeat(40)))
+        .collect();
+    write_parquet(&sb.dir.join("damaged.parquet"), &docs, 1000);
+    let mut pq = std::fs::read(sb.dir.join("damaged.parquet")).unwrap();
+    pq[200..1200].iter_mut().for_each(|b| *b ^= 0x5a);
+    std::fs::write(sb.dir.join("damaged.parquet"), &pq).unwrap();
+    sb.write("bad.yaml", &format!("{head}    path: damaged.parquet\n"));
+    let out = sb.pipe(&["run", "bad.yaml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("damaged.parquet: reading column `text`"),
+        "{err}"
+    );
+    assert_eq!(err.matches("snappy: corrupt input").count(), 1, "{err}");
+    assert!(!err.contains("External"), "{err}");
     // Text that is not UTF-8.
     std::fs::create_dir_all(sb.dir.join("bin")).unwrap();
     std::fs::write(sb.dir.join("bin/a.txt"), b"ok").unwrap();

@@ -161,9 +161,11 @@ pub fn read_column(
     for g in 0..reader.num_row_groups() {
         let group = reader
             .get_row_group(g)
+            .map_err(in_words)
             .with_context(|| format!("{}: reading row group {g}", file.path.display()))?;
         let ColumnReader::ByteArrayColumnReader(mut col) = group
             .get_column_reader(info.index)
+            .map_err(in_words)
             .with_context(|| format!("{}: reading column `{column}`", file.path.display()))?
         else {
             bail!(
@@ -176,13 +178,14 @@ pub fn read_column(
             values.clear();
             let (records, _, levels) = col
                 .read_records(1024, Some(&mut defs), None, &mut values)
+                .map_err(in_words)
                 .with_context(|| {
-                format!(
-                    "{}: reading column `{column}` near row {}",
-                    file.path.display(),
-                    row + 1
-                )
-            })?;
+                    format!(
+                        "{}: reading column `{column}` near row {}",
+                        file.path.display(),
+                        row + 1
+                    )
+                })?;
             if records == 0 {
                 break;
             }
@@ -213,4 +216,14 @@ pub fn read_column(
         progress.fetch_add(size, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// A Parquet reader's error as one message: a decoder's error inside `External` is shown once
+/// (parquet's `External: {e}` and then `e` again as its source printed it twice) and without the
+/// variant's name.
+fn in_words(e: parquet::errors::ParquetError) -> anyhow::Error {
+    match e {
+        parquet::errors::ParquetError::External(inner) => anyhow::anyhow!("{inner}"),
+        other => anyhow::anyhow!("{other}"),
+    }
 }
