@@ -439,6 +439,10 @@ fn sampling_is_seeded() {
     assert_eq!(a, b);
     assert_ne!(a[0], a[1], "samples should differ from one another");
     assert!(a.iter().all(|s| s.len() == 40));
+    // The sample stage streams them in batches: the batches make the same samples.
+    let mut batched = pipe::gpt::sample::generate_many(&model, &[1, 2], &sc, 0..1);
+    batched.extend(pipe::gpt::sample::generate_many(&model, &[1, 2], &sc, 1..3));
+    assert_eq!(batched, a);
 }
 
 #[test]

@@ -271,6 +271,19 @@ fn messages_name_what_is_wrong_with_the_exit_code_of_bad_input() {
         stderr(&out).lines().next().unwrap(),
         format!("error: {h} is not pinned, so there is nothing to unpin")
     );
+    // A hash the store does not have is an input error too (exit 2), for pinning and unpinning.
+    for args in [
+        &["pin", "abcdef0123"][..],
+        &["pin", "--remove", "abcdef0123"],
+    ] {
+        let out = sb.pipe(args);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        let first = stderr(&out).lines().next().unwrap().to_string();
+        assert!(
+            first.starts_with("error: no object \"abcdef0123\""),
+            "{first}"
+        );
+    }
     assert!(sb.pipe(&["pin", &h]).status.success());
     let again = sb.pipe(&["pin", &h]);
     assert_eq!(

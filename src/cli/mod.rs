@@ -514,9 +514,13 @@ fn run_command(cli: Cli, job: running::Job) -> Result<i32> {
         Command::Pin { hash, remove } => {
             let store = Store::open(&cli.cache)?;
             let _shared = store.lock_store_shared()?;
-            let h = store
-                .resolve_object(&hash)?
-                .with_context(|| format!("no object {hash:?} in {}", store.root.display()))?;
+            let Some(h) = store.resolve_object(&hash)? else {
+                return Err(InputError::new(
+                    format!("no object {hash:?} in {}", store.root.display()),
+                    Some("give an output's hash (or 6+ of its first hex digits), as `pipe show RUN` lists them"),
+                )
+                .into());
+            };
             let changed = store.set_pin(&h, !remove)?;
             if remove && !changed {
                 let pinned = store.pins()?.len();
