@@ -205,3 +205,57 @@ fn causal_softmax_backward_rows_kernel(da: &mut [f32], a: &[f32], t: usize, scal
         dr[width..].fill(0.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::isa::Isa;
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|f| f.to_bits()).collect()
+    }
+
+    /// The lane-chunked causal softmax gives the bits of a plain softmax over each row's live part,
+    /// on every ISA path, for widths that are and are not whole lane chunks; so does its backward
+    /// against the row-by-row formula.
+    #[test]
+    fn causal_softmax_matches_the_live_part_alone_on_every_path() {
+        let mut rng = crate::rng::Rng::new(11);
+        for t in [64, 37, 5] {
+            let x: Vec<f32> = (0..t * t).map(|_| (rng.normal() * 3.0) as f32).collect();
+            let g: Vec<f32> = (0..t * t).map(|_| rng.normal() as f32).collect();
+            let scale = 0.17;
+            let mut want = x.clone();
+            for i in 0..t {
+                let row = &mut want[i * t..][..t];
+                row[..=i].iter_mut().for_each(|v| *v *= scale);
+                crate::ops::softmax_in_place(&mut row[..=i]);
+                row[i + 1..].fill(0.0);
+            }
+            let mut dwant = g.clone();
+            for i in 0..t {
+                let (p, d) = (&want[i * t..][..t], &mut dwant[i * t..][..t]);
+                let dot = math::dot(&p[..=i], &d[..=i]);
+                for j in 0..t {
+                    d[j] = if j <= i {
+                        p[j] * (d[j] - dot) * scale
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            for isa in Isa::available() {
+                let mut a = x.clone();
+                causal_softmax_rows_on(isa, &mut a, t, scale);
+                assert_eq!(bits(&a), bits(&want), "{isa:?} causal softmax, T={t}");
+                let mut d = g.clone();
+                causal_softmax_backward_rows_on(isa, &mut d, &a, t, scale);
+                assert_eq!(
+                    bits(&d),
+                    bits(&dwant),
+                    "{isa:?} causal softmax backward, T={t}"
+                );
+            }
+        }
+    }
+}

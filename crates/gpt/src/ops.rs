@@ -513,6 +513,28 @@ mod tests {
             layernorm_backward_rows_on(isa, &mut o1, dx, xs, w, &mu, &rs);
             layernorm_backward_rows_kernel(&mut o2, dx, xs, w, &mu, &rs);
             assert_eq!(bits(&o1), bits(&o2), "{isa:?} layernorm backward");
+            let drop = Dropout {
+                p: 0.3,
+                seed: 7,
+                site: 2,
+            };
+            let (mut o1, mut o2) = (x.clone(), x.clone());
+            dropout_in_place_on(isa, &mut o1, drop, 5);
+            dropout_in_place_kernel(&mut o2, drop, 5);
+            assert_eq!(bits(&o1), bits(&o2), "{isa:?} dropout in place");
+            let masked: Vec<f32> = x
+                .iter()
+                .enumerate()
+                .map(|(k, v)| v * drop.scale(5 + k))
+                .collect();
+            assert_eq!(bits(&o1), bits(&masked), "{isa:?} dropout masks");
+            dropout_into_on(isa, &mut o1, &x, drop, 5);
+            assert_eq!(bits(&o1), bits(&masked), "{isa:?} dropout into");
+            assert_eq!(
+                crate::optim::square_sum_on(isa, &x).to_bits(),
+                math::square_sum_f64(&x).to_bits(),
+                "{isa:?} gradient norm squares"
+            );
             let s = [0.999, 0.9, 0.95, 0.3, 1e-3, 1e-8];
             let (mut p1, mut m1, mut v1) = (
                 x.clone(),
