@@ -7,8 +7,9 @@
 //! Determinism: every `gemm` call here has an inner dimension of at most [`K_CHUNK`] (longer
 //! products are cut into chunks at fixed offsets, added in order), so gemm never blocks `k`
 //! itself and each output element is one FMA chain per chunk, in `k` order, whatever the call's
-//! shape. [`matmul`] cuts the rows of C into one block per thread (one gemm call each: measured
-//! here, 8 calls of 96 rows ran at 110-150 GFLOPS where one call of 768 ran at 190-220), and
+//! shape. [`matmul`] cuts the rows of C into one block per thread (one gemm call each: on the
+//! README's Intel Xeon, config S's products ran at 110-150 GFLOPS as 8 calls of 96 rows, and at
+//! 155-220 as one call of 768), and
 //! keeps every block large enough that gemm's special kernels for tiny matrices (which sum in
 //! another order) never run on a block unless they would on the whole matrix. So the bits do not
 //! depend on the number of threads, which is what makes training bit-identical across 1 and 2.
