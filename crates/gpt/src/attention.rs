@@ -8,8 +8,6 @@ use super::matmul::{MatRef, matmul_strided};
 use super::ops::{Dropout, dropout_in_place, dropout_into};
 use rayon::prelude::*;
 
-math::simd_kernel!(causal_softmax_rows, causal_softmax_rows_on, causal_softmax_rows_kernel, (a: &mut [f32], t: usize, scale: f32));
-
 /// A raw pointer that may cross threads: each (batch, head) task writes a disjoint strided region.
 #[derive(Clone, Copy)]
 struct SharedMut(*mut f32);
@@ -159,6 +157,8 @@ pub fn attention_backward(
 fn causal_width(i: usize, t: usize) -> usize {
     (i + 1).next_multiple_of(math::LANES).min(t)
 }
+
+math::simd_kernel!(causal_softmax_rows, causal_softmax_rows_on, causal_softmax_rows_kernel, (a: &mut [f32], t: usize, scale: f32));
 
 /// Row i of a (T, T) score block: scale, softmax over columns 0..=i, zeros after. Each row is
 /// worked in whole lane chunks, the columns past `i` masked (-inf into the max, 0 into the sum):
