@@ -434,7 +434,21 @@ pub fn run_stage(
         ranks: runner.ranks,
     };
     let t0 = Instant::now();
-    match stages::execute(&ctx, &plan.params[i]) {
+    // The engine's stages run on a thread of rayon's pool, so that each of their parallel loops
+    // (several hundred a training step) starts there rather than being handed over from this
+    // thread and waited for: measured on config S, 52 -> 39 ms per iteration on 1 thread and 30 ->
+    // 25 on 2. Other stages may block (a command, a download) and keep their own thread, so as
+    // not to hold a pool thread that concurrent stages need.
+    let engine = matches!(
+        spec.kind,
+        StageKind::Train | StageKind::Evaluate | StageKind::Sample
+    );
+    let executed = if engine {
+        rayon::scope(|_| stages::execute(&ctx, &plan.params[i]))
+    } else {
+        stages::execute(&ctx, &plan.params[i])
+    };
+    match executed {
         Ok(Produced {
             outputs,
             metrics,
