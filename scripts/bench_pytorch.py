@@ -9,6 +9,7 @@ warm-up iterations, which are not timed).
     python3 scripts/bench_pytorch.py --cuda     # the GPU table of `pipe bench --device cuda`
     python3 scripts/bench_pytorch.py --ddp      # config S, global batch 2 x 6, as nanoGPT's DDP: one
     torchrun --standalone --nproc_per_node 2 scripts/bench_pytorch.py --ddp   # process, or 2 (gloo)
+    torchrun --standalone --nproc_per_node N scripts/bench_pytorch.py --ddp --cuda  # N GPUs (NCCL)
 """
 import math
 import sys
@@ -90,6 +91,8 @@ def bench(name, L, H, C, T, B, dropout, threads, iters, warmup=3, compiled=False
         loss = step(x, y)
         loss.backward()
         step_and_clear(model, opt)
+        if cuda:
+            torch.cuda.synchronize()
         if i >= warmup:
             times.append((time.perf_counter() - t0) * 1e3)
     ms = median_ms(times)
@@ -120,10 +123,12 @@ def bench_cuda(name, L, H, C, T, B, V, dropout, bias, gelu, mode, iters=20, warm
     torch.cuda.empty_cache()
 
 
-def bench_ddp(iters=200, warmup=5, micro_steps=2, B=6):
+def bench_ddp(iters=200, warmup=5, micro_steps=2, B=6, cuda=False):
     """Config S as nanoGPT's train.py runs it under torchrun on CPU: DDP over gloo, each rank
     computing micro_steps / world of the global batch's micro-steps (no_sync until the last), the
-    machine's cores shared among the ranks. Prints rank 0's median ms per global step."""
+    machine's cores shared among the ranks. Prints rank 0's median ms per global step.
+    With cuda: nanoGPT's shakespeare_char GPU config (6 layers, 384 dims, block 256, batch 64,
+    8 micro-steps, TF32), one GPU per rank (LOCAL_RANK), DDP over NCCL."""
     import os
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -131,9 +136,15 @@ def bench_ddp(iters=200, warmup=5, micro_steps=2, B=6):
     threads = max(os.cpu_count() // world, 1)
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = GPT(4, 4, 128, 64, 65, 0.0)
+    if cuda:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        model, T = GPT(6, 6, 384, 256, 65, 0.2).to(device), 256
+    else:
+        device, model, T = "cpu", GPT(4, 4, 128, 64, 65, 0.0), 64
     if world > 1:
-        dist.init_process_group("gloo")
+        dist.init_process_group("nccl" if cuda else "gloo")
         step = DDP(model)
     else:
         step = model
@@ -143,24 +154,30 @@ def bench_ddp(iters=200, warmup=5, micro_steps=2, B=6):
     for i in range(warmup + iters):
         t0 = time.perf_counter()
         for micro in range(mine):
-            x, y = torch.randint(65, (B, 64)), torch.randint(65, (B, 64))
+            x, y = torch.randint(65, (B, T), device=device), torch.randint(65, (B, T), device=device)
             if world > 1:
                 step.require_backward_grad_sync = micro == mine - 1
             loss = step(x, y) / micro_steps
             loss.backward()
         step_and_clear(model, opt)
+        if cuda:
+            torch.cuda.synchronize()
         if i >= warmup:
             times.append((time.perf_counter() - t0) * 1e3)
     ms = median_ms(times)
     if rank == 0:
         label = f"{world} rank{'s' * (world > 1)} x {threads} thread{'s' * (threads > 1)}"
-        print(f"PyTorch {torch.__version__} eager, {'DDP (gloo)' if world > 1 else 'one process'}: "
-              f"{label:<22} {micro_steps * B * 64 / ms * 1e3:>8.0f} tokens/s ({ms:.1f} ms/iter)", flush=True)
+        backend = "DDP (nccl)" if cuda else "DDP (gloo)"
+        print(f"PyTorch {torch.__version__} eager, {backend if world > 1 else 'one process'}: "
+              f"{label:<22} {micro_steps * B * T / ms * 1e3:>8.0f} tokens/s ({ms:.1f} ms/iter)", flush=True)
     if world > 1:
         dist.destroy_process_group()
 
 
 if __name__ == "__main__":
+    if "--ddp" in sys.argv and "--cuda" in sys.argv:
+        bench_ddp(iters=50, micro_steps=8, B=64, cuda=True)
+        sys.exit(0)
     if "--ddp" in sys.argv:
         bench_ddp()
         sys.exit(0)

@@ -2,7 +2,9 @@
 //! Open MPI's `mpirun` (`OMPI_COMM_WORLD_*`), Slurm's `srun` (`SLURM_PROCID`, `SLURM_NTASKS`,
 //! `SLURM_LOCALID`, inside a job step), or torchrun (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`,
 //! `MASTER_ADDR`, `MASTER_PORT`). pipe starts no ranks over the network itself: `--ranks N` on one
-//! machine runs `mpirun -np N` (see [`mpirun_command`]).
+//! machine runs `mpirun -np N` for CPU ranks (see [`mpirun_command`]), and for GPU ranks starts one
+//! process per GPU with torchrun's variables and ends them all when one fails, as torchrun does
+//! (see [`run_gpu_ranks`]).
 
 use crate::error::InputError;
 use std::path::Path;
@@ -186,6 +188,45 @@ fn bad(var: &str, value: &str, expected: &str) -> InputError {
     )
 }
 
+/// Where rank 0 hands out NCCL's unique id: rank 0's host (torchrun's `MASTER_ADDR`, or the
+/// first host of Slurm's node list) and a port: `PIPE_NCCL_PORT`, else torchrun's `MASTER_PORT` +
+/// 1 (torchrun's own store holds `MASTER_PORT`), else 29501.
+pub fn nccl_rendezvous(
+    p: &Placement,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(String, u16), InputError> {
+    let Some(master) = &p.master else {
+        return Err(InputError::new(
+            format!(
+                "{} gives no address for rank 0, which NCCL's ranks need to meet",
+                p.launcher.name()
+            ),
+            Some("start GPU ranks with torchrun (MASTER_ADDR), srun, or `pipe run --ranks N`"),
+        ));
+    };
+    let (host, launcher_port) = match (p.launcher, master.rsplit_once(':')) {
+        (Launcher::Torchrun, Some((host, port))) => (host.to_string(), port.parse::<u16>().ok()),
+        _ => (master.clone(), None),
+    };
+    let port = match env("PIPE_NCCL_PORT") {
+        Some(v) => match v.trim().parse::<u16>() {
+            Ok(port) if port > 0 => port,
+            _ => return Err(bad("PIPE_NCCL_PORT", &v, "a port from 1 to 65535")),
+        },
+        None => match launcher_port {
+            Some(port) => port.checked_add(1).ok_or_else(|| {
+                bad(
+                    "MASTER_PORT",
+                    "65535",
+                    "a port below 65535 (NCCL's id is handed out on MASTER_PORT + 1), or set PIPE_NCCL_PORT",
+                )
+            })?,
+            None => 29501,
+        },
+    };
+    Ok((host, port))
+}
+
 /// The first host of a Slurm node list: `node[03-05,7]` → `node03`, `a,b` → `a`.
 fn first_host(list: &str) -> String {
     let first_entry_end = {
@@ -232,6 +273,154 @@ pub fn mpirun_command(
     }
     c.arg(exe).args(args);
     c
+}
+
+/// How a job of ranks started by [`run_gpu_ranks`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RanksEnded {
+    /// Every rank ended by itself, the others without failing: rank 0's exit code.
+    Rank0(i32),
+    /// Rank `rank` failed (or was killed) first, with `status`; the others were stopped.
+    Failed { rank: usize, status: String },
+}
+
+/// Starts `ranks` GPU ranks of `exe args` on this machine, one per GPU, with torchrun's
+/// variables (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR`,
+/// `MASTER_PORT`) and a free port for NCCL's unique id, and waits for them.
+pub fn run_gpu_ranks(ranks: usize, exe: &Path, args: &[String]) -> anyhow::Result<RanksEnded> {
+    use anyhow::Context;
+    let gpus = crate::gpt::cuda::device_count()?;
+    if gpus < ranks {
+        return Err(InputError::new(
+            format!("--ranks {ranks} with device: cuda starts one rank per GPU, but this machine shows {gpus} GPU(s)"),
+            Some("ask for at most as many ranks as GPUs, or train on CPU ranks (device: cpu)"),
+        )
+        .into());
+    }
+    // NCCL as only libnccl.so.2 (the pip wheels): linked as libnccl.so, on the ranks' path.
+    let mut library_path = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+    if let Some(dir) = crate::gpt::cuda::nccl::link_folder()? {
+        library_path = format!("{}:{library_path}", dir.display());
+    }
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .context("finding a free port for the ranks to meet on")?
+        .port();
+    let commands = (0..ranks)
+        .map(|rank| {
+            let mut c = std::process::Command::new(exe);
+            c.args(args)
+                .envs(gpu_rank_env(rank, ranks, port))
+                .env("LD_LIBRARY_PATH", &library_path);
+            c
+        })
+        .collect();
+    supervise(commands, std::time::Duration::from_secs(10))
+}
+
+/// Rank `rank` of `world`'s environment on this machine, as torchrun --standalone sets it, with
+/// NCCL's id handed out on `port` (rank 0's only listener).
+pub fn gpu_rank_env(rank: usize, world: usize, port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("RANK", rank.to_string()),
+        ("WORLD_SIZE", world.to_string()),
+        ("LOCAL_RANK", rank.to_string()),
+        ("LOCAL_WORLD_SIZE", world.to_string()),
+        ("MASTER_ADDR", "127.0.0.1".to_string()),
+        ("MASTER_PORT", port.to_string()),
+        ("PIPE_NCCL_PORT", port.to_string()),
+        ("PIPE_COLLECTIVE", "nccl".to_string()),
+    ]
+}
+
+/// Runs `commands` (rank i is the i-th) and waits for all of them. When one fails, the others
+/// get SIGTERM, then SIGKILL after `grace`; when rank 0 ends, the others get `grace` to follow
+/// it (rank 0 dismisses them) before they are stopped the same way. Never waits unbounded for a
+/// rank once one has ended.
+pub fn supervise(
+    commands: Vec<std::process::Command>,
+    grace: std::time::Duration,
+) -> anyhow::Result<RanksEnded> {
+    use anyhow::Context;
+    use std::time::{Duration, Instant};
+    let mut children = Vec::new();
+    for (rank, mut c) in commands.into_iter().enumerate() {
+        match c.spawn() {
+            Ok(child) => children.push(Some(child)),
+            Err(e) => {
+                stop(&mut children, Duration::ZERO);
+                return Err(e).with_context(|| format!("starting rank {rank}"));
+            }
+        }
+    }
+    let mut failed: Option<(usize, String)> = None;
+    let mut rank0 = None;
+    let mut deadline: Option<Instant> = None;
+    loop {
+        for (rank, slot) in children.iter_mut().enumerate() {
+            let Some(child) = slot else { continue };
+            let Some(status) = child.try_wait().context("waiting for a rank")? else {
+                continue;
+            };
+            *slot = None;
+            if rank != 0 && !status.success() && failed.is_none() {
+                failed = Some((rank, status.to_string()));
+            }
+            if rank == 0 {
+                rank0 = Some(status);
+                if !matches!(status.code(), Some(0..=2)) && failed.is_none() {
+                    failed = Some((0, status.to_string()));
+                }
+                deadline = Some(Instant::now() + grace);
+            }
+        }
+        if failed.is_some() {
+            stop(&mut children, grace);
+            break;
+        }
+        if children.iter().all(Option::is_none) {
+            break;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            // Rank 0 ended but a rank did not follow it within the grace period.
+            let rank = children.iter().position(Option::is_some).expect("one left");
+            failed = Some((
+                rank,
+                format!("no exit within {} s of rank 0's", grace.as_secs()),
+            ));
+            stop(&mut children, Duration::ZERO);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(match (failed, rank0.and_then(|s| s.code())) {
+        (Some((rank, status)), _) => RanksEnded::Failed { rank, status },
+        (None, Some(code)) => RanksEnded::Rank0(code),
+        (None, None) => unreachable!("rank 0 ended with a code, or it failed"),
+    })
+}
+
+/// SIGTERM to every rank still running, then SIGKILL to those left after `grace`.
+fn stop(children: &mut [Option<std::process::Child>], grace: std::time::Duration) {
+    let deadline = std::time::Instant::now() + grace;
+    for child in children.iter().flatten() {
+        // SAFETY: kill has no memory preconditions; the pid is our own live (or unreaped) child.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    }
+    for slot in children.iter_mut() {
+        let Some(child) = slot else { continue };
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if let Ok(None) = child.try_wait() {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+        *slot = None;
+    }
 }
 
 /// `mpirun` in PATH, or an error naming the package that has it.
@@ -371,6 +560,126 @@ mod tests {
             ("SLURM_LOCALID", "0"),
         ]);
         assert!(e.contains("the world size is 0"), "{e}");
+    }
+
+    #[test]
+    fn data_parallel_nccl_rendezvous_is_rank_0s_host_and_a_port_beside_the_launchers() {
+        let torchrun = [
+            ("RANK", "1"),
+            ("WORLD_SIZE", "2"),
+            ("LOCAL_RANK", "1"),
+            ("MASTER_ADDR", "10.0.0.1"),
+            ("MASTER_PORT", "29500"),
+        ];
+        let p = placement(&torchrun).unwrap().unwrap();
+        let at = |extra: &[(&str, &str)]| nccl_rendezvous(&p, &env(extra));
+        assert_eq!(at(&[]).unwrap(), ("10.0.0.1".to_string(), 29501));
+        assert_eq!(
+            at(&[("PIPE_NCCL_PORT", "4000")]).unwrap(),
+            ("10.0.0.1".to_string(), 4000)
+        );
+        let e = at(&[("PIPE_NCCL_PORT", "0")]).unwrap_err().to_string();
+        assert!(
+            e.contains("PIPE_NCCL_PORT") && e.contains("1 to 65535"),
+            "{e}"
+        );
+        let mut last = torchrun;
+        last[4] = ("MASTER_PORT", "65535");
+        let p = placement(&last).unwrap().unwrap();
+        let e = nccl_rendezvous(&p, &env(&[])).unwrap_err().to_string();
+        assert!(e.contains("PIPE_NCCL_PORT"), "{e}");
+        let slurm = placement(&[
+            ("SLURM_STEP_ID", "0"),
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NTASKS", "2"),
+            ("SLURM_LOCALID", "0"),
+            ("SLURM_STEP_NODELIST", "gpu[07-08]"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            nccl_rendezvous(&slurm, &env(&[])).unwrap(),
+            ("gpu07".to_string(), 29501)
+        );
+        let mpi = placement(&[
+            ("OMPI_COMM_WORLD_RANK", "0"),
+            ("OMPI_COMM_WORLD_SIZE", "2"),
+            ("OMPI_COMM_WORLD_LOCAL_RANK", "0"),
+            ("OMPI_COMM_WORLD_LOCAL_SIZE", "2"),
+        ])
+        .unwrap()
+        .unwrap();
+        let e = nccl_rendezvous(&mpi, &env(&[])).unwrap_err().to_string();
+        assert!(e.contains("no address for rank 0"), "{e}");
+    }
+
+    fn ranks(scripts: &[&str]) -> Vec<std::process::Command> {
+        scripts
+            .iter()
+            .map(|s| {
+                let mut c = std::process::Command::new("sh");
+                c.arg("-c").arg(s);
+                c
+            })
+            .collect()
+    }
+
+    /// A rank that fails stops the others at once (SIGTERM, then SIGKILL when ignored), and is
+    /// named; rank 0's own code comes back when every rank ends by itself.
+    #[test]
+    fn data_parallel_gpu_ranks_end_together_when_one_fails() {
+        use std::time::{Duration, Instant};
+        let started = Instant::now();
+        let ended = supervise(
+            ranks(&["sleep 60", "trap '' TERM; sleep 60", "sleep 0.2; exit 3"]),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(
+            ended,
+            RanksEnded::Failed {
+                rank: 2,
+                status: "exit status: 3".into()
+            }
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        let ended = supervise(ranks(&["exit 2", "exit 0"]), Duration::from_secs(5)).unwrap();
+        assert_eq!(ended, RanksEnded::Rank0(2));
+        // Rank 0 ended, and rank 1 never follows: bounded by the grace period.
+        let started = Instant::now();
+        let ended = supervise(ranks(&["exit 0", "sleep 60"]), Duration::from_secs(1)).unwrap();
+        assert!(
+            matches!(ended, RanksEnded::Failed { rank: 1, .. }),
+            "{ended:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // Killed rank 0: a failure, not its code.
+        let ended = supervise(ranks(&["kill -9 $$", "sleep 60"]), Duration::from_secs(1)).unwrap();
+        assert!(
+            matches!(ended, RanksEnded::Failed { rank: 0, .. }),
+            "{ended:?}"
+        );
+    }
+
+    /// The ranks pipe starts read as torchrun's, and meet on the port given.
+    #[test]
+    fn data_parallel_gpu_rank_environment_is_torchruns() {
+        let vars = gpu_rank_env(1, 2, 4242);
+        let get = |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+        let p = detect(&get).unwrap().unwrap();
+        assert_eq!(
+            (p.launcher, p.rank, p.world, p.local_rank, p.local_world),
+            (Launcher::Torchrun, 1, 2, 1, Some(2))
+        );
+        assert_eq!(
+            nccl_rendezvous(&p, &get).unwrap(),
+            ("127.0.0.1".to_string(), 4242)
+        );
+        assert_eq!(get("PIPE_COLLECTIVE").as_deref(), Some("nccl"));
     }
 
     #[test]

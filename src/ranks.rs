@@ -5,15 +5,21 @@
 //! each batch ([`crate::gpt::train`]). Only rank 0 writes anything. When rank 0's command ends,
 //! it dismisses them.
 //!
+//! The ranks talk through MPI (CPU ranks: mpirun, srun) or NCCL (GPU ranks: torchrun, pipe's own
+//! `--ranks N` with device cuda, or srun with PIPE_COLLECTIVE=nccl); see [`Backend`].
+//!
 //! Orders travel as JSON through the collective's `broadcast_bytes`, which waits without spinning
-//! (a follower idles while rank 0 prepares data). A rank that dies ends the job: mpirun (or srun)
-//! then stops every rank. A rank that hangs is bounded by the step timeout (see [`Watchdog`]).
+//! (a follower idles while rank 0 prepares data). A rank that dies ends the job: the launcher
+//! (mpirun, srun, torchrun, or pipe's own) then stops every rank. A rank that hangs is bounded by
+//! the step timeout (see [`Watchdog`]).
 
-use crate::gpt::collective::Collective;
+use crate::error::InputError;
 use crate::gpt::collective::mpi::Mpi;
+use crate::gpt::collective::{Collective, Nccl, rendezvous};
+use crate::gpt::device::Device;
 use crate::gpt::train::{ReplicaState, Trainer};
 use crate::hash::Hash;
-use crate::launch::Placement;
+use crate::launch::{Launcher, Placement};
 use crate::store::Store;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -22,9 +28,57 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// Which collective library the ranks of a job talk through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// CPU ranks: weights and gradients in host memory.
+    Mpi,
+    /// GPU ranks: weights and gradients in GPU memory.
+    Nccl,
+}
+
+impl Backend {
+    /// `PIPE_COLLECTIVE` (`mpi` or `nccl`) when given; else NCCL under torchrun (which starts GPU
+    /// ranks, as for nanoGPT's DDP) and MPI under mpirun and srun.
+    pub fn choose(launcher: Launcher, var: Option<&str>) -> Result<Backend, InputError> {
+        match var.map(str::trim) {
+            Some("mpi") => Ok(Backend::Mpi),
+            Some("nccl") => Ok(Backend::Nccl),
+            Some(other) => Err(InputError::new(
+                format!(
+                    "PIPE_COLLECTIVE={other:?}: expected `mpi` (CPU ranks) or `nccl` (GPU ranks)"
+                ),
+                Some("leave it unset: torchrun's ranks use NCCL, mpirun's and srun's MPI"),
+            )),
+            None if launcher == Launcher::Torchrun => Ok(Backend::Nccl),
+            None => Ok(Backend::Mpi),
+        }
+    }
+
+    /// Whether this backend trains on `device` (MPI moves host memory, NCCL GPU memory).
+    pub fn check_device(self, device: Device) -> Result<(), InputError> {
+        match (self, device.is_cuda()) {
+            (Backend::Mpi, true) => Err(InputError::new(
+                "the manifest trains on device: cuda, but these ranks joined over MPI, which moves host memory",
+                Some(
+                    "start GPU ranks with `pipe run --ranks N` (one per GPU), torchrun --no-python, or srun with PIPE_COLLECTIVE=nccl",
+                ),
+            )),
+            (Backend::Nccl, false) => Err(InputError::new(
+                "these ranks joined over NCCL (GPU memory), but the manifest trains on the CPU",
+                Some(
+                    "start CPU ranks with `pipe run --ranks N` or mpirun (MPI), or train with device: cuda",
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// This process's membership of the job.
 pub struct Ranks {
-    comm: Mpi,
+    comm: Box<dyn Collective + Send + Sync>,
+    backend: Backend,
 }
 
 /// What rank 0 asks of the others.
@@ -44,16 +98,23 @@ struct TrainOrder {
     train: Hash,
     val: Hash,
     state: ReplicaState,
+    /// Where every rank trains (each GPU rank on its own GPU).
+    device: Device,
 }
 
 impl Ranks {
-    /// Joins the job the launcher started (MPI_Init), and checks that MPI sees what the launcher
-    /// said.
+    /// Joins the job the launcher started, over MPI or NCCL (see [`Backend::choose`]), and
+    /// checks that the collective sees what the launcher said.
     pub fn join(placement: Placement) -> Result<Ranks> {
-        let comm = Mpi::init()?;
+        let var = std::env::var("PIPE_COLLECTIVE").ok();
+        let backend = Backend::choose(placement.launcher, var.as_deref())?;
+        let comm: Box<dyn Collective + Send + Sync> = match backend {
+            Backend::Mpi => Box::new(Mpi::init()?),
+            Backend::Nccl => Box::new(join_nccl(&placement)?),
+        };
         if (comm.rank(), comm.world()) != (placement.rank, placement.world) {
             bail!(
-                "{} started rank {} of {}, but MPI sees rank {} of {}: this MPI does not know the launcher (for srun, try `srun --mpi=pmix`; for torchrun, ranks need the NCCL backend)",
+                "{} started rank {} of {}, but MPI sees rank {} of {}: this MPI does not know the launcher (for srun, try `srun --mpi=pmix`)",
                 placement.launcher.name(),
                 placement.rank,
                 placement.world,
@@ -61,7 +122,11 @@ impl Ranks {
                 comm.world()
             );
         }
-        Ok(Ranks { comm })
+        Ok(Ranks { comm, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     pub fn world(&self) -> usize {
@@ -80,6 +145,7 @@ impl Ranks {
         store: &Store,
         (train, val): (&Hash, &Hash),
         trainer: &mut Trainer<'d>,
+        device: Device,
     ) -> Result<()> {
         let order = Order::Train(Box::new(TrainOrder {
             stage: stage.to_string(),
@@ -87,10 +153,11 @@ impl Ranks {
             train: train.clone(),
             val: val.clone(),
             state: trainer.replica_state(),
+            device,
         }));
         self.send(&order)?;
-        let joined = trainer.data_parallel(&self.comm);
-        agree(&self.comm, joined)?;
+        let joined = trainer.data_parallel(self.comm.as_ref());
+        agree(self.comm.as_ref(), joined)?;
         trainer.share_state()
     }
 
@@ -134,19 +201,20 @@ impl Ranks {
             .and_then(|t| Ok((t, store.map(&o.val)?)));
         let (train_map, val_map) = match maps {
             Ok(m) => m,
-            Err(e) => return agree(&self.comm, Err(e)),
+            Err(e) => return agree(self.comm.as_ref(), Err(e)),
         };
         let built = (|| {
             let mut tr = Trainer::replica(o.state, train_map.tokens()?, val_map.tokens()?)?;
-            tr.data_parallel(&self.comm)?;
+            tr.use_device(o.device)?;
+            tr.data_parallel(self.comm.as_ref())?;
             Ok(tr)
         })();
         let mut trainer = match built {
             Ok(t) => {
-                agree(&self.comm, Ok(()))?;
+                agree(self.comm.as_ref(), Ok(()))?;
                 t
             }
-            Err(e) => return agree(&self.comm, Err(e)),
+            Err(e) => return agree(self.comm.as_ref(), Err(e)),
         };
         trainer.share_state()?;
         trainer.after_each_batch(|| {
@@ -162,6 +230,21 @@ impl Ranks {
         drop(watchdog);
         r
     }
+}
+
+/// Joins an NCCL job: rank 0 makes NCCL's unique id and hands it to the others over TCP (see
+/// `rendezvous`), then every rank creates its communicator on the GPU of its local rank.
+fn join_nccl(p: &Placement) -> Result<Nccl> {
+    let (host, port) = crate::launch::nccl_rendezvous(p, &|k| std::env::var(k).ok())?;
+    let timeout = step_timeout()?;
+    let id = if p.rank == 0 {
+        let id = Nccl::unique_id()?;
+        rendezvous::serve(&id, port, p.world, timeout)?;
+        id
+    } else {
+        rendezvous::fetch(&format!("{host}:{port}"), p.rank, timeout)?
+    };
+    Nccl::join(p.rank, p.world, p.local_rank, &id)
 }
 
 /// Every rank's `local` result: an error here if any rank failed (this rank's own error, or
@@ -234,5 +317,40 @@ pub fn step_timeout() -> Result<Duration> {
             Ok(s) if s >= 1 => Ok(Duration::from_secs(s)),
             _ => bail!("PIPE_STEP_TIMEOUT={v:?}: expected a whole number of seconds >= 1"),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_parallel_backends_follow_the_launcher_unless_told() {
+        use Launcher::*;
+        assert_eq!(Backend::choose(Torchrun, None).unwrap(), Backend::Nccl);
+        assert_eq!(Backend::choose(OpenMpi, None).unwrap(), Backend::Mpi);
+        assert_eq!(Backend::choose(Slurm, None).unwrap(), Backend::Mpi);
+        assert_eq!(Backend::choose(Slurm, Some("nccl")).unwrap(), Backend::Nccl);
+        assert_eq!(
+            Backend::choose(Torchrun, Some("mpi")).unwrap(),
+            Backend::Mpi
+        );
+        let e = Backend::choose(OpenMpi, Some("gloo"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("expected `mpi` (CPU ranks) or `nccl` (GPU ranks)"),
+            "{e}"
+        );
+        let cuda = Device::Cuda(crate::gpt::device::Precision::F32);
+        assert!(Backend::Nccl.check_device(cuda).is_ok());
+        assert!(Backend::Mpi.check_device(Device::Cpu).is_ok());
+        let e = Backend::Mpi.check_device(cuda).unwrap_err().to_string();
+        assert!(e.contains("joined over MPI"), "{e}");
+        let e = Backend::Nccl
+            .check_device(Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trains on the CPU"), "{e}");
     }
 }

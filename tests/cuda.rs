@@ -343,3 +343,97 @@ fn a_pipeline_runs_on_cuda_or_fails_clearly() {
         assert!(!text.contains("panicked"), "{text}");
     }
 }
+
+/// NCCL at world size 1 (a single GPU cannot host two ranks): every collective of the NCCL
+/// backend round-trips host data through GPU memory unchanged, and a training step after an
+/// all-reduce of the gradients, or the ZeRO-1 step with one shard, is the plain step (the same
+/// kernels on the same numbers; only the embedding gradient's atomics may differ in the last
+/// bits). Under PIPE_REQUIRE_GPU=1 (scripts/gpu-check.sh) a missing NCCL is a failure, like a
+/// missing GPU.
+#[test]
+fn nccl_world_size_one_round_trips_every_collective() {
+    use pipe::gpt::collective::{Collective, Nccl, Shards};
+    if !gpu_available("nccl_world_size_one_round_trips_every_collective") {
+        return;
+    }
+    let id = match Nccl::unique_id() {
+        Ok(id) => id,
+        Err(e) if require("PIPE_REQUIRE_GPU") => panic!("no NCCL: {e:#}"),
+        Err(e) => {
+            eprintln!("nccl_world_size_one_round_trips_every_collective: skipped, no NCCL: {e:#}");
+            return;
+        }
+    };
+    let nccl = Nccl::join(0, 1, 0, &id).unwrap();
+    assert_eq!((nccl.rank(), nccl.world()), (0, 1));
+    let data: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5 - 3.0).collect();
+    let mut buf = data.clone();
+    nccl.all_reduce_sum(&mut buf).unwrap();
+    assert_eq!(buf, data);
+    let mut wide = vec![1.5f64, -2.25];
+    nccl.all_reduce_sum_f64(&mut wide).unwrap();
+    assert_eq!(wide, vec![1.5, -2.25]);
+    let mut recv = vec![0.0; data.len()];
+    nccl.reduce_scatter_sum(&data, &mut recv).unwrap();
+    assert_eq!(recv, data);
+    let mut recv = vec![0.0; data.len()];
+    nccl.all_gather(&data, &mut recv).unwrap();
+    assert_eq!(recv, data);
+    let mut recv = vec![0.0; data.len()];
+    nccl.gather(&data, &mut recv).unwrap();
+    assert_eq!(recv, data);
+    let mut buf = data.clone();
+    nccl.broadcast(&mut buf).unwrap();
+    assert_eq!(buf, data);
+    let mut bytes = b"an order from rank 0".to_vec();
+    nccl.broadcast_bytes(&mut bytes).unwrap();
+    assert_eq!(bytes, b"an order from rank 0");
+    nccl.barrier().unwrap();
+
+    // The device collectives, inside training steps.
+    let cfg = config(true, Gelu::Tanh, 0.0);
+    let cpu = random_model(cfg.clone(), 3);
+    let (b, t) = (2, 16);
+    let x = tokens(b * t, cfg.vocab_size, 40);
+    let y = tokens(b * t, cfg.vocab_size, 41);
+    let adamw = train_cfg(10).adamw();
+    let mut after = Vec::new();
+    for how in ["plain", "all-reduce", "zero-1"] {
+        let mut g = GpuGpt::new(&cfg, &cpu.params, Precision::F32).unwrap();
+        let mut opt = pipe::gpt::optim::AdamW::new(adamw.clone(), &cpu.layout);
+        g.forward(&x, Some(&y), (b, t), None, true).unwrap();
+        g.backward(1.0).unwrap();
+        let norm = match how {
+            "plain" => g.step(&mut opt, 1e-3, 1.0).unwrap(),
+            "all-reduce" => {
+                g.all_reduce_grads(&nccl).unwrap();
+                g.step(&mut opt, 1e-3, 1.0).unwrap()
+            }
+            _ => {
+                g.step_sharded(&mut opt, 1e-3, 1.0, &nccl, Shards::new(cpu.params.len(), 1))
+                    .unwrap()
+                    .0
+            }
+        };
+        let n = cpu.params.len();
+        let (mut p, mut m, mut v) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        g.download(&mut p, &mut m, &mut v).unwrap();
+        eprintln!("  {how}: gradient norm {norm}");
+        after.push((how, norm, p, m));
+    }
+    let (_, norm0, p0, m0) = &after[0];
+    for (how, norm, p, m) in &after[1..] {
+        eprintln!("{how} against the plain step:");
+        assert!(
+            (norm - norm0).abs() <= 1e-5 * norm0,
+            "{how}: norm {norm} vs {norm0}"
+        );
+        let worst =
+            worst_tensor_error(&cpu.layout, p, p0).max(worst_tensor_error(&cpu.layout, m, m0));
+        assert!(
+            worst < 1e-5,
+            "{how}: weights or moments differ by {worst:.2e}"
+        );
+    }
+    assert!(p0 != &cpu.params, "the step changed nothing");
+}

@@ -438,3 +438,154 @@ fn data_parallel_ranks_in_a_swept_manifest_are_refused() {
                 .is_none()
     );
 }
+
+/// The variables torchrun gives rank `rank` of 2 on this machine.
+fn torchrun_env(cmd: &mut std::process::Command, rank: usize) {
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    cmd.env("RANK", rank.to_string())
+        .env("WORLD_SIZE", "2")
+        .env("LOCAL_RANK", rank.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .env_remove("PIPE_NCCL_LIB")
+        .env_remove("PIPE_COLLECTIVE");
+}
+
+/// `--ranks 2` on `device: cuda` starts one rank per GPU: without a GPU (or CUDA in the build)
+/// it is a clear error at once, before any rank starts.
+#[test]
+fn data_parallel_gpu_ranks_without_a_gpu_say_so() {
+    let sb = sandbox("nogpu");
+    sb.write("m.yaml", &manifest(20, SCRATCH));
+    let started = std::time::Instant::now();
+    let out = sb
+        .cmd(&["run", "m.yaml", "--ranks", "2", "--set", "device=cuda"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let said = if cfg!(feature = "cuda") {
+        "no CUDA GPU is usable"
+    } else {
+        "--features cuda"
+    };
+    assert!(stderr.contains(said), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+/// A rank that torchrun starts joins over NCCL; where NCCL is missing, rank 0 says which pip
+/// wheels have it and how to point pipe at them, and ends (no panic, no wait for the others).
+#[test]
+fn data_parallel_torchrun_ranks_without_nccl_name_the_wheels() {
+    let sb = sandbox("nonccl");
+    sb.write("m.yaml", &manifest(20, SCRATCH));
+    let mut cmd = sb.cmd(&["run", "m.yaml", "--set", "device=cuda"]);
+    torchrun_env(&mut cmd, 0);
+    // No NCCL to find: none on the loader's path, and PIPE_NCCL_LIB names a folder without it.
+    let empty = sb.dir.join("no-nccl");
+    std::fs::create_dir_all(&empty).unwrap();
+    cmd.env("LD_LIBRARY_PATH", "").env("PIPE_NCCL_LIB", &empty);
+    let started = std::time::Instant::now();
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    if cfg!(feature = "cuda") {
+        assert!(
+            stderr.contains("nvidia-nccl-cu12")
+                && stderr.contains("nvidia-nccl-cu13")
+                && stderr.contains("PIPE_NCCL_LIB"),
+            "{stderr}"
+        );
+    } else {
+        assert!(stderr.contains("--features cuda"), "{stderr}");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    // A collective that is neither backend is named, with what to write instead.
+    let mut cmd = sb.cmd(&["run", "m.yaml"]);
+    torchrun_env(&mut cmd, 1);
+    let out = cmd.env("PIPE_COLLECTIVE", "gloo").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr
+            .contains("PIPE_COLLECTIVE=\"gloo\": expected `mpi` (CPU ranks) or `nccl` (GPU ranks)"),
+        "{stderr}"
+    );
+}
+
+/// NCCL's own library, from the pip wheel torch brings (`nvidia-nccl-cu13`): two ranks started
+/// as torchrun starts them load it, rank 0 makes a real unique id (ncclGetUniqueId needs no GPU)
+/// and hands it to rank 1 over loopback, and then both stop at the missing GPU with the CUDA
+/// message, within a bound. The same wheel through PIPE_NCCL_LIB alone gets the instruction
+/// to put pipe's link on LD_LIBRARY_PATH, since cudarc loads only `libnccl.so`.
+#[cfg(feature = "cuda")]
+#[test]
+fn data_parallel_torchrun_ranks_meet_over_the_nccl_wheel() {
+    let Some(py) = common::python_with("nvidia.nccl") else {
+        return common::missing("no Python with the nvidia-nccl wheel (torch brings it)");
+    };
+    let out = std::process::Command::new(&py)
+        .args(["-c", "import nvidia.nccl as n; print(n.__path__[0])"])
+        .output()
+        .unwrap();
+    let wheel = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        .join("lib/libnccl.so.2");
+    assert!(wheel.is_file(), "{}", wheel.display());
+    let sb = sandbox("wheel");
+    sb.write("m.yaml", &manifest(20, SCRATCH));
+
+    let mut cmd = sb.cmd(&["run", "m.yaml", "--set", "device=cuda"]);
+    torchrun_env(&mut cmd, 0);
+    let out = cmd
+        .env("LD_LIBRARY_PATH", "")
+        .env("PIPE_NCCL_LIB", &wheel)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cudarc loads only as libnccl.so")
+            && stderr.contains("export LD_LIBRARY_PATH="),
+        "{stderr}"
+    );
+
+    let links = sb.dir.join("nccl-link");
+    std::fs::create_dir_all(&links).unwrap();
+    std::os::unix::fs::symlink(&wheel, links.join("libnccl.so")).unwrap();
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = std::time::Instant::now();
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            let mut cmd = sb.cmd(&["run", "m.yaml", "--set", "device=cuda"]);
+            torchrun_env(&mut cmd, rank);
+            cmd.env("MASTER_PORT", port.to_string())
+                .env("LD_LIBRARY_PATH", &links)
+                .env("PIPE_STEP_TIMEOUT", "20")
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (rank, child) in ranks.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "rank {rank}: {stderr}");
+        assert!(!stderr.contains("panicked"), "rank {rank}: {stderr}");
+        // Past the exchange (no rank waited for the other), stopped by the missing GPU.
+        assert!(
+            stderr.contains("no CUDA GPU is usable") && !stderr.contains("never came"),
+            "rank {rank}: {stderr}"
+        );
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}

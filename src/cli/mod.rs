@@ -280,13 +280,6 @@ pub fn run(cli: Cli) -> Result<i32> {
 /// Joins the job as one of its ranks, with this machine's cores shared among its ranks (unless
 /// `--threads` says otherwise).
 fn join_ranks(p: crate::launch::Placement, threads: Option<usize>) -> Result<crate::ranks::Ranks> {
-    if p.launcher == crate::launch::Launcher::Torchrun {
-        return Err(InputError::new(
-            "torchrun started this process: its ranks need the NCCL backend (GPUs), which this pipe does not have yet",
-            Some("start CPU ranks with `mpirun -np N pipe run ...` or `pipe run --ranks N ...`"),
-        )
-        .into());
-    }
     if threads.is_none() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let share = (cores / p.local_world.unwrap_or(1).max(1)).max(1);

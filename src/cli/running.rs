@@ -62,7 +62,7 @@ pub fn run(
     let read_only = Store::at(cache);
     plan.check(&read_only, opts.flags.allow_outside, executor)?;
     if job.needs_launch(ranks, executor) {
-        return launch_ranks(ranks);
+        return launch_ranks(ranks, plan.manifest.defaults.device);
     }
     opts.ranks = job.ranks;
     if ranks > 1 && executor == Executor::Local {
@@ -131,7 +131,7 @@ pub fn resume(
     plan.check(&store, opts.flags.allow_outside, executor)?;
     if job.needs_launch(ranks, executor) {
         drop(shared);
-        return launch_ranks(ranks);
+        return launch_ranks(ranks, plan.manifest.defaults.device);
     }
     opts.ranks = job.ranks;
     if ranks > 1 && executor == Executor::Local {
@@ -317,6 +317,9 @@ impl Job<'_> {
             }
             None => wanted.unwrap_or(1),
         };
+        if let Some(r) = self.ranks {
+            r.backend().check_device(m.defaults.device)?;
+        }
         m.defaults.ranks = (ranks > 1).then_some(ranks);
         Ok(ranks)
     }
@@ -372,9 +375,23 @@ impl Job<'_> {
     }
 }
 
-/// Runs this same command as `ranks` ranks under `mpirun` on this machine, and returns its exit
-/// code: rank 0 then does what this process would have done.
-fn launch_ranks(ranks: usize) -> Result<i32> {
+/// Runs this same command as `ranks` ranks on this machine, and returns its exit code: rank 0
+/// then does what this process would have done. CPU ranks run under `mpirun`; GPU ranks
+/// (`device: cuda`) are started by pipe itself, one per GPU, as torchrun would start them.
+fn launch_ranks(ranks: usize, device: crate::gpt::device::Device) -> Result<i32> {
+    let exe = std::env::current_exe().context("finding this pipe's executable")?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let failed = format!(
+        "the {ranks} data-parallel ranks ended badly: a rank died, was killed or hung (its message is above). What was written is safe: `pipe resume RUN_ID` (the run printed above) continues from the last checkpoint"
+    );
+    if device.is_cuda() {
+        return match crate::launch::run_gpu_ranks(ranks, &exe, &args)? {
+            crate::launch::RanksEnded::Rank0(code) => Ok(code),
+            crate::launch::RanksEnded::Failed { rank, status } => {
+                anyhow::bail!("rank {rank} ended with {status}; {failed}")
+            }
+        };
+    }
     if !cfg!(feature = "mpi") {
         return Err(InputError::new(
             format!("{ranks} data-parallel ranks need MPI, and this pipe was built without it"),
@@ -383,8 +400,6 @@ fn launch_ranks(ranks: usize) -> Result<i32> {
         .into());
     }
     let mpirun = crate::launch::find_mpirun()?;
-    let exe = std::env::current_exe().context("finding this pipe's executable")?;
-    let args: Vec<String> = std::env::args().skip(1).collect();
     let mut cmd = crate::launch::mpirun_command(&mpirun, ranks, &exe, &args);
     tracing::info!(?cmd, "starting the ranks");
     let status = cmd
@@ -393,9 +408,7 @@ fn launch_ranks(ranks: usize) -> Result<i32> {
     match status.code() {
         // Rank 0's own result: it has printed what happened.
         Some(code @ 0..=2) => Ok(code),
-        _ => anyhow::bail!(
-            "the {ranks} data-parallel ranks ended with {status}: a rank died, was killed or hung (mpirun's message is above). What was written is safe: `pipe resume RUN_ID` (the run printed above) continues from the last checkpoint"
-        ),
+        _ => anyhow::bail!("mpirun ended with {status}: {failed}"),
     }
 }
 

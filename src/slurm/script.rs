@@ -107,6 +107,10 @@ pub fn job_script(job: &Job) -> Result<String> {
     } else {
         ""
     };
+    if ranks.is_some() && job.defaults.device.is_cuda() {
+        // GPU ranks talk through NCCL; rank 0 hands out its id on the first node.
+        writeln!(s, "export PIPE_COLLECTIVE=nccl")?;
+    }
     // `--` before the run and stage: a name is never read as an option.
     writeln!(
         s,

@@ -122,7 +122,7 @@ pub fn key_parts(
     obj.remove("keep_checkpoints");
     let ranks = m.defaults.ranks.unwrap_or(1);
     if ranks > 1 {
-        check_ranks(spec, p, ranks, m.defaults.device.is_cuda())?;
+        check_ranks(spec, p, ranks)?;
         obj.insert(
             "data_parallel".into(),
             json!({"ranks": ranks, "zero_stage": p.cfg.zero_stage}),
@@ -133,17 +133,7 @@ pub fn key_parts(
 
 /// A train stage on `ranks` data-parallel ranks: each computes gradient_accumulation_steps /
 /// ranks micro-steps of every iteration, so the count must divide.
-pub fn check_ranks(spec: &StageSpec, p: &Params, ranks: usize, cuda: bool) -> Result<()> {
-    if cuda {
-        return Err(err(
-            spec.origin.clone(),
-            format!(
-                "stage `{}`: {ranks} data-parallel ranks on a GPU need the NCCL backend, which this pipe does not have yet",
-                spec.name
-            ),
-            Some("train on one GPU (no --ranks), or on CPU ranks (device: cpu)"),
-        ));
-    }
+pub fn check_ranks(spec: &StageSpec, p: &Params, ranks: usize) -> Result<()> {
     let gas = p.cfg.gradient_accumulation_steps;
     if gas.is_multiple_of(ranks) {
         return Ok(());
@@ -507,7 +497,7 @@ pub fn execute(ctx: &Ctx, p: &Params) -> Result<Produced> {
         Some(ranks) => {
             let timeout = crate::ranks::step_timeout()?;
             let hashes = (data.output("train.bin")?, data.output("val.bin")?);
-            ranks.lead_training(&name, ctx.store, hashes, &mut trainer)?;
+            ranks.lead_training(&name, ctx.store, hashes, &mut trainer, device)?;
             ctx.ui.say(&format!(
                 "{name}: training on {} data-parallel ranks{}",
                 ranks.world(),

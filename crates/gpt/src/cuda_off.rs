@@ -10,6 +10,11 @@ use super::sample::SampleConfig;
 use anyhow::{Result, bail};
 use std::convert::Infallible;
 
+/// How many GPUs there are; here always the error that this build has no CUDA support.
+pub fn device_count() -> Result<usize> {
+    bail!(NO_CUDA)
+}
+
 /// The GPU's name; here always the error that this build has no CUDA support.
 pub fn gpu_name() -> Result<String> {
     bail!(NO_CUDA)
@@ -65,6 +70,19 @@ impl GpuGpt {
     pub fn step(&mut self, _opt: &mut AdamW, _lr: f64, _grad_clip: f32) -> Result<f32> {
         match self.never {}
     }
+    pub fn all_reduce_grads(&self, _nccl: &Nccl) -> Result<()> {
+        match self.never {}
+    }
+    pub fn step_sharded(
+        &mut self,
+        _opt: &mut AdamW,
+        _lr: f64,
+        _grad_clip: f32,
+        _nccl: &Nccl,
+        _shards: crate::collective::Shards,
+    ) -> Result<(f32, f64)> {
+        match self.never {}
+    }
     pub fn eval_loss(&mut self, _x: &[u32], _y: &[u32], _b: usize, _t: usize) -> Result<f32> {
         match self.never {}
     }
@@ -75,5 +93,68 @@ impl GpuGpt {
         _samples: std::ops::Range<usize>,
     ) -> Result<Vec<Vec<u32>>> {
         match self.never {}
+    }
+}
+
+/// Stands in for the NCCL backend: no value exists, and joining is the error that this build
+/// has no CUDA support.
+pub enum Nccl {}
+
+impl Nccl {
+    pub fn unique_id() -> Result<crate::collective::rendezvous::UniqueId> {
+        bail!(NO_CUDA)
+    }
+    pub fn join(
+        _rank: usize,
+        _world: usize,
+        _local_rank: usize,
+        _id: &crate::collective::rendezvous::UniqueId,
+    ) -> Result<Nccl> {
+        bail!(NO_CUDA)
+    }
+}
+
+/// Stands in for `cuda::nccl`'s library functions.
+pub mod nccl {
+    use anyhow::{Result, bail};
+
+    pub fn check_library() -> Result<()> {
+        bail!(super::NO_CUDA)
+    }
+    pub fn link_folder() -> Result<Option<std::path::PathBuf>> {
+        bail!(super::NO_CUDA)
+    }
+}
+
+impl crate::collective::Collective for Nccl {
+    fn rank(&self) -> usize {
+        match *self {}
+    }
+    fn world(&self) -> usize {
+        match *self {}
+    }
+    fn all_reduce_sum(&self, _: &mut [f32]) -> Result<()> {
+        match *self {}
+    }
+    fn all_reduce_sum_f64(&self, _: &mut [f64]) -> Result<()> {
+        match *self {}
+    }
+    fn reduce_scatter_sum(&self, _: &[f32], _: &mut [f32]) -> Result<()> {
+        match *self {}
+    }
+    fn all_gather(&self, _: &[f32], _: &mut [f32]) -> Result<()> {
+        match *self {}
+    }
+    fn gather(&self, _: &[f32], _: &mut [f32]) -> Result<()> {
+        match *self {}
+    }
+    fn broadcast(&self, _: &mut [f32]) -> Result<()> {
+        match *self {}
+    }
+    fn broadcast_bytes(&self, _: &mut Vec<u8>) -> Result<()> {
+        match *self {}
+    }
+    fn barrier(&self) -> Result<()> {
+        match *self {}
     }
 }

@@ -10,7 +10,7 @@ use anyhow::Result;
 /// file.
 pub use super::precision::Precision;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Device {
     Cpu,
     Cuda(Precision),

@@ -3,7 +3,7 @@
 
 /// The format of the GPU's matrix products. Weights, activations, gradients and optimiser state
 /// are f32 in every case; only cuBLAS's multiplications change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Precision {
     /// Plain f32 products: the reference.
     F32,

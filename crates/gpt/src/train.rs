@@ -26,7 +26,7 @@ use super::engine::Engine;
 use super::model::{DropoutPlan, Gpt};
 use super::optim::{AdamW, AdamWConfig, LrSchedule, clip_coef, grad_square_sum};
 use super::rng::{Rng, mix64};
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -465,22 +465,28 @@ impl<'d> Trainer<'d> {
     }
 
     /// Rank 0's weights and moments on every rank (every rank calls it, after
-    /// [`Trainer::data_parallel`]).
-    /// With ZeRO-1, each rank then keeps only its shard of the moments.
+    /// [`Trainer::data_parallel`], and on GPUs after [`Trainer::use_device`]).
+    /// With ZeRO-1 on the CPU, each rank then keeps only its shard of the moments.
     pub fn share_state(&mut self) -> Result<()> {
-        let Engine::Cpu(model) = &mut self.engine else {
-            anyhow::bail!("data-parallel training runs on the CPU only");
+        let params = match &mut self.engine {
+            Engine::Cpu(model) => &mut model.params,
+            Engine::Cuda(_) => &mut self.host_params,
         };
-        self.comm.broadcast(&mut model.params)?;
+        self.comm.broadcast(params)?;
         self.comm.broadcast(&mut self.opt.m)?;
         self.comm.broadcast(&mut self.opt.v)?;
+        if let Engine::Cuda(g) = &mut self.engine {
+            g.upload_params(0, &self.host_params)?;
+            g.upload_moments(&self.opt.m, &self.opt.v)?;
+        }
         self.shard_moments();
         Ok(())
     }
 
     /// ZeRO-1: this rank's shard of the moments only (no-op otherwise, or when already so).
     fn shard_moments(&mut self) {
-        if self.zero_sharded() {
+        // A GPU keeps every moment (its ZeRO-1 step updates only its shard of them).
+        if self.zero_sharded() && self.engine.device_name().is_none() {
             let mine = self.shards().range(self.comm.rank());
             if self.opt.held() != mine {
                 self.opt.keep_shard(mine);
@@ -501,10 +507,17 @@ impl<'d> Trainer<'d> {
             gas.is_multiple_of(world),
             "gradient_accumulation_steps ({gas}) must be a multiple of the number of ranks ({world}): each rank computes gradient_accumulation_steps / ranks micro-steps of every iteration, as in nanoGPT"
         );
-        ensure!(
-            self.engine.device_name().is_none() || world == 1,
-            "data-parallel training on a GPU needs the NCCL backend, which this pipe does not have yet: use one rank with device: cuda, or ranks on the CPU"
-        );
+        if world > 1 {
+            match (self.engine.device_name(), comm.nccl().is_some()) {
+                (Some(_), false) => anyhow::bail!(
+                    "data-parallel training on GPUs goes through NCCL, but these ranks joined over MPI: start GPU ranks with `pipe run --ranks N`, torchrun, or srun with PIPE_COLLECTIVE=nccl"
+                ),
+                (None, true) => anyhow::bail!(
+                    "these ranks joined over NCCL, which moves GPU memory, but the stage trains on the CPU: start CPU ranks with `pipe run --ranks N` or mpirun (MPI), or train with device: cuda"
+                ),
+                _ => {}
+            }
+        }
         self.comm = comm;
         Ok(())
     }
@@ -512,8 +525,8 @@ impl<'d> Trainer<'d> {
     /// Moves training to `device` (call before [`Trainer::run_streaming`]).
     pub fn use_device(&mut self, device: Device) -> Result<()> {
         ensure!(
-            self.comm.world() == 1 || !device.is_cuda(),
-            "data-parallel training on a GPU needs the NCCL backend, which this pipe does not have yet: use one rank with device: cuda, or ranks on the CPU"
+            self.comm.world() == 1,
+            "choose the device before joining the other ranks (Trainer::data_parallel)"
         );
         let (Device::Cuda(precision), Engine::Cpu(model)) = (device, &self.engine) else {
             return Ok(());
@@ -561,8 +574,14 @@ impl<'d> Trainer<'d> {
         }
         if self.zero_sharded() {
             let (comm, shards) = (self.comm, self.shards());
-            let m = gather_to_root(comm, shards, &self.opt.m)?;
-            let v = gather_to_root(comm, shards, &self.opt.v)?;
+            // On the CPU the moments are this rank's shard; a GPU downloads all of them, of
+            // which only its shard is current.
+            let mine = match &self.engine {
+                Engine::Cpu(_) => 0..self.opt.m.len(),
+                Engine::Cuda(_) => shards.range(comm.rank()),
+            };
+            let m = gather_to_root(comm, shards, &self.opt.m[mine.clone()])?;
+            let v = gather_to_root(comm, shards, &self.opt.v[mine])?;
             if comm.rank() == 0 {
                 self.opt.set_whole(m, v);
             }
@@ -603,8 +622,23 @@ impl<'d> Trainer<'d> {
         }
         let zero_sharded = self.zero_sharded();
         let shards = self.shards();
-        let Engine::Cpu(model) = &mut self.engine else {
-            anyhow::bail!("data-parallel training runs on the CPU only");
+        let model = match &mut self.engine {
+            Engine::Cpu(model) => model,
+            Engine::Cuda(g) => {
+                let nccl = comm.nccl().context("GPU ranks need the NCCL backend")?;
+                if zero_sharded {
+                    let (norm, seconds) = g.step_sharded(&mut self.opt, lr, clip, nccl, shards)?;
+                    self.comm_seconds += seconds;
+                    return Ok(norm);
+                }
+                // Timed up to the queued work's end, so the share is the communication's.
+                g.synchronize()?;
+                let started = Instant::now();
+                g.all_reduce_grads(nccl)?;
+                g.synchronize()?;
+                self.comm_seconds += started.elapsed().as_secs_f64();
+                return g.step(&mut self.opt, lr, clip);
+            }
         };
         let started = Instant::now();
         if !zero_sharded {

@@ -1,15 +1,18 @@
 //! The collectives data-parallel training uses, behind one interface ([`Collective`]), with the
-//! backends that implement it: [`Single`] (world size 1, no communication) and, with the `mpi`
-//! feature, `Mpi` (Open MPI or any MPI through the `mpi` crate, rsmpi). Every rank calls the same
-//! collectives in the same order; a rank that stops calling them stops the others (see
-//! the `ranks` module for how a stage ends on every rank).
+//! backends that implement it: [`Single`] (world size 1, no communication); with the `mpi`
+//! feature, `Mpi` (Open MPI or any MPI through the `mpi` crate, rsmpi), for CPU ranks; and with
+//! the `cuda` feature, [`Nccl`] (in `cuda/nccl.rs`, beside the GPU memory it works on), for GPU
+//! ranks. Every rank calls the same collectives in the same order; a rank that stops calling
+//! them stops the others (see the `ranks` module for how a stage ends on every rank).
 //!
-//! pipe writes no communication of its own: what moves between processes is MPI's. The NCCL
-//! backend (GPUs) is not written yet; its first pieces are here: [`rendezvous`] (rank 0 hands NCCL's
-//! unique id to the other ranks, over TCP, bounded) and [`nccl_library`] (finding libnccl.so.2).
+//! pipe writes no communication of its own: what moves between processes is MPI's or NCCL's.
+//! The one exception is NCCL's 128-byte unique id, which [`rendezvous`] hands from rank 0 to the
+//! others over TCP (bounded), as torchrun's store does; [`nccl_library`] finds libnccl.so.2.
 
 pub mod nccl_library;
 pub mod rendezvous;
+
+pub use crate::cuda::Nccl;
 
 #[cfg(feature = "mpi")]
 pub mod mpi;
@@ -40,6 +43,11 @@ pub trait Collective {
     fn broadcast_bytes(&self, buf: &mut Vec<u8>) -> Result<()>;
     /// Returns once every rank has called it.
     fn barrier(&self) -> Result<()>;
+    /// The NCCL communicator behind this collective, for buffers in GPU memory (`None` for the
+    /// host backends).
+    fn nccl(&self) -> Option<&Nccl> {
+        None
+    }
 }
 
 /// Element-wise mean over the ranks: [`Collective::all_reduce_sum`], then a division.

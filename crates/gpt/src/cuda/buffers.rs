@@ -325,6 +325,17 @@ impl GpuGpt {
         Ok(())
     }
 
+    /// Copies `n` f32 from device address `src` to `dst` (queued on the stream).
+    pub(super) fn copy(&self, dst: u64, src: u64, n: usize) -> Result<()> {
+        // SAFETY: `dst` and `src` are addresses of f32 buffers of this model with at least `n`
+        // elements from there on (the weights, gradients and ZeRO-1 scratch buffers, sized by
+        // the layout and its shards); the copy is ordered with every other use on the one stream.
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(dst, src, n * 4, self.gpu.stream.cu_stream())
+        }?;
+        Ok(())
+    }
+
     pub(super) fn zero(&self, ptr: u64, n: usize) -> Result<()> {
         // SAFETY: `ptr` is the address of an f32 buffer of at least `n` elements (the gradients,
         // or an activation gradient of the batch), so `n * 4` bytes are inside it; the memset is

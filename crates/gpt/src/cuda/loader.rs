@@ -103,34 +103,69 @@ pub struct Gpu {
     pub capability: (i32, i32),
 }
 
+/// How many GPUs the driver shows (without opening any of them).
+pub fn device_count() -> Result<usize> {
+    check_library("cuda", "the NVIDIA driver library")?;
+    let count = std::panic::catch_unwind(CudaContext::device_count)
+        .map_err(|_| anyhow!("no CUDA GPU is usable: the CUDA driver could not be loaded"))?
+        .map_err(|e| {
+            anyhow!("no CUDA GPU is usable: {e:?} (is a GPU visible? nvidia-smi tells)")
+        })?;
+    Ok(count.max(0) as usize)
+}
+
 /// The GPU's name, opening it (and compiling the kernels) if needed: a check that CUDA works.
 pub fn gpu_name() -> Result<String> {
     Ok(Gpu::get()?.name.clone())
 }
 
 static GPU: Mutex<Option<Arc<Gpu>>> = Mutex::new(None);
+/// The device [`Gpu::get`] opens: 0, or the one [`Gpu::select`] chose (a rank's LOCAL_RANK).
+static ORDINAL: Mutex<usize> = Mutex::new(0);
 
 impl Gpu {
-    /// The process's GPU (device 0), opened and its kernels compiled on first use.
+    /// The process's GPU (device 0 unless [`Gpu::select`] chose another), opened and its
+    /// kernels compiled on first use.
     pub fn get() -> Result<Arc<Gpu>> {
         let mut slot = GPU.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(g) = slot.as_ref() {
             return Ok(g.clone());
         }
-        let g = Arc::new(Gpu::open()?);
+        let ordinal = *ORDINAL.lock().unwrap_or_else(|e| e.into_inner());
+        let g = Arc::new(Gpu::open(ordinal)?);
         *slot = Some(g.clone());
         Ok(g)
     }
 
-    fn open() -> Result<Gpu> {
-        check_library("cuda", "the NVIDIA driver library")?;
+    /// Makes device `ordinal` the process's GPU (each data-parallel rank takes the GPU of its
+    /// local rank, as torchrun's scripts do with `torch.cuda.set_device(LOCAL_RANK)`). Call it
+    /// before the GPU is first used.
+    pub fn select(ordinal: usize) -> Result<()> {
+        let slot = GPU.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = slot.as_ref()
+            && g.ctx.ordinal() != ordinal
+        {
+            bail!(
+                "GPU {} is already in use by this process, so it cannot switch to GPU {ordinal}",
+                g.ctx.ordinal()
+            );
+        }
+        *ORDINAL.lock().unwrap_or_else(|e| e.into_inner()) = ordinal;
+        Ok(())
+    }
+
+    fn open(ordinal: usize) -> Result<Gpu> {
+        let count = device_count()?;
         check_library("nvrtc", "NVRTC")?;
         check_library("cublas", "cuBLAS")?;
-        let ctx = std::panic::catch_unwind(|| CudaContext::new(0))
-            .map_err(|_| anyhow!("no CUDA GPU is usable: the CUDA driver could not be loaded"))?
-            .map_err(|e| {
-                anyhow!("no CUDA GPU is usable: {e:?} (is a GPU visible? nvidia-smi tells)")
-            })?;
+        if ordinal >= count {
+            bail!(
+                "GPU {ordinal} was asked for (a rank's LOCAL_RANK), but this machine shows {count} GPU(s): start at most one rank per GPU on each machine"
+            );
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| {
+            anyhow!("no CUDA GPU is usable: {e:?} (is a GPU visible? nvidia-smi tells)")
+        })?;
         // One stream: no cross-stream event tracking needed.
         // SAFETY: every buffer and launch of the process uses this context's one default stream,
         // so work is ordered without cudarc's events; this runs before any buffer exists.

@@ -13,13 +13,14 @@
 //! By concern: [`loader`] finds the libraries, compiles the kernels and opens the GPU; [`buffers`]
 //! holds device buffers, the activations, host-device copies and the `launch!` macro; [`blas`] the
 //! cuBLAS products; [`layers`] the layers as kernel launches; [`pass`] the forward and backward
-//! passes; [`optim`] clipping and AdamW; [`sample`] generation. This file keeps the public surface:
+//! passes; [`optim`] clipping and AdamW (and the data-parallel step); [`nccl`] the NCCL collective; [`sample`] generation. This file keeps the public surface:
 //! [`GpuGpt`] and its constructors, and the loader's public items.
 
 mod blas;
 mod buffers;
 mod layers;
 mod loader;
+pub mod nccl;
 mod optim;
 mod pass;
 mod sample;
@@ -35,7 +36,8 @@ use pass::Pass;
 use std::cell::RefCell;
 use std::sync::Arc;
 
-pub use loader::{Gpu, KERNEL_NAMES, compile_kernels, gpu_name, library_available};
+pub use loader::{Gpu, KERNEL_NAMES, compile_kernels, device_count, gpu_name, library_available};
+pub use nccl::Nccl;
 
 /// Rows per block of the column sums behind bias and LayerNorm gradients.
 const ROWS: usize = 256;
@@ -58,6 +60,8 @@ pub struct GpuGpt {
     m: Buf<f32>,
     v: Buf<f32>,
     norm_partials: Buf<f64>,
+    /// ZeRO-1's padded gradients and this rank's shard of their sum (data-parallel only).
+    zero_scratch: Option<(Buf<f32>, Buf<f32>)>,
     acts: Option<Acts>,
     last: Option<Pass>,
 }
@@ -117,6 +121,7 @@ impl GpuGpt {
             m: Buf::zeros(s, n)?,
             v: Buf::zeros(s, n)?,
             norm_partials: Buf::zeros(s, n.div_ceil(NORM_CHUNK))?,
+            zero_scratch: None,
             gpu,
             blas,
             precision,
