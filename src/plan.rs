@@ -63,9 +63,15 @@ impl Plan {
         }
         // With `device: cuda`, the GPU is found before any stage runs, so a missing driver or
         // library is reported up front rather than after the CPU stages.
+        // With several ranks, each rank opens its own GPU: here (possibly the process that only
+        // launches them) the driver is only asked how many there are, so no GPU is held.
         if executor == Executor::Local && m.defaults.device.is_cuda() {
-            let name = crate::gpt::cuda::gpu_name()?;
-            tracing::info!("device: {name}");
+            if m.defaults.ranks.unwrap_or(1) > 1 {
+                crate::gpt::cuda::device_count()?;
+            } else {
+                let name = crate::gpt::cuda::gpu_name()?;
+                tracing::info!("device: {name}");
+            }
         }
         Ok(())
     }

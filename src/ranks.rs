@@ -114,10 +114,11 @@ impl Ranks {
         };
         if (comm.rank(), comm.world()) != (placement.rank, placement.world) {
             bail!(
-                "{} started rank {} of {}, but MPI sees rank {} of {}: this MPI does not know the launcher (for srun, try `srun --mpi=pmix`)",
+                "{} started rank {} of {}, but {:?} sees rank {} of {}: this MPI does not know the launcher (for srun, try `srun --mpi=pmix`)",
                 placement.launcher.name(),
                 placement.rank,
                 placement.world,
+                backend,
                 comm.rank(),
                 comm.world()
             );
@@ -235,14 +236,14 @@ impl Ranks {
 /// Joins an NCCL job: rank 0 makes NCCL's unique id and hands it to the others over TCP (see
 /// `rendezvous`), then every rank creates its communicator on the GPU of its local rank.
 fn join_nccl(p: &Placement) -> Result<Nccl> {
-    let (host, port) = crate::launch::nccl_rendezvous(p, &|k| std::env::var(k).ok())?;
+    let meeting = crate::launch::nccl_rendezvous(p, &|k| std::env::var(k).ok())?;
     let timeout = step_timeout()?;
     let id = if p.rank == 0 {
         let id = Nccl::unique_id()?;
-        rendezvous::serve(&id, port, p.world, timeout)?;
+        rendezvous::serve(&id, meeting.port, p.world, meeting.job, timeout)?;
         id
     } else {
-        rendezvous::fetch(&format!("{host}:{port}"), p.rank, timeout)?
+        rendezvous::fetch(&meeting.address, p.rank, meeting.job, timeout)?
     };
     Nccl::join(p.rank, p.world, p.local_rank, &id)
 }
@@ -289,7 +290,9 @@ impl Watchdog {
                         "error: rank {rank}: no training step finished in {} s (another rank has hung or died): ending this rank; `pipe resume` continues from the last checkpoint (PIPE_STEP_TIMEOUT sets the bound)",
                         timeout.as_secs()
                     );
-                    std::process::exit(1);
+                    // At once: exit handlers could wait on the stuck collective.
+                    // SAFETY: _exit has no preconditions; stderr is unbuffered.
+                    unsafe { libc::_exit(1) };
                 }
             }
         });

@@ -439,18 +439,35 @@ fn data_parallel_ranks_in_a_swept_manifest_are_refused() {
     );
 }
 
-/// The variables torchrun gives rank `rank` of 2 on this machine.
-fn torchrun_env(cmd: &mut std::process::Command, rank: usize) {
-    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+/// Whether this machine has a GPU (these tests are about what happens without one).
+fn gpu_here() -> bool {
+    #[cfg(feature = "cuda")]
+    if pipe::gpt::cuda::device_count().unwrap_or(0) > 0 {
+        eprintln!(
+            "a GPU is here: this test is for machines without one (scripts/gpu-check.sh covers GPUs)"
+        );
+        return true;
+    }
+    false
+}
+
+/// The variables torchrun gives rank `rank` of 2 on this machine, with a free port for NCCL's
+/// id and a short bound on every wait.
+fn torchrun_env(cmd: &mut std::process::Command, rank: usize) {
     cmd.env("RANK", rank.to_string())
         .env("WORLD_SIZE", "2")
         .env("LOCAL_RANK", rank.to_string())
         .env("MASTER_ADDR", "127.0.0.1")
-        .env("MASTER_PORT", port.to_string())
+        .env("MASTER_PORT", free_port().to_string())
+        .env("PIPE_STEP_TIMEOUT", "5")
         .env_remove("PIPE_NCCL_LIB")
         .env_remove("PIPE_COLLECTIVE");
 }
@@ -459,6 +476,9 @@ fn torchrun_env(cmd: &mut std::process::Command, rank: usize) {
 /// it is a clear error at once, before any rank starts.
 #[test]
 fn data_parallel_gpu_ranks_without_a_gpu_say_so() {
+    if gpu_here() {
+        return;
+    }
     let sb = sandbox("nogpu");
     sb.write("m.yaml", &manifest(20, SCRATCH));
     let started = std::time::Instant::now();
@@ -482,6 +502,9 @@ fn data_parallel_gpu_ranks_without_a_gpu_say_so() {
 /// wheels have it and how to point pipe at them, and ends (no panic, no wait for the others).
 #[test]
 fn data_parallel_torchrun_ranks_without_nccl_name_the_wheels() {
+    if gpu_here() {
+        return;
+    }
     let sb = sandbox("nonccl");
     sb.write("m.yaml", &manifest(20, SCRATCH));
     let mut cmd = sb.cmd(&["run", "m.yaml", "--set", "device=cuda"]);
@@ -527,6 +550,9 @@ fn data_parallel_torchrun_ranks_without_nccl_name_the_wheels() {
 #[cfg(feature = "cuda")]
 #[test]
 fn data_parallel_torchrun_ranks_meet_over_the_nccl_wheel() {
+    if gpu_here() {
+        return;
+    }
     let Some(py) = common::python_with("nvidia.nccl") else {
         return common::missing("no Python with the nvidia-nccl wheel (torch brings it)");
     };
@@ -558,17 +584,13 @@ fn data_parallel_torchrun_ranks_meet_over_the_nccl_wheel() {
     let links = sb.dir.join("nccl-link");
     std::fs::create_dir_all(&links).unwrap();
     std::os::unix::fs::symlink(&wheel, links.join("libnccl.so")).unwrap();
-    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let started = std::time::Instant::now();
     let ranks: Vec<_> = (0..2)
         .map(|rank| {
             let mut cmd = sb.cmd(&["run", "m.yaml", "--set", "device=cuda"]);
             torchrun_env(&mut cmd, rank);
-            cmd.env("MASTER_PORT", port.to_string())
+            cmd.env("PIPE_NCCL_PORT", port.to_string())
                 .env("LD_LIBRARY_PATH", &links)
                 .env("PIPE_STEP_TIMEOUT", "20")
                 .stderr(std::process::Stdio::piped())

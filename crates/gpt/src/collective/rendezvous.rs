@@ -5,7 +5,9 @@
 //!
 //! Every wait is bounded: rank 0 waits `timeout` for all the others to connect, and the others
 //! retry connecting (rank 0 may not be listening yet) until `timeout`. Each message starts with
-//! [`MAGIC`], so a stray connection to the port is refused without ending the exchange.
+//! [`MAGIC`], so a stray connection to the port is refused without ending the exchange, and a
+//! rank's hello carries its job's token, so a rank of another job on the same port (two jobs
+//! sharing a node) is refused too.
 
 use anyhow::{Context, Result, bail};
 use std::io::{ErrorKind, Read, Write};
@@ -27,7 +29,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Rank 0: serves `id` on `port` (every interface) to the other `world - 1` ranks. A rank counts
 /// as served once it acknowledges the id; one that asks again (its first try timed out) is
 /// served again.
-pub fn serve(id: &UniqueId, port: u16, world: usize, timeout: Duration) -> Result<()> {
+pub fn serve(id: &UniqueId, port: u16, world: usize, job: u64, timeout: Duration) -> Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", port)).with_context(|| {
         format!("rank 0 could not listen on port {port} for NCCL's unique id (is the port in use? set PIPE_NCCL_PORT to a free one)")
     })?;
@@ -49,10 +51,12 @@ pub fn serve(id: &UniqueId, port: u16, world: usize, timeout: Duration) -> Resul
             );
         }
         match listener.accept() {
-            Ok((stream, from)) => match serve_one(stream, id, world, left.min(HELLO_TIMEOUT)) {
-                Ok(rank) => served[rank] = true,
-                Err(e) => tracing::warn!("a connection from {from} on the NCCL id port: {e:#}"),
-            },
+            Ok((stream, from)) => {
+                match serve_one(stream, id, world, job, left.min(HELLO_TIMEOUT)) {
+                    Ok(rank) => served[rank] = true,
+                    Err(e) => tracing::warn!("a connection from {from} on the NCCL id port: {e:#}"),
+                }
+            }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(20))
             }
@@ -63,16 +67,25 @@ pub fn serve(id: &UniqueId, port: u16, world: usize, timeout: Duration) -> Resul
 }
 
 /// Reads one rank's hello, sends it the id and reads its acknowledgement; returns its rank.
-fn serve_one(mut s: TcpStream, id: &UniqueId, world: usize, wait: Duration) -> Result<usize> {
+fn serve_one(
+    mut s: TcpStream,
+    id: &UniqueId,
+    world: usize,
+    job: u64,
+    wait: Duration,
+) -> Result<usize> {
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(wait))?;
     s.set_write_timeout(Some(wait))?;
-    let mut hello = [0u8; 24];
+    let mut hello = [0u8; 32];
     s.read_exact(&mut hello).context("reading its hello")?;
     if &hello[..16] != MAGIC {
         bail!("refused: it is not a pipe rank (wrong greeting)");
     }
-    let rank = u64::from_le_bytes(hello[16..].try_into().expect("8 bytes")) as usize;
+    let rank = u64::from_le_bytes(hello[16..24].try_into().expect("8 bytes")) as usize;
+    if u64::from_le_bytes(hello[24..].try_into().expect("8 bytes")) != job {
+        bail!("refused: a rank {rank} of another job (its job token differs)");
+    }
     if rank == 0 || rank >= world {
         bail!(
             "refused: it says it is rank {rank}, which is not a rank of this job (world {world})"
@@ -91,7 +104,7 @@ fn serve_one(mut s: TcpStream, id: &UniqueId, world: usize, wait: Duration) -> R
 
 /// Any rank but 0: fetches the id from rank 0 at `master` ("host:port"), retrying until
 /// `timeout` while rank 0 is not listening yet.
-pub fn fetch(master: &str, rank: usize, timeout: Duration) -> Result<UniqueId> {
+pub fn fetch(master: &str, rank: usize, job: u64, timeout: Duration) -> Result<UniqueId> {
     let deadline = Instant::now() + timeout;
     let addrs: Vec<_> = master
         .to_socket_addrs()
@@ -102,7 +115,8 @@ pub fn fetch(master: &str, rank: usize, timeout: Duration) -> Result<UniqueId> {
         for addr in &addrs {
             let left = deadline.saturating_duration_since(Instant::now());
             let wait = left.min(HELLO_TIMEOUT).max(Duration::from_millis(1));
-            match TcpStream::connect_timeout(addr, wait).and_then(|s| exchange(s, rank, wait)) {
+            match TcpStream::connect_timeout(addr, wait).and_then(|s| exchange(s, rank, job, wait))
+            {
                 Ok(id) => return Ok(id),
                 Err(e) => last_error = Some(e),
             }
@@ -116,11 +130,12 @@ pub fn fetch(master: &str, rank: usize, timeout: Duration) -> Result<UniqueId> {
     )
 }
 
-fn exchange(mut s: TcpStream, rank: usize, wait: Duration) -> std::io::Result<UniqueId> {
+fn exchange(mut s: TcpStream, rank: usize, job: u64, wait: Duration) -> std::io::Result<UniqueId> {
     s.set_read_timeout(Some(wait))?;
     s.set_write_timeout(Some(wait))?;
     s.write_all(MAGIC)?;
     s.write_all(&(rank as u64).to_le_bytes())?;
+    s.write_all(&job.to_le_bytes())?;
     let mut reply = [0u8; 16 + 128];
     s.read_exact(&mut reply)?;
     if &reply[..16] != MAGIC {
@@ -155,7 +170,7 @@ mod tests {
     #[test]
     fn the_unique_id_reaches_a_second_process_over_loopback() {
         if let Ok(port) = std::env::var("PIPE_TEST_RENDEZVOUS_PEER") {
-            let got = fetch(&format!("127.0.0.1:{port}"), 1, Duration::from_secs(30)).unwrap();
+            let got = fetch(&format!("127.0.0.1:{port}"), 1, 5, Duration::from_secs(30)).unwrap();
             assert_eq!(got, id(7), "the peer fetched another id");
             return;
         }
@@ -170,7 +185,7 @@ mod tests {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        serve(&id(7), port, 2, Duration::from_secs(30)).unwrap();
+        serve(&id(7), port, 2, 5, Duration::from_secs(30)).unwrap();
         assert!(peer.wait().unwrap().success(), "the peer process failed");
     }
 
@@ -180,7 +195,13 @@ mod tests {
     fn waits_for_the_id_are_bounded() {
         let port = free_port();
         let started = Instant::now();
-        let err = fetch(&format!("127.0.0.1:{port}"), 1, Duration::from_millis(300)).unwrap_err();
+        let err = fetch(
+            &format!("127.0.0.1:{port}"),
+            1,
+            0,
+            Duration::from_millis(300),
+        )
+        .unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(10));
         assert!(
             format!("{err:#}")
@@ -189,8 +210,9 @@ mod tests {
         );
 
         let port = free_port();
-        let server = std::thread::spawn(move || serve(&id(3), port, 3, Duration::from_secs(2)));
-        // A stranger (once the server listens), then rank 2; rank 1 never comes.
+        let server = std::thread::spawn(move || serve(&id(3), port, 3, 8, Duration::from_secs(3)));
+        // A stranger (once the server listens), a rank 2 of another job, then rank 2; rank 1
+        // never comes.
         let connected = Instant::now();
         let mut stranger = loop {
             match TcpStream::connect(("127.0.0.1", port)) {
@@ -202,8 +224,15 @@ mod tests {
                 Err(e) => panic!("the server never listened: {e}"),
             }
         };
-        stranger.write_all(&[b'x'; 24]).unwrap();
-        let got = fetch(&format!("127.0.0.1:{port}"), 2, Duration::from_secs(5)).unwrap();
+        stranger.write_all(&[b'x'; 32]).unwrap();
+        let other_job = fetch(
+            &format!("127.0.0.1:{port}"),
+            2,
+            9,
+            Duration::from_millis(400),
+        );
+        assert!(other_job.is_err(), "a rank of another job got the id");
+        let got = fetch(&format!("127.0.0.1:{port}"), 2, 8, Duration::from_secs(5)).unwrap();
         assert_eq!(got, id(3));
         let err = server.join().unwrap().unwrap_err();
         assert!(format!("{err:#}").contains("ranks 1 never came"), "{err:#}");

@@ -158,9 +158,12 @@ impl Gpu {
         let count = device_count()?;
         check_library("nvrtc", "NVRTC")?;
         check_library("cublas", "cuBLAS")?;
+        // A launcher that shows each rank only its own GPU (Slurm's --gpus-per-task, --gpu-bind)
+        // leaves one device, whatever the local rank.
+        let ordinal = if count == 1 { 0 } else { ordinal };
         if ordinal >= count {
             bail!(
-                "GPU {ordinal} was asked for (a rank's LOCAL_RANK), but this machine shows {count} GPU(s): start at most one rank per GPU on each machine"
+                "GPU {ordinal} was asked for (this rank's LOCAL_RANK), but this machine shows {count} GPU(s): start at most one rank per GPU on each machine"
             );
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| {

@@ -64,16 +64,24 @@ pub fn link_folder() -> Result<Option<std::path::PathBuf>> {
     match nccl_library::find(std::env::var("PIPE_NCCL_LIB").ok().as_deref())? {
         nccl_library::Found::Loadable => Ok(None),
         nccl_library::Found::Soname2(lib) => {
-            let dir = std::env::temp_dir().join(format!("pipe-nccl-{}", users_id()));
+            let dir = link_dir()?;
             nccl_library::link_for_cudarc(&lib, &dir, "")?;
             Ok(Some(dir))
         }
     }
 }
 
-fn users_id() -> u32 {
-    // SAFETY: getuid has no preconditions.
-    unsafe { libc::getuid() }
+/// `$XDG_CACHE_HOME/pipe/nccl`, else `~/.cache/pipe/nccl`: a folder of this user's, so no
+/// other user chooses the library the ranks load (as one could with a fixed name in /tmp).
+fn link_dir() -> Result<std::path::PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))
+        .ok_or_else(|| {
+            anyhow!("neither XDG_CACHE_HOME nor HOME is set: pipe has nowhere to link NCCL as libnccl.so")
+        })?;
+    Ok(cache.join("pipe").join("nccl"))
 }
 
 fn nccl_error(what: &str, e: result::NcclError) -> anyhow::Error {
@@ -234,8 +242,11 @@ impl Nccl {
     }
 
     fn download<T>(&self, dst: &mut [T], src: u64) -> Result<()> {
+        // The collective first, polled: a copy into pageable memory would wait for it inside the
+        // driver, spinning.
+        self.wait()?;
         // SAFETY: `src` is a staging address holding `dst.len()` elements; the stream is waited
-        // for (`staged`) before `dst`'s borrow ends.
+        // for before `dst`'s borrow ends.
         unsafe {
             cudarc::driver::result::memcpy_dtoh_async(dst, src, self.gpu.stream.cu_stream())
         }?;
@@ -245,9 +256,10 @@ impl Nccl {
 
 impl Drop for Nccl {
     fn drop(&mut self) {
-        // SAFETY: the communicator is live and no collective is queued after this point (the
-        // owner is gone); an error here has nowhere to go.
-        let _ = unsafe { result::comm_destroy(self.comm) };
+        // Abort rather than destroy: destroying waits for the peers, which may be gone.
+        // SAFETY: the communicator is live and nothing uses it after this point (its owner is
+        // gone); an error here has nowhere to go.
+        let _ = unsafe { result::comm_abort(self.comm) };
     }
 }
 
