@@ -35,7 +35,11 @@ impl Isa {
     fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            if cfg!(feature = "avx512") && std::is_x86_feature_detected!("avx512f") {
+            // DQ too (every AVX-512 CPU but Xeon Phi): 64-bit lane products for dropout's hash.
+            if cfg!(feature = "avx512")
+                && std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512dq")
+            {
                 return Isa::Avx512;
             }
             // gemm's AVX2 micro-kernels are chosen on `fma`; every CPU with FMA3 has AVX2.

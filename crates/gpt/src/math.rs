@@ -23,7 +23,7 @@ macro_rules! simd_kernel {
             #[cfg(target_arch = "x86_64")]
             {
                 #[cfg(feature = "avx512")]
-                #[target_feature(enable = "avx512f")]
+                #[target_feature(enable = "avx512f,avx512dq")]
                 unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
                     $kernel($($arg),*)
                 }
