@@ -1,7 +1,7 @@
 //! Which x86 vector instructions the CPU engine computes with: its one ISA path, picked once per
-//! process from the CPU and the build. AVX-512F when the CPU has it and the build has the `avx512`
-//! feature (the default: gemm's `x86-v4` micro-kernels), else AVX2 with FMA, else portable code
-//! (SSE2, the x86-64 baseline, or whatever another architecture has).
+//! process from the CPU and the build. AVX-512 (F and DQ) when the CPU has it and the build has
+//! the `avx512` feature (the default: gemm's `x86-v4` micro-kernels), else AVX2 with FMA, else
+//! portable code (SSE2, the x86-64 baseline, or whatever another architecture has).
 //!
 //! Every kernel follows the same path: gemm dispatches its micro-kernels on the same test, and the
 //! hand-written kernels (`math::simd_kernel!`) on [`Isa::active`]. To run the AVX2 path on an
