@@ -4,7 +4,8 @@ under torch.compile (inductor, which needs a C++ compiler on CPU; its compilatio
 warm-up iterations, which are not timed).
 
     python3 -m pip install torch
-    python3 scripts/bench_pytorch.py            # config S on 1 and 2 threads, config M on 2; eager, then compiled
+    python3 scripts/bench_pytorch.py            # config S on 1 and 2 threads, config M on 2; eager, then
+                                                # compiled; then sampling as sample.py does (eager)
     python3 scripts/bench_pytorch.py --eager    # eager only
     python3 scripts/bench_pytorch.py --cuda     # the GPU table of `pipe bench --device cuda`
     python3 scripts/bench_pytorch.py --ddp      # config S, global batch 2 x 6, as nanoGPT's DDP: one
@@ -56,6 +57,31 @@ class GPT(nn.Module):
             x = b(x)
         logits = self.lm_head(self.ln_f(x))
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+    def last_logits(self, idx):
+        """nanoGPT's inference forward: the logits of the last position only."""
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        for b in self.blocks:
+            x = b(x)
+        return self.lm_head(self.ln_f(x)[:, [-1], :])
+
+
+@torch.no_grad()
+def bench_sampling(name, new_tokens, threads=1, temperature=0.8, top_k=200):
+    """nanoGPT's model.generate as sample.py runs it (no KV cache: the context cropped to
+    block_size, one full forward per token, temperature, top-k, multinomial) on config S."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = GPT(4, 4, 128, 64, 65, 0.0).eval()
+    idx = torch.zeros((1, 1), dtype=torch.long)
+    t0 = time.perf_counter()
+    for _ in range(new_tokens):
+        logits = model.last_logits(idx[:, -64:])[:, -1, :] / temperature
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits[logits < v[:, [-1]]] = -float("inf")
+        idx = torch.cat((idx, torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)), dim=1)
+    seconds = time.perf_counter() - t0
+    print(f"{name:<32} {threads:>8} {new_tokens:>12} {new_tokens / seconds:>14.0f}", flush=True)
 
 
 def adamw(model, **kw):
@@ -197,3 +223,7 @@ if __name__ == "__main__":
                   warmup=5 if compiled else 3, compiled=compiled)
         bench("M (6L 6H 384d, T=256, B=64)", 6, 6, 384, 256, 64, 0.2, 2, 2 if quick else 5,
               warmup=3 if compiled else 1, compiled=compiled)
+    print(f"PyTorch {torch.__version__} eager, nanoGPT's generate (sample.py)")
+    print(f"{'sampling (1 sample)':<32} {'threads':>8} {'new tokens':>12} {'tokens/s':>14}")
+    bench_sampling("S, within block_size", 63)
+    bench_sampling("S, 500 tokens (crops context)", 500)
