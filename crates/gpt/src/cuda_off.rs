@@ -126,35 +126,4 @@ pub mod nccl {
     }
 }
 
-impl crate::collective::Collective for Nccl {
-    fn rank(&self) -> usize {
-        match *self {}
-    }
-    fn world(&self) -> usize {
-        match *self {}
-    }
-    fn all_reduce_sum(&self, _: &mut [f32]) -> Result<()> {
-        match *self {}
-    }
-    fn all_reduce_sum_f64(&self, _: &mut [f64]) -> Result<()> {
-        match *self {}
-    }
-    fn reduce_scatter_sum(&self, _: &[f32], _: &mut [f32]) -> Result<()> {
-        match *self {}
-    }
-    fn all_gather(&self, _: &[f32], _: &mut [f32]) -> Result<()> {
-        match *self {}
-    }
-    fn gather(&self, _: &[f32], _: &mut [f32]) -> Result<()> {
-        match *self {}
-    }
-    fn broadcast(&self, _: &mut [f32]) -> Result<()> {
-        match *self {}
-    }
-    fn broadcast_bytes(&self, _: &mut Vec<u8>) -> Result<()> {
-        match *self {}
-    }
-    fn barrier(&self) -> Result<()> {
-        match *self {}
-    }
-}
+crate::collective::uninhabited_collective!(Nccl);

@@ -50,6 +50,48 @@ pub trait Collective {
     }
 }
 
+/// `impl Collective` for an uninhabited stand-in (`mpi_off.rs`, `cuda_off.rs`): no value exists,
+/// so no method can be called.
+#[allow(unused_macros)] // unused when both the `mpi` and `cuda` features are on
+macro_rules! uninhabited_collective {
+    ($t:ty) => {
+        impl $crate::collective::Collective for $t {
+            fn rank(&self) -> usize {
+                match *self {}
+            }
+            fn world(&self) -> usize {
+                match *self {}
+            }
+            fn all_reduce_sum(&self, _: &mut [f32]) -> anyhow::Result<()> {
+                match *self {}
+            }
+            fn all_reduce_sum_f64(&self, _: &mut [f64]) -> anyhow::Result<()> {
+                match *self {}
+            }
+            fn reduce_scatter_sum(&self, _: &[f32], _: &mut [f32]) -> anyhow::Result<()> {
+                match *self {}
+            }
+            fn all_gather(&self, _: &[f32], _: &mut [f32]) -> anyhow::Result<()> {
+                match *self {}
+            }
+            fn gather(&self, _: &[f32], _: &mut [f32]) -> anyhow::Result<()> {
+                match *self {}
+            }
+            fn broadcast(&self, _: &mut [f32]) -> anyhow::Result<()> {
+                match *self {}
+            }
+            fn broadcast_bytes(&self, _: &mut Vec<u8>) -> anyhow::Result<()> {
+                match *self {}
+            }
+            fn barrier(&self) -> anyhow::Result<()> {
+                match *self {}
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use uninhabited_collective;
+
 /// Element-wise mean over the ranks: [`Collective::all_reduce_sum`], then a division.
 pub fn all_reduce_mean(c: &dyn Collective, buf: &mut [f32]) -> Result<()> {
     c.all_reduce_sum(buf)?;

@@ -1,7 +1,6 @@
 //! Stands in for the MPI backend in a build without the `mpi` feature: the same API around an
 //! uninhabited type, so callers need no `cfg`, and joining an MPI job is a clear error.
 
-use super::Collective;
 use anyhow::{Result, bail};
 
 pub enum Mpi {}
@@ -19,35 +18,4 @@ impl Mpi {
     }
 }
 
-impl Collective for Mpi {
-    fn rank(&self) -> usize {
-        match *self {}
-    }
-    fn world(&self) -> usize {
-        match *self {}
-    }
-    fn all_reduce_sum(&self, _: &mut [f32]) -> Result<()> {
-        match *self {}
-    }
-    fn all_reduce_sum_f64(&self, _: &mut [f64]) -> Result<()> {
-        match *self {}
-    }
-    fn reduce_scatter_sum(&self, _: &[f32], _: &mut [f32]) -> Result<()> {
-        match *self {}
-    }
-    fn all_gather(&self, _: &[f32], _: &mut [f32]) -> Result<()> {
-        match *self {}
-    }
-    fn gather(&self, _: &[f32], _: &mut [f32]) -> Result<()> {
-        match *self {}
-    }
-    fn broadcast(&self, _: &mut [f32]) -> Result<()> {
-        match *self {}
-    }
-    fn broadcast_bytes(&self, _: &mut Vec<u8>) -> Result<()> {
-        match *self {}
-    }
-    fn barrier(&self) -> Result<()> {
-        match *self {}
-    }
-}
+crate::collective::uninhabited_collective!(Mpi);
